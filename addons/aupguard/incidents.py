@@ -1,0 +1,544 @@
+"""Record: the incident log. One row per blocked (or flagged) request, in SQLite.
+
+The proxy never writes to the database on its event loop: `IncidentWriter.submit`
+only queues, and a background thread writes in batched transactions. The file
+holds pupils' personal data (UK GDPR), so it is created 0600 inside a 0700
+directory, holds only the fields the AUP promises to log, and `purge` enforces
+retention. Strings are stored as received, bounded in length; escaping is the
+job of whatever outputs them (report.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from .paths import private_dir
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ("block", "refuse", "allow")
+SEVERITIES = ("low", "medium", "high", "critical")  # in increasing order
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 30.0  # several proxy workers may write to one file; a batch commit takes milliseconds
+
+# Crockford-like: 32 symbols (5 bits each) without 0/O and 1/I, which pupils and IT confuse.
+_REF_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+# Longest stored form of each text column. Longer values are cut; the URL's full
+# length and hash are kept so long URLs still group and compare correctly.
+_BOUNDS = {
+    "ref": 32,
+    "local_date": 10,
+    "local_time": 8,
+    "client_ip": 64,
+    "username": 256,
+    "user_group": 128,
+    "method": 32,
+    "url": 2048,
+    "host": 255,
+    "category": 64,
+    "rule": 256,
+    "action": 16,
+    "severity": 16,
+    "user_agent": 512,
+    "search_term": 256,
+    "technique": 128,
+    "inner_url": 2048,
+}
+# "scheme://user:password@host" -> "scheme://host": credentials are never logged.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#]*@")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclass(slots=True)
+class Incident:
+    """One recorded attempt. Not to be changed after it is submitted to a writer."""
+
+    ref: str  # what the block page shows, see new_ref()
+    ts_utc: datetime  # tz-aware; normalised to UTC
+    local_date: str  # 'YYYY-MM-DD', school local time
+    local_time: str  # 'HH:MM:SS', school local time
+    client_ip: str
+    username: str | None
+    group: str
+    method: str
+    url: str
+    host: str
+    categories: tuple[str, ...]  # the deciding (primary) category first
+    rule: str
+    action: str  # 'block' | 'refuse' | 'allow'
+    severity: str  # 'low' | 'medium' | 'high' | 'critical'
+    user_agent: str | None
+    search_term: str | None
+    technique: str | None = None  # circumvention technique, e.g. "nested-url" or "doh"
+    inner_url: str | None = None  # the URL hidden inside a web-proxy URL
+
+    def __post_init__(self) -> None:
+        if self.ts_utc.tzinfo is None or self.ts_utc.utcoffset() is None:
+            raise ValueError("Incident.ts_utc must be timezone-aware")
+        if self.action not in ACTIONS:
+            raise ValueError(f"Incident.action must be one of {ACTIONS}, not {self.action!r}")
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"Incident.severity must be one of {SEVERITIES}, not {self.severity!r}")
+        self.ts_utc = self.ts_utc.astimezone(timezone.utc)
+        self.categories = tuple(self.categories)
+
+
+def new_ref() -> str:
+    """A random incident reference a pupil can read out to IT, e.g. "AG-7F3K-2Q9M" (40 bits)."""
+    bits = secrets.randbits(40)
+    chars = "".join(_REF_ALPHABET[(bits >> shift) & 31] for shift in range(0, 40, 5))
+    return f"AG-{chars[:4]}-{chars[4:]}"
+
+
+def utc_iso(when: datetime) -> str:
+    """The stored form of a time: fixed-width ISO-8601 UTC with 'Z', so text order is time order."""
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(f"a timezone-aware datetime is needed, not {when!r}")
+    return when.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def private_parent(path: Path) -> None:
+    """Create the missing directory `path` goes in, mode 0700.
+
+    An existing directory is left as it is: the user may have named a file in
+    /tmp or their home, and chmod-ing that would break it. aupguard's own data
+    and reports directories are made private where they are created.
+    """
+    if not path.parent.is_dir():
+        private_dir(path.parent)
+
+
+# -- schema --------------------------------------------------------------------------------------
+
+
+class SchemaError(RuntimeError):
+    """The database was written by a newer aupguard than this one."""
+
+
+def _create_v1(db: sqlite_utils.Database) -> None:
+    incidents = db["incidents"]
+    incidents.create(
+        {
+            "ref": str,
+            "ts_utc": str,
+            "local_date": str,
+            "local_time": str,
+            "client_ip": str,
+            "username": str,
+            "user_group": str,
+            "method": str,
+            "url": str,
+            "url_sha256": str,
+            "url_length": int,
+            "host": str,
+            "categories": str,  # JSON array, primary first
+            "category": str,  # the primary category, for GROUP BY and the index
+            "rule": str,
+            "action": str,
+            "severity": str,
+            "user_agent": str,
+            "search_term": str,
+            "technique": str,
+            "inner_url": str,
+        },
+        pk="ref",
+        not_null=[
+            "ts_utc", "local_date", "local_time", "client_ip", "user_group", "method", "url",
+            "url_sha256", "url_length", "host", "categories", "rule", "action", "severity",
+        ],
+    )  # fmt: skip
+    for column in ("ts_utc", "category", "username", "client_ip", "severity"):
+        incidents.create_index([column], if_not_exists=True)
+
+
+# _MIGRATIONS[n] brings a database from schema version n to n + 1.
+_MIGRATIONS = (_create_v1,)
+
+
+def _schema_version(db: sqlite_utils.Database) -> int:
+    if not db["meta"].exists():
+        return 0
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _migrate(db: sqlite_utils.Database) -> None:
+    if _schema_version(db) == SCHEMA_VERSION:
+        return
+    # IMMEDIATE: two workers starting at once must not both create the schema.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db["meta"].create({"key": str, "value": str}, pk="key", not_null=["value"], if_not_exists=True)
+        version = _schema_version(db)
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"the incident database has schema version {version}; this aupguard knows up to {SCHEMA_VERSION}"
+            )
+        for migration in _MIGRATIONS[version:]:
+            migration(db)
+        db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+        )
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
+
+
+def open_db(path: Path) -> sqlite_utils.Database:
+    """Open (creating or migrating as needed) the incident database at `path`.
+
+    The file is created 0600 before SQLite touches it, so it is never readable
+    by others, even for a moment; SQLite gives its -wal and -shm files the same
+    mode. WAL with synchronous=NORMAL lets reports read while the proxy writes,
+    and a busy timeout lets several writer processes share the file.
+    """
+    path = Path(path)
+    private_parent(path)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if part.exists():
+            os.chmod(part, 0o600)
+    db = sqlite_utils.Database(sqlite3.connect(path, timeout=BUSY_TIMEOUT_S))
+    try:
+        db.enable_wal()
+        db.execute("PRAGMA synchronous = NORMAL")
+        # Purged rows are overwritten, not left in free pages (retention must mean deletion).
+        db.execute("PRAGMA secure_delete = ON")
+        _migrate(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _bounded(value: str | None, column: str) -> str | None:
+    """`value` cut to its column's bound, as text SQLite can store.
+
+    Lone surrogates (mitmproxy decodes undecodable bytes with surrogateescape)
+    cannot be encoded as UTF-8 and would fail the whole batch: they become U+FFFD.
+    """
+    if value is None:
+        return None
+    return _SURROGATE.sub("\ufffd", value[: _BOUNDS[column]])
+
+
+def _row(incident: Incident) -> dict[str, Any]:
+    url = _USERINFO.sub(r"\1", incident.url)
+    inner_url = _USERINFO.sub(r"\1", incident.inner_url) if incident.inner_url is not None else None
+    categories = [_bounded(name, "category") for name in incident.categories]
+    return {
+        "ref": _bounded(incident.ref, "ref"),
+        "ts_utc": utc_iso(incident.ts_utc),
+        "local_date": _bounded(incident.local_date, "local_date"),
+        "local_time": _bounded(incident.local_time, "local_time"),
+        "client_ip": _bounded(incident.client_ip, "client_ip"),
+        "username": _bounded(incident.username, "username"),
+        "user_group": _bounded(incident.group, "user_group"),
+        "method": _bounded(incident.method, "method"),
+        "url": _bounded(url, "url"),
+        # Of the full URL: long URLs that differ only after the cut stay distinguishable.
+        "url_sha256": hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest(),
+        "url_length": len(url),
+        "host": _bounded(incident.host, "host"),
+        "categories": json.dumps(categories),
+        "category": categories[0] if categories else None,
+        "rule": _bounded(incident.rule, "rule"),
+        "action": incident.action,
+        "severity": incident.severity,
+        "user_agent": _bounded(incident.user_agent, "user_agent"),
+        "search_term": _bounded(incident.search_term, "search_term"),
+        "technique": _bounded(incident.technique, "technique"),
+        "inner_url": _bounded(inner_url, "inner_url"),
+    }
+
+
+def purge(db: sqlite_utils.Database, older_than_days: int, now: datetime | None = None) -> int:
+    """Delete incidents older than `older_than_days` days before `now`; return how many went.
+
+    The WAL is checkpointed afterwards so the deleted rows do not linger in it.
+    """
+    if older_than_days < 0:
+        raise ValueError("older_than_days must not be negative")
+    cutoff = utc_iso((now or datetime.now(timezone.utc)) - timedelta(days=older_than_days))
+    deleted = db.execute("DELETE FROM incidents WHERE ts_utc < ?", [cutoff]).rowcount
+    if deleted:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return deleted
+
+
+# -- the writer thread ---------------------------------------------------------------------------
+
+_STOP = object()
+_POLL_S = 0.5
+
+
+class IncidentWriter:
+    """Writes submitted incidents to the database at `path` from its own thread, in batches.
+
+    `submit` is safe from any thread and never blocks or does I/O, so the proxy's
+    event loop can call it. The thread writes up to `batch_size` incidents per
+    transaction, at the latest `flush_interval` seconds after the first of them
+    arrived. At most `max_queued` incidents wait; beyond that `submit` drops the
+    incident, counts it in `dropped` and the thread logs an error: losing a log
+    line is better than stalling every pupil's browsing. A batch that fails to
+    write is retried with backoff, then dropped (counted and logged).
+
+    Lifecycle: start(), submit()..., close(). close() returns once every
+    submitted incident is written. If the program ends without close(), the
+    thread notices the main thread has finished, writes what is queued and stops.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        batch_size: int = 500,
+        flush_interval: float = 0.25,
+        max_queued: int = 100_000,
+        retries: int = 5,
+    ) -> None:
+        self.path = Path(path)
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.retries = retries
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queued)
+        self._lock = threading.Lock()  # orders submit() against close()
+        self._state = "new"  # -> "running" -> "closed"
+        self._thread: threading.Thread | None = None
+        self._written = 0
+        self._dropped = 0
+        self._dropped_logged = 0
+
+    @property
+    def written(self) -> int:
+        """Incidents committed to the database so far."""
+        return self._written
+
+    @property
+    def dropped(self) -> int:
+        """Incidents lost: queue full, unwritable after retries, or malformed."""
+        return self._dropped
+
+    def start(self) -> None:
+        """Open the database (raising if that fails) and start the writer thread."""
+        if self._state != "new":
+            raise RuntimeError("IncidentWriter can be started once")
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        self._thread = threading.Thread(
+            target=self._run, args=(ready, failure), name="aupguard-incident-writer", daemon=False
+        )
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            raise failure[0]
+        self._state = "running"
+
+    def submit(self, incident: Incident) -> None:
+        """Queue `incident` for writing. Never blocks; drops (and counts) it when the queue is full."""
+        with self._lock:
+            if self._state != "running":
+                raise RuntimeError(f"IncidentWriter is {self._state}, not running")
+            try:
+                self._queue.put_nowait(incident)
+            except queue.Full:
+                self._dropped += 1  # logged by the writer thread: no I/O here
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Return once every incident submitted before this call is in the database."""
+        if self._state != "running":
+            raise RuntimeError(f"IncidentWriter is {self._state}, not running")
+        deadline = time.monotonic() + timeout
+        done = threading.Event()
+        try:
+            self._queue.put(done, timeout=timeout)
+        except queue.Full:
+            raise TimeoutError(f"incident queue still full after {timeout} s") from None
+        if not done.wait(max(0.0, deadline - time.monotonic())):
+            raise TimeoutError(f"incidents not written within {timeout} s")
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write everything submitted, then stop the thread. Later submits raise RuntimeError."""
+        with self._lock:
+            if self._state != "running":
+                self._state = "closed"
+                return
+            self._state = "closed"
+        assert self._thread is not None
+        deadline = time.monotonic() + timeout
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            raise TimeoutError(f"incident queue still full after {timeout} s") from None
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            raise TimeoutError(f"incident writer did not finish within {timeout} s")
+
+    def __enter__(self) -> IncidentWriter:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- in the thread ---------------------------------------------------------------------
+
+    def _run(self, ready: threading.Event, failure: list[BaseException]) -> None:
+        try:
+            db = open_db(self.path)
+        except BaseException as exc:
+            failure.append(exc)
+            ready.set()
+            return
+        ready.set()
+        try:
+            self._loop(db)
+        except BaseException:
+            log.exception("the incident writer stopped; incidents are no longer recorded")
+            raise
+        finally:
+            self._log_drops()
+            db.close()
+
+    def _loop(self, db: sqlite_utils.Database) -> None:
+        pending: list[Incident] = []
+        deadline = 0.0
+        while True:
+            # Wake up at least every _POLL_S, to notice the program ending without close().
+            wait = min(deadline - time.monotonic(), _POLL_S) if pending else _POLL_S
+            try:
+                item = self._queue.get(timeout=max(0.0, wait))
+            except queue.Empty:
+                if not threading.main_thread().is_alive():
+                    with self._lock:
+                        self._state = "closed"
+                    self._write_all(db, pending)
+                    return
+                if pending and time.monotonic() >= deadline:
+                    self._write(db, pending)
+                    pending = []
+                self._log_drops()
+                continue
+            if isinstance(item, Incident):
+                if not pending:
+                    deadline = time.monotonic() + self.flush_interval
+                pending.append(item)
+                if len(pending) >= self.batch_size or time.monotonic() >= deadline:
+                    self._write(db, pending)
+                    pending = []
+                continue
+            self._write(db, pending)
+            pending = []
+            if item is _STOP:
+                return
+            if isinstance(item, threading.Event):  # a flush() waiting
+                item.set()
+
+    def _write_all(self, db: sqlite_utils.Database, pending: list[Incident]) -> None:
+        """Write `pending` and everything still queued (the program is ending)."""
+        waiting: list[threading.Event] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, Incident):
+                pending.append(item)
+            elif isinstance(item, threading.Event):
+                waiting.append(item)
+        for start in range(0, len(pending), self.batch_size):
+            self._write(db, pending[start : start + self.batch_size])
+        for event in waiting:
+            event.set()
+
+    def _write(self, db: sqlite_utils.Database, batch: list[Incident]) -> None:
+        self._log_drops()
+        rows = []
+        for incident in batch:
+            try:
+                rows.append(_row(incident))
+            except Exception:
+                log.exception("incident %r is malformed; dropped", getattr(incident, "ref", None))
+                self._count_dropped(1)
+        if not rows:
+            return
+        for attempt in range(self.retries):
+            try:
+                self._written += self._insert(db, rows)
+                return
+            except Exception as exc:
+                if attempt + 1 == self.retries:
+                    log.error("writing %d incidents to %s failed: %s; they are lost", len(rows), self.path, exc)
+                    self._count_dropped(len(rows))
+                    return
+                log.warning("writing %d incidents to %s failed (%s); retrying", len(rows), self.path, exc)
+                time.sleep(min(0.1 * 2**attempt, 2.0))
+
+    def _insert(self, db: sqlite_utils.Database, rows: list[dict[str, Any]]) -> int:
+        """Insert `rows` in one transaction; return how many were inserted."""
+        table = db.table("incidents")
+        inserted = len(rows)
+        db.execute("BEGIN IMMEDIATE")  # take the write lock now: a deferred upgrade can fail without waiting
+        try:
+            try:
+                with db.atomic():  # a savepoint: a failed insert_all leaves nothing behind
+                    table.insert_all(rows)
+            except sqlite3.IntegrityError:
+                inserted = sum(self._insert_one(db, table, row) for row in rows)
+            db.commit()
+        except BaseException:
+            db.rollback()
+            raise
+        return inserted
+
+    def _insert_one(self, db: sqlite_utils.Database, table: sqlite_utils.db.Table, row: dict[str, Any]) -> int:
+        """Insert one row whose ref may already be taken (1 in 2^40 per pair).
+
+        The newcomer becomes "<ref>-2" (then -3...): refs stay unique, and the ref
+        the pupil was shown still finds it by prefix.
+        """
+        base, suffix = row["ref"], 1
+        while True:
+            try:
+                with db.atomic():
+                    table.insert(row)
+                return 1
+            except sqlite3.IntegrityError:
+                if db.execute("SELECT 1 FROM incidents WHERE ref = ?", [row["ref"]]).fetchone() is None:
+                    log.exception("incident %r violates the schema; dropped", base)
+                    self._count_dropped(1)
+                    return 0
+            suffix += 1
+            log.warning("incident ref %s is taken; recording this incident as %s-%d", row["ref"], base, suffix)
+            row = {**row, "ref": f"{base}-{suffix}"}
+
+    def _count_dropped(self, count: int) -> None:
+        with self._lock:
+            self._dropped += count
+
+    def _log_drops(self) -> None:
+        dropped = self._dropped
+        if dropped > self._dropped_logged:
+            log.error(
+                "%d incidents dropped (queue full or unwritable), %d in total since start",
+                dropped - self._dropped_logged,
+                dropped,
+            )
+            self._dropped_logged = dropped

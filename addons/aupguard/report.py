@@ -1,0 +1,270 @@
+"""Report: summaries of the incident log for IT, and the CSV export for the DSL.
+
+Everything here reads untrusted text (URLs, user agents, search terms) back
+out of the database, so each output escapes for its reader: the terminal table
+shows control characters as escapes, CSV cells that a spreadsheet would run as
+formulas are neutralised (`safe_cell`, OWASP "CSV injection"), JSON is JSON.
+Files are written 0600 and atomically (`private_text_file`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+import sqlite_utils
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .incidents import SEVERITIES, private_parent, utc_iso
+
+BLOCKING_ACTIONS = ("block", "refuse")
+CIRCUMVENTION_CATEGORIES = ("anonymizers", "vpn", "doh", "remote_access", "circumvention")
+UNAUTHENTICATED = "(unauthenticated)"
+TOP_HOSTS = 20
+DSL_COLUMNS = (
+    "ref", "date", "time", "username", "client_ip", "group", "url", "categories", "severity", "technique",
+    "search_term",
+)  # fmt: skip
+
+# Cells starting with these are formulas to Excel/LibreOffice/Sheets (OWASP CSV injection).
+_FORMULA_TRIGGERS = frozenset("=+-@\t\r")
+# C0/C1 controls (terminal escapes), bidi overrides and line separators: shown as escapes.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    name: str
+    title: str
+    columns: tuple[str, ...]
+    rows: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    since: datetime | None
+    until: datetime | None
+    generated_at: datetime
+    sections: dict[str, Section]  # in display order
+
+    def __getitem__(self, name: str) -> list[dict[str, Any]]:
+        return self.sections[name].rows
+
+
+# (name, title, columns, SQL). {where} is filled with fixed conditions only; values are parameters.
+_QUERIES = (
+    (
+        "by_category",
+        "Blocked by category",
+        ("category", "blocked"),
+        """SELECT COALESCE(category, '(none)') AS category, COUNT(*) AS blocked
+           FROM incidents WHERE {where} GROUP BY incidents.category ORDER BY blocked DESC, category""",
+    ),
+    (
+        "by_day",
+        "Blocked by day",
+        ("local_date", "blocked"),
+        "SELECT local_date, COUNT(*) AS blocked FROM incidents WHERE {where} GROUP BY local_date ORDER BY local_date",
+    ),
+    (
+        "by_user",
+        "Blocked by user",
+        ("username", "user_group", "blocked"),
+        # Grouped by the stored name, so a user actually called "(unauthenticated)" stays apart.
+        """SELECT COALESCE(username, :unauthenticated) AS username, user_group, COUNT(*) AS blocked
+           FROM incidents WHERE {where} GROUP BY incidents.username, user_group
+           ORDER BY blocked DESC, username, user_group""",
+    ),
+    (
+        "by_client_ip",
+        "Blocked by client address",
+        ("client_ip", "blocked"),
+        """SELECT client_ip, COUNT(*) AS blocked FROM incidents WHERE {where}
+           GROUP BY client_ip ORDER BY blocked DESC, client_ip""",
+    ),
+    (
+        "top_hosts",
+        f"Most blocked hosts (top {TOP_HOSTS})",
+        ("host", "blocked"),
+        """SELECT host, COUNT(*) AS blocked FROM incidents WHERE {where}
+           GROUP BY host ORDER BY blocked DESC, host LIMIT :top_hosts""",
+    ),
+    (
+        "anonymizer_attempts",
+        "Anonymizer, VPN, DoH and remote-access attempts",
+        ("ref", "local_date", "local_time", "username", "client_ip", "user_group", "url", "category", "technique"),
+        # Every action, not only blocks: an allowed VPN is still an attempt IT must see.
+        """SELECT ref, local_date, local_time, username, client_ip, user_group, url,
+                  (SELECT value FROM json_each(incidents.categories)
+                   WHERE value IN (SELECT value FROM json_each(:circumvention)) ORDER BY key LIMIT 1) AS category,
+                  technique
+           FROM incidents
+           WHERE {period} AND EXISTS (SELECT 1 FROM json_each(incidents.categories)
+                                      WHERE value IN (SELECT value FROM json_each(:circumvention)))
+           ORDER BY ts_utc, ref""",
+    ),
+)
+
+
+def _period(since: datetime | None, until: datetime | None) -> tuple[str, dict[str, str]]:
+    """The SQL condition for since <= ts_utc < until, and its parameters."""
+    conditions, params = ["1 = 1"], {}
+    if since is not None:
+        conditions.append("ts_utc >= :since")
+        params["since"] = utc_iso(since)
+    if until is not None:
+        conditions.append("ts_utc < :until")
+        params["until"] = utc_iso(until)
+    return " AND ".join(conditions), params
+
+
+def build_report(db: sqlite_utils.Database, since: datetime | None, until: datetime | None) -> Report:
+    """Every section for incidents with since <= ts_utc < until (either bound may be None)."""
+    period, params = _period(since, until)
+    params |= {
+        "blocking": json.dumps(BLOCKING_ACTIONS),
+        "circumvention": json.dumps(CIRCUMVENTION_CATEGORIES),
+        "unauthenticated": UNAUTHENTICATED,
+        "top_hosts": TOP_HOSTS,
+    }
+    blocked = f"{period} AND action IN (SELECT value FROM json_each(:blocking))"
+    sections = {}
+    for name, title, columns, sql in _QUERIES:
+        rows = list(db.query(sql.format(where=blocked, period=period), params))
+        sections[name] = Section(name, title, columns, rows)
+    return Report(since, until, datetime.now(timezone.utc), sections)
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+
+def safe_cell(value: object) -> str:
+    """`value` as a CSV cell no spreadsheet will run as a formula: a leading "'" when it could."""
+    if value is None:
+        return ""
+    text = str(value)
+    if text[:1] in _FORMULA_TRIGGERS:
+        return "'" + text
+    return text
+
+
+def _printable(value: object) -> Text:
+    """A table cell: never markup, and control characters shown as escapes rather than obeyed."""
+    text = "" if value is None else str(value)
+    return Text(_UNPRINTABLE.sub(_escape, text))
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _when(value: datetime | None) -> str | None:
+    return utc_iso(value) if value is not None else None
+
+
+def render_table(report: Report, console: Console) -> None:
+    since, until = _when(report.since) or "the beginning", _when(report.until) or "now"
+    console.print(Text(f"aupguard incidents from {since} until {until} (generated {_when(report.generated_at)})"))
+    for section in report.sections.values():
+        if not section.rows:
+            console.print(Text(f"{section.title}: no incidents"))
+            continue
+        table = Table(title=section.title, title_justify="left", min_width=len(section.title) + 4)
+        for column in section.columns:
+            table.add_column(column, justify="right" if column == "blocked" else "left", overflow="fold")
+        for row in section.rows:
+            table.add_row(*(_printable(row[column]) for column in section.columns))
+        console.print(table)
+
+
+def render_csv(report: Report, out: TextIO) -> None:
+    """One CSV: a `section` column, then the union of all sections' columns (empty where not theirs)."""
+    columns: list[str] = []
+    for section in report.sections.values():
+        columns += [column for column in section.columns if column not in columns]
+    writer = csv.writer(out)
+    writer.writerow(["section", *columns])
+    for section in report.sections.values():
+        for row in section.rows:
+            writer.writerow([section.name, *(safe_cell(row.get(column)) for column in columns)])
+
+
+def render_json(report: Report, out: TextIO) -> None:
+    document: dict[str, Any] = {
+        "since": _when(report.since),
+        "until": _when(report.until),
+        "generated_at": _when(report.generated_at),
+    }
+    document |= {name: section.rows for name, section in report.sections.items()}
+    json.dump(document, out, indent=2)
+    out.write("\n")
+
+
+@contextlib.contextmanager
+def private_text_file(path: Path, encoding: str = "utf-8") -> Iterator[TextIO]:
+    """Write the text file `path`, mode 0600, atomically: readers see the old file or the whole new one.
+
+    The data goes to a 0600 temporary file beside `path` that replaces it when the
+    block ends without an exception; on an exception it is removed. A missing
+    directory is created 0700.
+    """
+    path = Path(path)
+    private_parent(path)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600
+    try:
+        os.fchmod(fd, 0o600)  # mkstemp's promise, made explicit: the mode is the point
+        with open(fd, "w", encoding=encoding, newline="") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def dsl_export(
+    db: sqlite_utils.Database,
+    out: Path,
+    since: datetime | None,
+    until: datetime | None,
+    min_severity: str = "high",
+) -> int:
+    """Write incidents of `min_severity` or worse, oldest first, as CSV for the DSL; return the row count.
+
+    UTF-8 with a byte order mark, so Excel shows pupils' names correctly.
+    """
+    if min_severity not in SEVERITIES:
+        raise ValueError(f"min_severity must be one of {SEVERITIES}, not {min_severity!r}")
+    period, params = _period(since, until)
+    params["severities"] = json.dumps(SEVERITIES[SEVERITIES.index(min_severity) :])
+    rows = db.query(
+        f"""SELECT ref, local_date AS date, local_time AS time, username, client_ip, user_group AS "group",
+                   url, categories, severity, technique, search_term
+            FROM incidents
+            WHERE {period} AND severity IN (SELECT value FROM json_each(:severities))
+            ORDER BY ts_utc, ref""",
+        params,
+    )
+    count = 0
+    with private_text_file(out, encoding="utf-8-sig") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(DSL_COLUMNS)
+        for row in rows:
+            row["categories"] = "; ".join(json.loads(row["categories"]))
+            writer.writerow([safe_cell(row[column]) for column in DSL_COLUMNS])
+            count += 1
+    return count

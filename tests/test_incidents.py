@@ -1,0 +1,426 @@
+"""The incident log: schema and file modes, the writer thread, retention. Real SQLite files in tmp_path."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aupguard import incidents
+from aupguard.incidents import Incident, IncidentWriter, SchemaError, new_ref, open_db, purge
+
+NOW = datetime(2025, 3, 14, 10, 30, 0, tzinfo=timezone.utc)
+SECRETISH = ("password", "passwd", "pwd", "secret")
+
+
+def make_incident(**fields) -> Incident:
+    values = dict(
+        ref=new_ref(),
+        ts_utc=NOW,
+        local_date="2025-03-14",
+        local_time="10:30:00",
+        client_ip="10.0.0.5",
+        username="alice",
+        group="pupils",
+        method="GET",
+        url="http://example.org/page",
+        host="example.org",
+        categories=("adult",),
+        rule="blocklists/adult",
+        action="block",
+        severity="medium",
+        user_agent="Mozilla/5.0",
+        search_term=None,
+    )
+    values.update(fields)
+    return Incident(**values)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def refs(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return [row[0] for row in conn.execute("SELECT ref FROM incidents")]
+
+
+@pytest.fixture
+def open_umask():
+    """Create files with umask 0, so a 0600 mode proves aupguard asked for it."""
+    old = os.umask(0)
+    yield
+    os.umask(old)
+
+
+# -- Incident and refs ----------------------------------------------------------------------------
+
+
+def test_new_ref_is_readable_and_unambiguous():
+    made = {new_ref() for _ in range(2000)}
+    assert len(made) == 2000
+    for ref in made:
+        assert len(ref) == 12 and ref[:3] == "AG-" and ref[7] == "-"
+        body = ref[3:7] + ref[8:]
+        assert set(body) <= set("23456789ABCDEFGHJKLMNPQRSTUVWXYZ")
+    # every symbol is used: the ref really carries 40 random bits
+    assert set("".join(r[3:7] + r[8:] for r in made)) == set("23456789ABCDEFGHJKLMNPQRSTUVWXYZ")
+
+
+def test_incident_rejects_naive_time_unknown_action_and_severity():
+    with pytest.raises(ValueError, match="timezone"):
+        make_incident(ts_utc=datetime(2025, 1, 1, 12))
+    with pytest.raises(ValueError, match="action"):
+        make_incident(action="deny")
+    with pytest.raises(ValueError, match="severity"):
+        make_incident(severity="urgent")
+
+
+def test_incident_time_is_normalised_to_utc():
+    london_summer = timezone(timedelta(hours=1))
+    incident = make_incident(ts_utc=datetime(2025, 6, 1, 9, 0, tzinfo=london_summer), categories=["adult"])
+    assert incident.ts_utc == datetime(2025, 6, 1, 8, 0, tzinfo=timezone.utc)
+    assert incident.ts_utc.utcoffset() == timedelta(0)
+    assert incident.categories == ("adult",)
+
+
+# -- open_db: schema and modes --------------------------------------------------------------------
+
+
+def test_open_db_creates_private_files_wal_and_schema(tmp_path, open_umask):
+    path = tmp_path / "var" / "sub" / "incidents.db"
+    db = open_db(path)
+    assert mode(path.parent) == 0o700
+    assert mode(path) == 0o600
+    assert db.journal_mode == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+
+    columns = db["incidents"].columns_dict
+    assert list(columns) == [
+        "ref", "ts_utc", "local_date", "local_time", "client_ip", "username", "user_group", "method", "url",
+        "url_sha256", "url_length", "host", "categories", "category", "rule", "action", "severity",
+        "user_agent", "search_term", "technique", "inner_url",
+    ]  # fmt: skip
+    assert columns["url_length"] is int
+    assert db["incidents"].pks == ["ref"]
+    assert not [c for c in columns if any(word in c.lower() for word in SECRETISH)]
+    indexed = {tuple(index.columns) for index in db["incidents"].indexes}
+    assert {("ts_utc",), ("category",), ("username",), ("client_ip",), ("severity",)} <= indexed
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
+
+    # SQLite gives the WAL the database file's mode
+    db["incidents"].insert(incidents._row(make_incident()))
+    assert mode(path.with_name("incidents.db-wal")) == 0o600
+    db.close()
+
+
+def test_open_db_is_idempotent_and_tightens_an_existing_file(tmp_path):
+    path = tmp_path / "incidents.db"
+    db = open_db(path)
+    db["incidents"].insert(incidents._row(make_incident(ref="AG-AAAA-AAAA")))
+    db.close()
+    os.chmod(path, 0o644)
+    db = open_db(path)
+    assert mode(path) == 0o600
+    assert [r["ref"] for r in db["incidents"].rows] == ["AG-AAAA-AAAA"]
+    assert db.execute("SELECT count(*) FROM meta").fetchone()[0] == 1
+    db.close()
+
+
+def test_open_db_leaves_an_existing_directory_alone(tmp_path):
+    os.chmod(tmp_path, 0o755)
+    open_db(tmp_path / "incidents.db").close()
+    assert mode(tmp_path) == 0o755
+    assert mode(tmp_path / "incidents.db") == 0o600
+
+
+def test_open_db_refuses_a_newer_schema(tmp_path):
+    path = tmp_path / "incidents.db"
+    open_db(path).execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(SchemaError, match="99"):
+        open_db(path)
+
+
+# -- rows: bounds, hashes, credentials ------------------------------------------------------------
+
+
+def test_long_fields_are_bounded_but_the_full_url_is_hashed(tmp_path):
+    url = "http://example.org/" + "a" * 5000
+    row = incidents._row(
+        make_incident(url=url, user_agent="U" * 2000, search_term="s" * 1000, inner_url="http://x/" + "b" * 3000)
+    )
+    assert row["url"] == url[:2048]
+    assert row["url_length"] == len(url)
+    assert row["url_sha256"] == hashlib.sha256(url.encode()).hexdigest()
+    assert len(row["user_agent"]) == 512 and len(row["search_term"]) == 256 and len(row["inner_url"]) == 2048
+
+
+def test_credentials_in_urls_are_not_stored():
+    row = incidents._row(
+        make_incident(url="https://bob:hunter2@mail.example/inbox?x=1", inner_url="ftp://u:p@files.example/f")
+    )
+    assert row["url"] == "https://mail.example/inbox?x=1"
+    assert row["inner_url"] == "ftp://files.example/f"
+    assert "hunter2" not in json.dumps(row)
+
+
+def test_categories_are_json_with_the_primary_first():
+    row = incidents._row(make_incident(categories=("self_harm", "forums")))
+    assert json.loads(row["categories"]) == ["self_harm", "forums"] and row["category"] == "self_harm"
+    assert incidents._row(make_incident(categories=()))["category"] is None
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=3000))
+def test_any_text_is_stored_bounded_and_as_given(tmp_path, text):
+    """Untrusted text, lone surrogates included, never fails a write; valid text reads back as given."""
+    db = open_db(tmp_path / "prop.db")
+    incident = make_incident(url=text, username=text, user_agent=text, search_term=text, host=text)
+    db["incidents"].insert(incidents._row(incident), replace=True)
+    stored = db.execute(
+        "SELECT url, username, user_agent, search_term, host FROM incidents WHERE ref = ?", [incident.ref]
+    ).fetchone()
+    db.close()
+    url = incidents._USERINFO.sub(r"\1", text)  # only credentials are ever cut from a URL
+    expected = (url[:2048], text[:256], text[:512], text[:256], text[:255])
+    for value, wanted in zip(stored, expected):
+        assert value == "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in wanted)
+
+
+# -- the writer -----------------------------------------------------------------------------------
+
+
+def test_concurrent_submits_are_all_written_once(tmp_path):
+    path = tmp_path / "incidents.db"
+    submitted: list[list[str]] = [[] for _ in range(5)]
+    with IncidentWriter(path) as writer:
+
+        def pupil(n: int) -> None:
+            for i in range(2000):
+                incident = make_incident(client_ip=f"10.0.{n}.1", url=f"http://example.org/{n}/{i}")
+                writer.submit(incident)
+                submitted[n].append(incident.ref)
+
+        threads = [threading.Thread(target=pupil, args=(n,)) for n in range(5)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    stored = refs(path)
+    assert len(stored) == 10_000 and sorted(stored) == sorted(sum(submitted, []))
+    assert writer.written == 10_000 and writer.dropped == 0
+
+
+def test_close_writes_what_was_just_submitted(tmp_path):
+    path = tmp_path / "incidents.db"
+    writer = IncidentWriter(path, batch_size=10_000, flush_interval=3600)
+    writer.start()
+    made = [make_incident() for _ in range(7)]
+    for incident in made:
+        writer.submit(incident)
+    writer.close()
+    assert sorted(refs(path)) == sorted(i.ref for i in made)
+    assert not writer._thread.is_alive()
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.submit(make_incident())
+
+
+def test_flush_makes_incidents_visible_to_other_connections(tmp_path):
+    path = tmp_path / "incidents.db"
+    with IncidentWriter(path, batch_size=10_000, flush_interval=3600) as writer:
+        incident = make_incident()
+        writer.submit(incident)
+        writer.flush()
+        assert refs(path) == [incident.ref]
+        writer.submit(make_incident())
+        writer.flush()
+        assert len(refs(path)) == 2
+
+
+def _wait_for_rows(path: Path, count: int) -> None:
+    done = threading.Event()
+    for _ in range(400):
+        if len(refs(path)) >= count:
+            return
+        done.wait(0.05)
+    raise AssertionError(f"{count} rows never appeared")
+
+
+def test_a_full_batch_is_written_without_waiting_for_the_interval(tmp_path):
+    path = tmp_path / "incidents.db"
+    with IncidentWriter(path, batch_size=50, flush_interval=3600) as writer:
+        for _ in range(50):
+            writer.submit(make_incident())
+        _wait_for_rows(path, 50)
+
+
+def test_a_partial_batch_is_written_after_the_interval(tmp_path):
+    path = tmp_path / "incidents.db"
+    with IncidentWriter(path, batch_size=10_000, flush_interval=0.05) as writer:
+        writer.submit(make_incident())
+        _wait_for_rows(path, 1)
+
+
+def test_submit_before_start_raises(tmp_path):
+    with pytest.raises(RuntimeError, match="new"):
+        IncidentWriter(tmp_path / "x.db").submit(make_incident())
+
+
+def test_start_fails_loudly_when_the_database_cannot_be_opened(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    writer = IncidentWriter(tmp_path / "file" / "incidents.db")
+    with pytest.raises(OSError):
+        writer.start()
+    assert not writer._thread.is_alive()
+
+
+def test_overflow_drops_counts_and_logs_without_blocking(tmp_path, caplog):
+    path = tmp_path / "incidents.db"
+    writer = IncidentWriter(path, max_queued=10, flush_interval=0.01)
+    writer.start()
+    entered, gate = threading.Event(), threading.Event()
+    insert = writer._insert
+
+    def stalled_insert(db, rows):
+        entered.set()
+        gate.wait()
+        return insert(db, rows)
+
+    writer._insert = stalled_insert
+    writer.submit(make_incident())
+    assert entered.wait(10)  # the writer is busy with the first incident; the queue is empty
+    for _ in range(15):
+        writer.submit(make_incident())  # 10 fit, 5 do not: none of these calls may block
+    assert writer.dropped == 5
+    with caplog.at_level(logging.ERROR, logger="aupguard.incidents"):
+        gate.set()
+        writer.close()
+    assert len(refs(path)) == 11 and writer.written == 11
+    assert any("5 incidents dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failed_write_is_retried(tmp_path, caplog):
+    path = tmp_path / "incidents.db"
+    writer = IncidentWriter(path)
+    writer.start()
+    insert, failures = writer._insert, []
+
+    def flaky_insert(db, rows):
+        if len(failures) < 2:
+            failures.append(1)
+            raise sqlite3.OperationalError("disk I/O error")
+        return insert(db, rows)
+
+    writer._insert = flaky_insert
+    with caplog.at_level(logging.WARNING, logger="aupguard.incidents"):
+        writer.submit(make_incident())
+        writer.close()
+    assert len(refs(path)) == 1 and writer.dropped == 0
+    assert sum("retrying" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_a_batch_that_keeps_failing_is_dropped_and_the_writer_goes_on(tmp_path, caplog):
+    path = tmp_path / "incidents.db"
+    writer = IncidentWriter(path, retries=2)
+    writer.start()
+    insert = writer._insert
+
+    def broken_insert(db, rows):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    writer._insert = broken_insert
+    with caplog.at_level(logging.ERROR, logger="aupguard.incidents"):
+        writer.submit(make_incident())
+        writer.submit(make_incident())
+        writer.flush()
+    assert writer.dropped == 2 and any("lost" in r.getMessage() for r in caplog.records)
+    writer._insert = insert
+    survivor = make_incident()
+    writer.submit(survivor)
+    writer.close()
+    assert refs(path) == [survivor.ref]
+
+
+def test_a_colliding_ref_gets_a_suffix_instead_of_failing_the_batch(tmp_path):
+    path = tmp_path / "incidents.db"
+    with IncidentWriter(path) as writer:
+        first = make_incident(ref="AG-AAAA-BBBB", url="http://first.example/")
+        writer.submit(first)
+        writer.flush()
+        others = [make_incident() for _ in range(20)]
+        for incident in [*others[:10], make_incident(ref="AG-AAAA-BBBB", url="http://second.example/"), *others[10:]]:
+            writer.submit(incident)
+        writer.submit(make_incident(ref="AG-AAAA-BBBB", url="http://third.example/"))
+    db = open_db(path)
+    by_ref = {r["ref"]: r["url"] for r in db.query("SELECT ref, url FROM incidents WHERE ref LIKE 'AG-AAAA-BBBB%'")}
+    assert by_ref == {
+        "AG-AAAA-BBBB": "http://first.example/",
+        "AG-AAAA-BBBB-2": "http://second.example/",
+        "AG-AAAA-BBBB-3": "http://third.example/",
+    }
+    assert db["incidents"].count == 23 and writer.written == 23
+
+
+def test_two_writers_share_one_database(tmp_path):
+    """Several proxy workers write to one file: the busy timeout and IMMEDIATE transactions serialise them."""
+    path = tmp_path / "incidents.db"
+    with IncidentWriter(path, batch_size=7) as one, IncidentWriter(path, batch_size=11) as two:
+        made = [make_incident() for _ in range(3000)]
+        for n, incident in enumerate(made):
+            (one if n % 2 else two).submit(incident)
+    assert sorted(refs(path)) == sorted(i.ref for i in made)
+
+
+def test_a_program_that_forgets_close_still_writes_and_exits(tmp_path):
+    path = tmp_path / "incidents.db"
+    script = f"""
+import sys
+sys.path[:0] = {[str(Path(__file__).parent)]!r}
+from pathlib import Path
+from aupguard.incidents import IncidentWriter
+from test_incidents import make_incident
+writer = IncidentWriter(Path({str(path)!r}), flush_interval=3600, batch_size=10_000)
+writer.start()
+for _ in range(25):
+    writer.submit(make_incident())
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    assert len(refs(path)) == 25
+
+
+# -- retention ------------------------------------------------------------------------------------
+
+
+def test_purge_deletes_only_incidents_older_than_the_retention(tmp_path):
+    db = open_db(tmp_path / "incidents.db")
+    ages = {"AG-0000-0001": 40, "AG-0000-0002": 31, "AG-0000-0003": 30, "AG-0000-0004": 29, "AG-0000-0005": 0}
+    for ref, days in ages.items():
+        db["incidents"].insert(incidents._row(make_incident(ref=ref, ts_utc=NOW - timedelta(days=days))))
+    assert purge(db, 30, now=NOW) == 2
+    assert sorted(r["ref"] for r in db["incidents"].rows) == ["AG-0000-0003", "AG-0000-0004", "AG-0000-0005"]
+    assert purge(db, 30, now=NOW) == 0
+    with pytest.raises(ValueError):
+        purge(db, -1, now=NOW)
+    with pytest.raises(ValueError, match="timezone"):
+        purge(db, 1, now=NOW.replace(tzinfo=None))
+
+
+def test_purge_defaults_to_now(tmp_path):
+    db = open_db(tmp_path / "incidents.db")
+    old = make_incident(ts_utc=datetime.now(timezone.utc) - timedelta(days=400))
+    db["incidents"].insert_all([incidents._row(old), incidents._row(replace(old, ref=new_ref(), ts_utc=datetime.now(timezone.utc)))])
+    assert purge(db, 365) == 1 and db["incidents"].count == 1
