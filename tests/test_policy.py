@@ -1,0 +1,363 @@
+"""The policy file: the bundled default, and every kind of mistake reported with its line and reason."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aupguard import paths
+from aupguard.identify import identify
+from aupguard.policy import (
+    CATEGORIES,
+    MAX_POLICY_BYTES,
+    SEVERITIES,
+    Policy,
+    PolicyError,
+    load_policy,
+    severity_rank,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED = REPO / "config" / "policy.yaml"
+
+HARMFUL = {"adult", "gambling", "hate", "violence", "drugs", "self_harm", "extremism", "malware", "phishing"}
+CIRCUMVENTION = {"anonymizers", "vpn", "doh", "remote_access", "circumvention"}
+
+# A small valid policy; each broken case below edits one line of it.
+CATEGORY_LINES = "\n".join(f"  {name}: {{label: {name} sites, severity: low, reason: Blocked by the AUP}}" for name in CATEGORIES)
+BASE = f"""\
+version: 1
+school:
+  name: Test School
+  timezone: Europe/London
+  it_contact: it@example.sch.uk
+categories:
+{CATEGORY_LINES}
+groups:
+  pupils:
+    block: [adult, social_networks]
+    allow: [school_allow]
+    fail_closed: true
+  staff:
+    description: Staff
+    block: [adult]
+    fail_closed: false
+  visitors:
+    block: [adult, dating]
+identity:
+  default_group: pupils
+  users:
+    Head.Teacher: staff
+  networks:
+    - {{cidr: 10.20.0.0/16, group: staff}}
+    - {{cidr: 10.20.5.0/24, group: visitors}}
+lists:
+  - {{name: local, path: lists}}
+tls:
+  intercept: true
+  no_decrypt: [Example-Bank.CO.UK.]
+block_page:
+  accidental: It's OK.
+records:
+  retention_days: 30
+  log_allowed: false
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "policy.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def edited(old: str, new: str) -> str:
+    assert BASE.count(old) == 1, f"the case must edit one place: {old!r}"
+    return BASE.replace(old, new)
+
+
+def line_of(text: str, marker: str) -> int:
+    assert text.count(marker) == 1, f"marker {marker!r} must be unique"
+    return text[: text.index(marker)].count("\n") + 1
+
+
+# -- the bundled policy -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundled() -> Policy:
+    return load_policy(BUNDLED)
+
+
+def test_bundled_policy_groups_and_blocks(bundled):
+    assert set(bundled.groups) == {"pupils", "staff", "visitors"}
+    assert bundled.default_group == "pupils"  # the most restricted group: unknown devices get it
+    pupils, staff, visitors = (bundled.groups[name] for name in ("pupils", "staff", "visitors"))
+    assert "social_networks" in pupils.block
+    assert "social_networks" not in staff.block  # staff may use social networks
+    for group in (pupils, staff, visitors):
+        assert HARMFUL | CIRCUMVENTION <= group.block, group.name
+        assert group.allow == {"school_allow"}
+    assert pupils.fail_closed and visitors.fail_closed and not staff.fail_closed
+    assert {"webmail", "chat", "games", "dating"} <= pupils.block
+
+
+def test_bundled_policy_explains_every_category(bundled):
+    assert set(CATEGORIES) <= set(bundled.categories)
+    for category in bundled.categories.values():
+        assert category.label and category.reason and category.severity in SEVERITIES
+    for name in HARMFUL | CIRCUMVENTION - {"circumvention"} | {"social_networks", "games"}:
+        assert "Acceptable Use Policy" in bundled.categories[name].reason, name
+    assert "bypass the filtering" in bundled.categories["anonymizers"].reason
+    assert "social media sites with permission" in bundled.categories["social_networks"].reason
+    severities = {name: c.severity for name, c in bundled.categories.items()}
+    assert {severities[n] for n in ("adult", "hate", "violence", "self_harm", "extremism")} == {"high"}
+    assert {severities[n] for n in ("anonymizers", "vpn", "doh", "remote_access", "circumvention")} == {"medium"}
+    assert severities["filter_error"] == severities["social_networks"] == "low"
+
+
+def test_bundled_policy_settings(bundled):
+    assert bundled.school_name and bundled.it_contact and bundled.accidental_text
+    assert str(bundled.timezone) == "Europe/London"
+    assert bundled.no_decrypt_categories == {"banking", "health"}
+    assert bundled.tls_intercept is True
+    assert bundled.retention_days == 90 and bundled.log_allowed is False
+    assert bundled.users == {} and bundled.networks == ()  # examples only: nobody is staff by accident
+
+
+def test_bundled_list_paths(monkeypatch, tmp_path):
+    monkeypatch.setattr(paths, "DATA_DIR", tmp_path / "data")
+    policy = load_policy(BUNDLED)
+    blocklists, ut1 = policy.lists
+    assert (blocklists.name, blocklists.path, blocklists.mapping, blocklists.optional) == (
+        "blocklists",
+        REPO / "blocklists",
+        None,
+        False,
+    )
+    assert (ut1.name, ut1.path, ut1.optional) == ("ut1", tmp_path / "data" / "lists" / "ut1", True)
+    assert ut1.mapping and set(ut1.mapping.values()) - {None} <= set(policy.categories)
+
+
+# -- a valid policy, read in detail -------------------------------------------------------------
+
+
+def test_base_policy_reads(tmp_path):
+    policy = load_policy(write(tmp_path, BASE))
+    assert policy.path == tmp_path / "policy.yaml"
+    assert policy.groups["staff"].description == "Staff"
+    assert policy.groups["visitors"].fail_closed is True  # fail_closed defaults to the safe side
+    assert policy.groups["visitors"].allow == frozenset()
+    assert policy.users == {"head.teacher": "staff"}  # usernames are casefolded
+    # most specific range first
+    assert [str(rule.network) for rule in policy.networks] == ["10.20.5.0/24", "10.20.0.0/16"]
+    assert policy.lists[0].path == tmp_path / "lists"
+    assert policy.no_decrypt_hosts == {"example-bank.co.uk"}
+    assert policy.no_decrypt_categories == frozenset()
+    assert identify(policy, "HEAD.teacher", "10.20.5.1").group == "staff"
+
+
+def test_empty_collections_may_be_left_blank(tmp_path):
+    """`users:` with every example commented out is an empty mapping, not an error."""
+    text = edited("  users:\n    Head.Teacher: staff\n", "  users:\n    # jbloggs: staff\n")
+    text = text.replace("  no_decrypt: [Example-Bank.CO.UK.]\n", "  no_decrypt:\n")
+    policy = load_policy(write(tmp_path, text))
+    assert policy.users == {} and policy.no_decrypt_hosts == frozenset()
+
+
+def test_data_placeholder_and_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "DATA_DIR", tmp_path / "var")
+    text = edited(
+        "  - {name: local, path: lists}\n",
+        f"  - {{name: ut1, path: '{{data}}/lists/ut1', optional: true}}\n  - {{name: abs, path: {tmp_path}/x/../y}}\n",
+    )
+    ut1, absolute = load_policy(write(tmp_path, text)).lists
+    assert ut1.path == tmp_path / "var" / "lists" / "ut1" and ut1.optional
+    assert absolute.path == tmp_path / "y" and not absolute.optional
+
+
+def test_mapping_is_loaded_relative_to_the_policy(tmp_path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "map.yaml").write_text("agressif: violence\nbitcoin: null\n")
+    text = edited("  - {name: local, path: lists}\n", "  - {name: ut1, path: ut1, mapping: map.yaml}\n")
+    (root,) = load_policy(write(tmp_path / "conf", text)).lists
+    assert root.mapping == {"agressif": "violence", "bitcoin": None}
+    assert root.path == tmp_path / "conf" / "ut1"
+
+
+def test_severity_rank():
+    assert [severity_rank(s) for s in SEVERITIES] == [0, 1, 2, 3]
+    assert severity_rank("critical") > severity_rank("high") > severity_rank("low")
+    with pytest.raises(ValueError):
+        severity_rank("urgent")
+
+
+# -- broken policies ----------------------------------------------------------------------------
+
+# (id, text to replace, replacement, a unique marker on the line the error must name, reason pattern)
+BROKEN = [
+    ("yaml-syntax", "  name: Test School", "  name: Test: School", "Test: School", r"invalid YAML: .*mapping values are not allowed"),
+    ("yaml-unclosed", "  accidental: It's OK.", '  accidental: "It\'s OK.', "It's OK.", r"invalid YAML: while scanning a quoted scalar found unexpected end of stream \(line \d+\)"),
+    ("top-level-key", "tls:\n", "grups: {}\ntls:\n", "grups", r"unknown top-level key 'grups' \(did you mean 'groups'\?\)"),
+    ("section-key", "  name: Test School", "  nmae: Test School", "nmae", r"^school: unknown key 'nmae' \(did you mean 'name'\?\)"),
+    ("key-no-hint", "  intercept: true", "  intercept: true\n  colour: blue", "colour", r"^tls: unknown key 'colour' \(expected intercept, no_decrypt\)"),
+    ("missing-key", "  timezone: Europe/London\n", "", "school:", r"^school: missing key 'timezone'"),
+    ("missing-section", "block_page:\n  accidental: It's OK.\n", "", "version: 1", r"^missing top-level key 'block_page'"),
+    ("version", "version: 1", "version: 2  # v2", "# v2", r"^unknown version 2 \(this aupguard reads version 1\)"),
+    ("version-type", "version: 1", "version: one  # v", "# v", r"^version: expected a whole number, got text"),
+    ("int-type", "  retention_days: 30", "  retention_days: ninety", "ninety", r"^records.retention_days: expected a whole number, got text"),
+    ("int-range", "  retention_days: 30", "  retention_days: 0", "retention_days", r"records.retention_days must be between 1 and 3650"),
+    ("bool-type", "  intercept: true", "  intercept: maybe", "maybe", r"^tls.intercept: expected true or false, got text"),
+    ("text-type", "  name: Test School", "  name: 1234", "1234", r"^school.name: expected text, got a number \(put it in quotes to mean the text '1234'\)"),
+    ("text-empty", "  it_contact: it@example.sch.uk", "  it_contact: ''", "it_contact", r"^school.it_contact: must not be empty"),
+    ("text-list", "  name: Test School", "  name: [a, b]", "[a, b]", r"^school.name: expected text, got a list"),
+    ("section-type", "school:\n  name: Test School\n  timezone: Europe/London\n  it_contact: it@example.sch.uk\n", "school: Test School\n", "school:", r"^school: expected a mapping \(key: value lines\), got text"),
+    ("list-type", "    block: [adult]\n", "    block: adult\n", "block: adult", r"^groups.staff.block: expected a list, got text"),
+    ("timezone", "  timezone: Europe/London", "  timezone: Europe/Londn", "Londn", r"^school.timezone: unknown time zone 'Europe/Londn' \(did you mean 'Europe/London'\?\)"),
+    ("timezone-path", "  timezone: Europe/London", "  timezone: /etc/passwd", "passwd", r"^school.timezone: unknown time zone '/etc/passwd'"),
+    ("severity", "  gambling: {label: gambling sites, severity: low,", "  gambling: {label: gambling sites, severity: hgh,", "hgh", r"^categories.gambling.severity: unknown severity 'hgh' \(one of low, medium, high, critical\)"),
+    ("category-key", "  gambling: {label: gambling sites,", "  gambling: {colour: red, label: gambling sites,", "colour", r"^categories.gambling: unknown key 'colour'"),
+    ("category-name", "  gambling: {label", "  Gambling!: {label", "Gambling!", r"'Gambling!' is not a category name"),
+    ("category-missing", "  gambling: {label", "  local_block: {label", "categories:", r"^categories: missing gambling \(every aupguard category"),
+    ("block-unknown", "    block: [adult, social_networks]", "    block: [adlut, social_networks]", "adlut", r"^groups.pupils.block: unknown category 'adlut' \(did you mean 'adult'\?\)"),
+    ("allow-unknown", "    allow: [school_allow]", "    allow: [school_alow]", "school_alow", r"^groups.pupils.allow: unknown category 'school_alow' \(did you mean 'school_allow'\?\)"),
+    ("block-and-allow", "    allow: [school_allow]", "    allow: [school_allow, adult]", "school_allow, adult", r"^groups.pupils: adult is both blocked and allowed"),
+    ("group-key", "    fail_closed: false", "    fail_close: false", "fail_close:", r"^groups.staff: unknown key 'fail_close' \(did you mean 'fail_closed'\?\)"),
+    ("group-name", "  visitors:", "  'visitors and guests':", "visitors and", r"is not a group name"),
+    ("no-groups", BASE[BASE.index("groups:") : BASE.index("identity:")], "groups: {}\n", "groups: {}", r"^groups: at least one group is needed"),
+    ("default-group", "  default_group: pupils", "  default_group: pupil", "pupil\n", r"^identity.default_group: unknown group 'pupil' \(did you mean 'pupils'\?\)"),
+    ("user-group", "    Head.Teacher: staff", "    Head.Teacher: staf", "staf\n", r"^identity.users.Head.Teacher: unknown group 'staf'"),
+    ("user-number", "    Head.Teacher: staff", "    20190123: staff", "20190123", r"^identity.users: key: expected text, got a number \(put it in quotes"),
+    ("user-twice", "    Head.Teacher: staff", "    Head.Teacher: staff\n    head.teacher: visitors", "head.teacher", r"^identity.users: 'head.teacher' is listed twice \(first at line \d+; usernames are compared ignoring case\)"),
+    ("network-group", "group: visitors}", "group: guests}", "guests", r"^identity.networks entry 2: group: unknown group 'guests'"),
+    ("cidr-prefix", "10.20.5.0/24", "10.0.0.0/33", "/33", r"^identity.networks entry 2: cidr: '10.0.0.0/33' is not an address range such as 10.20.0.0/16"),
+    ("cidr-text", "10.20.5.0/24", "staffroom", "staffroom", r"is not an address range"),
+    ("cidr-host-bits", "10.20.5.0/24", "10.0.0.1/8", "10.0.0.1/8", r"^identity.networks entry 2: cidr: '10.0.0.1/8' has host bits set; did you mean 10.0.0.0/8\?"),
+    ("cidr-v6-host-bits", "10.20.5.0/24", "2001:db8::1/64", "2001:db8", r"did you mean 2001:db8::/64\?"),
+    ("cidr-mapped", "10.20.5.0/24", "'::ffff:10.20.5.0/120'", "::ffff", r"write IPv4 ranges in IPv4 form: 10.20.5.0/24"),
+    ("cidr-twice", "10.20.5.0/24, group: visitors}", "10.20.0.0/16, group: visitors}  # again", "# again", r"^identity.networks entry 2: 10.20.0.0/16 is listed twice \(first at line \d+\)"),
+    ("network-key", "{cidr: 10.20.5.0/24,", "{cird: 10.20.5.0/24,", "cird", r"^identity.networks entry 2: unknown key 'cird' \(did you mean 'cidr'\?\)"),
+    ("network-missing", "{cidr: 10.20.5.0/24, group: visitors}", "{group: visitors}", "{group: visitors}", r"^identity.networks entry 2: missing key 'cidr'"),
+    ("no-decrypt-unknown", "[Example-Bank.CO.UK.]", "[bankng]", "bankng", r"^tls.no_decrypt: 'bankng' is neither a category nor a host name \(did you mean 'banking'\?\)"),
+    ("no-decrypt-host", "[Example-Bank.CO.UK.]", "['bad host.example']", "bad host", r"^tls.no_decrypt: 'bad host.example' is not a valid host name"),
+    ("list-key", "{name: local, path: lists}", "{name: local, paht: lists}", "paht", r"^lists entry 1: unknown key 'paht' \(did you mean 'path'\?\)"),
+    ("list-name", "{name: local, path: lists}", "{name: 'a/b', path: lists}", "a/b", r"^lists entry 1: 'a/b' is not a list name"),
+    ("list-twice", "  - {name: local, path: lists}", "  - {name: local, path: lists}\n  - {name: local, path: more}", "more", r"^lists entry 2: the list name 'local' is used twice"),
+    ("list-optional", "{name: local, path: lists}", "{name: local, path: lists, optional: sometimes}", "sometimes", r"^lists.local.optional: expected true or false"),
+    ("mapping-missing", "{name: local, path: lists}", "{name: local, path: lists, mapping: nowhere.yaml}", "nowhere", r"^lists.local.mapping: .*nowhere.yaml: cannot read the category mapping"),
+    ("duplicate-top", "tls:\n", "version: 1  # again\ntls:\n", "# again", r"^duplicate key 'version' \(first at line 1\)"),
+    ("duplicate-group", "  visitors:", "  pupils:  # again", "# again", r"^groups: duplicate key 'pupils' \(first at line \d+\)"),
+    ("duplicate-field", "    fail_closed: false", "    fail_closed: false\n    fail_closed: true  # again", "# again", r"^groups.staff: duplicate key 'fail_closed'"),
+    ("unsafe-tag", "  name: Test School", "  name: !!python/object/apply:os.system echo-hi", "python", r"^school.name: could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'"),
+    ("binary-tag", "  name: Test School", "  name: !!binary aGk=", "binary", r"^school.name: expected text, got a value tagged tag:yaml.org,2002:binary"),
+    ("unclosed-key", "  name: Test School\n", "  name: Test School\n  'it_contact\n", "'it_contact", r"invalid YAML: while scanning a simple key could not find expected ':' \(line \d+\)"),
+    ("parser-error", "    fail_closed: false\n", "    fail_closed: false\n   - stray\n", "- stray", r"invalid YAML: while parsing a block mapping \(line \d+\) expected <block end>, but found '<block sequence start>'"),
+    ("unknown-tag", "  name: Test School", "  name: !secret Test", "!secret", r"^school.name: could not determine a constructor for the tag '!secret'"),
+    ("bool-key", "  pupils:\n", "  no:\n", "  no:", r"^groups: key: expected text, got true/false \(put it in quotes to mean the text 'no'\)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("old", "new", "marker", "reason"), [case[1:] for case in BROKEN], ids=[case[0] for case in BROKEN])
+def test_broken_policy_names_line_and_reason(tmp_path, old, new, marker, reason):
+    text = edited(old, new)
+    path = write(tmp_path, text)
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    error = caught.value
+    assert (error.file, error.line) == (str(path), line_of(text, marker)), error.reason
+    assert re.search(reason, error.reason), error.reason
+    assert str(error) == f"{path}:{error.line}: {error.reason}"
+
+
+def test_mapping_to_an_unknown_category(tmp_path):
+    (tmp_path / "map.yaml").write_text("agressif: violence\nwarez: warez\n")
+    text = edited("{name: local, path: lists}", "{name: ut1, path: ut1, mapping: map.yaml}")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(write(tmp_path, text))
+    assert caught.value.line == line_of(text, "map.yaml")
+    assert re.search(r"^lists.ut1.mapping: .*map.yaml maps 'warez' to unknown category 'warez'", caught.value.reason)
+
+
+def test_broken_mapping_file_is_reported_at_its_policy_line(tmp_path):
+    (tmp_path / "map.yaml").write_text("agressif: [violence]\n")
+    text = edited("{name: local, path: lists}", "{name: ut1, path: ut1, mapping: map.yaml}")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(write(tmp_path, text))
+    assert caught.value.line == line_of(text, "map.yaml")
+    assert "map.yaml:1:" in caught.value.reason  # the mapping file's own line, from lists.load_mapping
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "reason"),
+    [
+        (b"", None, "the policy file is empty"),
+        (b"# only a comment\n", None, "the policy file is empty"),
+        (b"- just\n- a list\n", 1, "the policy file: expected a mapping"),
+        (b"version: 1\nschool: caf\xe9\n", 2, "not valid UTF-8 text"),
+        (b"version: 1\nschool: \x07\n", 2, "invalid YAML: special characters are not allowed"),
+        (b"version: 1\n---\nversion: 1\n", 2, "invalid YAML: expected a single document"),
+        (b"a: &x [1]\nb: *y\n", 2, "invalid YAML: found undefined alias"),
+    ],
+)
+def test_broken_files(tmp_path, content, line, reason):
+    path = tmp_path / "policy.yaml"
+    path.write_bytes(content)
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    assert caught.value.line == line
+    assert reason in caught.value.reason
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(PolicyError, match=r"nothing.yaml: cannot read the policy file: No such file"):
+        load_policy(tmp_path / "nothing.yaml")
+    with pytest.raises(PolicyError, match="cannot read the policy file"):
+        load_policy(tmp_path)
+
+
+def test_oversized_file_is_refused_unread(tmp_path):
+    path = write(tmp_path, BASE + "#" * MAX_POLICY_BYTES + "\n")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    assert caught.value.line is None and "larger than 1024 KiB" in caught.value.reason
+    assert str(caught.value) == f"{path}: {caught.value.reason}"
+
+
+def test_utf8_bom_is_accepted(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + BASE.encode())
+    assert load_policy(path).school_name == "Test School"
+
+
+def test_ipv6_networks(tmp_path):
+    text = edited("10.20.5.0/24, group: visitors}", "'2001:db8:5::/48', group: visitors}")
+    policy = load_policy(write(tmp_path, text))
+    assert ipaddress.ip_network("2001:db8:5::/48") in {rule.network for rule in policy.networks}
+
+
+# -- adversarial input --------------------------------------------------------------------------
+
+LINES = BASE.splitlines(keepends=True)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    start=st.integers(0, len(LINES) - 1),
+    removed=st.integers(0, 3),
+    inserted=st.text(st.characters(codec="utf-8"), max_size=40),
+)
+def test_any_edit_gives_a_policy_or_a_policy_error(tmp_path, start, removed, inserted):
+    """Deleting lines or typing anything anywhere never crashes the loader with another exception."""
+    text = "".join(LINES[:start]) + inserted + "".join(LINES[start + removed :])
+    path = write(tmp_path, text)
+    try:
+        policy = load_policy(path)
+    except PolicyError as error:
+        assert error.file == str(path) and error.reason
+        assert error.line is None or 1 <= error.line <= text.count("\n") + 2
+    else:
+        assert policy.default_group in policy.groups
