@@ -1,0 +1,84 @@
+"""Act: the page a blocked request gets instead of the site.
+
+HTML for browsers (readable on a phone, every value autoescaped), one line of
+text for clients that do not accept HTML (apps, curl, update agents).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import jinja2
+
+# Shown URLs are cut: the page must stay readable and bounded whatever the request.
+MAX_SHOWN_URL = 300
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class BlockPage:
+    status: int
+    content_type: str
+    body: bytes
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("aupguard", "templates"),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=False,
+    )
+
+
+def wants_html(accept: str | None) -> bool:
+    """Browsers ask for text/html; a client that sends no Accept header gets HTML too."""
+    if not accept:
+        return True
+    accept = accept.lower()
+    return "text/html" in accept or "application/xhtml" in accept or accept.strip().startswith("*/*")
+
+
+def render(
+    *,
+    accept: str | None,
+    school_name: str,
+    category_label: str,
+    reason: str,
+    url: str,
+    date: str,
+    time: str,
+    ref: str | None,
+    it_contact: str,
+    accidental: str,
+    circumvention_note: str | None = None,
+    title: str = "This page is blocked",
+    accent: str = "#c0392b",
+) -> BlockPage:
+    values = dict(
+        school_name=school_name,
+        category_label=category_label,
+        reason=reason,
+        url=_shown_url(url),
+        date=date,
+        time=time,
+        ref=ref,
+        it_contact=it_contact,
+        accidental=accidental,
+        circumvention_note=circumvention_note,
+        title=title,
+        accent=accent,
+    )
+    if wants_html(accept):
+        html = _environment().get_template("block.html").render(values)
+        return BlockPage(403, "text/html; charset=utf-8", html.encode("utf-8"))
+    text = _CONTROL.sub(" ", _environment().get_template("block.txt").render(values)).strip()
+    return BlockPage(403, "text/plain; charset=utf-8", (text + "\n").encode("utf-8"))
+
+
+def _shown_url(url: str) -> str:
+    url = _CONTROL.sub("", url)
+    return url if len(url) <= MAX_SHOWN_URL else url[: MAX_SHOWN_URL - 1] + "…"

@@ -1,0 +1,212 @@
+"""Shared fixtures: the real UT1 snapshot, a local origin server, and a real aupguard proxy.
+
+Everything listens on 127.0.0.1 only. The proxy is the real `aupguard run`
+command in a subprocess, with its own mitmproxy CA in a temporary confdir.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import ipaddress
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+BUNDLED_POLICY = REPO / "config" / "policy.yaml"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not (SHARED / "blocklists-ut1").is_dir():
+        pytest.skip(f"the shared UT1 snapshot is not at {SHARED} (it sits beside the checkout in CI)")
+    return SHARED
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- origin servers -----------------------------------------------------------------------------
+
+
+class OriginHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every request with a small page naming the path, so tests can tell they reached it."""
+
+    def do_GET(self):
+        body = f"origin says hello: {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET
+    do_HEAD = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+@dataclass
+class Origin:
+    port: int
+    https_port: int
+    cert: Path  # the HTTPS origin's self-signed certificate, for clients that must see it undecrypted
+
+    def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def https_url(self, path: str = "/", host: str = "localhost") -> str:
+        return f"https://{host}:{self.https_port}{path}"
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "origin.pem", tmp / "origin.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture(scope="session")
+def origin(tmp_path_factory) -> Origin:
+    plain = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OriginHandler)
+    secure = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OriginHandler)
+    cert, key = _self_signed(tmp_path_factory.mktemp("origin"))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    secure.socket = context.wrap_socket(secure.socket, server_side=True)
+    for server in (plain, secure):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield Origin(plain.server_address[1], secure.server_address[1], cert)
+    for server in (plain, secure):
+        server.shutdown()
+
+
+# -- the proxy ------------------------------------------------------------------------------------
+
+
+def write_policy(path: Path, edit=None, base: Path = BUNDLED_POLICY) -> Path:
+    """A copy of the bundled policy (lists resolved against the repo), optionally edited as a dict."""
+    data = yaml.safe_load(base.read_text())
+    for root in data.get("lists", []):
+        if not str(root["path"]).startswith(("/", "{data}")):
+            root["path"] = str((base.parent / root["path"]).resolve())
+        if root.get("mapping") and not str(root["mapping"]).startswith("/"):
+            root["mapping"] = str((base.parent / root["mapping"]).resolve())
+    if edit:
+        edit(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@dataclass
+class Proxy:
+    process: subprocess.Popen
+    port: int
+    confdir: Path
+    db: Path
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def proxies(self) -> dict[str, str]:
+        return {"http": self.url, "https": self.url}
+
+    @property
+    def ca(self) -> Path:
+        return self.confdir / "mitmproxy-ca-cert.pem"
+
+    def stop(self, timeout: float = 20) -> int:
+        """Stop as an administrator would (SIGTERM) and wait: incidents must be flushed by then."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                raise
+        return self.process.returncode
+
+
+def start_proxy(tmp: Path, policy: Path = BUNDLED_POLICY, extra: tuple[str, ...] = (), env: dict | None = None) -> Proxy:
+    port = free_port()
+    confdir, db, log = tmp / "mitmproxy", tmp / "var" / "incidents.db", tmp / "proxy.log"
+    cmd = [
+        sys.executable, "-m", "aupguard.cli", "run",
+        "--listen-port", str(port),
+        "--config", str(policy),
+        "--db", str(db),
+        "--confdir", str(confdir),
+        "--set", "ssl_insecure=true",  # the test origin's certificate is self-signed
+        *extra,
+    ]  # fmt: skip
+    environment = {**os.environ, "AUPGUARD_DATA": str(tmp / "var"), **(env or {})}
+    handle = log.open("wb")
+    process = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=environment, cwd=tmp)
+    wait_listening(process, port, log)
+    return Proxy(process, port, confdir, db, log)
+
+
+def wait_listening(process: subprocess.Popen, port: int, log: Path | None = None, timeout: float = 60) -> None:
+    output = lambda: log.read_text() if log else ""  # noqa: E731
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the proxy exited with {process.returncode}:\n{output()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"the proxy did not listen within {timeout} s:\n{output()}")
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory) -> Proxy:
+    """The bundled policy and lists, as `aupguard run` starts them."""
+    running = start_proxy(tmp_path_factory.mktemp("proxy"))
+    yield running
+    running.stop()
