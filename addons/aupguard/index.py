@@ -1,0 +1,557 @@
+"""The compiled list index: millions of list entries in one read-only file that loads in a blink.
+
+`aupguard lists compile` writes it; `run` and `classify` map it and look entries up
+through the same `domain_mask` / `url_mask` protocol as the text-loaded `ListData`.
+
+File layout (little-endian; every offset is from the start of the file)::
+
+    header   128 bytes: magic, format version, combo width, hash seed, file size,
+             offsets/lengths/counts below, checksum of the body, checksum of the header
+    json     {"sources": [...], "expressions": [[source id, regex], ...],
+              "combos": [[source id, ...], ...]}
+    domains  page-aligned: `slots` uint64 key hashes, then `slots` combo ids (uint8/16/32)
+    urls     the same layout
+
+Why this design:
+
+* **One mmap'd file, shared by every worker.** The tables are never copied into
+  Python objects: lookups index a `memoryview` of a read-only shared mapping, so
+  N proxy processes share one copy in the page cache, loading costs a header
+  parse plus a checksum pass, and memory grows only with the pages actually touched.
+* **Open addressing, linear probing, load ≤ 0.8 (0.65 when the entry count is
+  known up front).** A lookup hashes the key once and probes a few adjacent
+  slots (one cache line): constant time whatever the list size.
+* **Slots hold a 64-bit key hash, not the key.** Storing the keys would triple the file and
+  RSS. The hash is xxh3_64 with a random per-index seed (in the header), so
+  nobody outside can precompute a domain that collides with a listed one. The
+  home slot is the hash modulo the slot count, and a key absent from the lists
+  is wrongly found only when its full 64-bit hash equals a listed one's:
+  about N/2^64 per lookup, 3e-13 at N = 6 million, i.e. once in ~90 years for a
+  school doing 10^8 lookups a day. Two listed keys sharing a hash (N^2/2^65,
+  ~1e-6 per compile of 6M entries) merge their source masks.
+* **Combo ids instead of masks.** A slot stores the index of its distinct source
+  bitmask ("combo"); there are few distinct combos (hundreds), so 1 or 2 bytes a
+  slot instead of an arbitrary-width int: 10 bytes a slot in all.
+* **Atomic replacement.** The writer writes a temporary file in the target's
+  directory, fsyncs it, `os.replace`s it over the target and fsyncs the directory.
+  A reader keeps its mapping of the old inode, which stays valid after the
+  replace (a versioned file plus a `current` pointer would add nothing), and
+  `CompiledIndex.stale()` tells it a newer file is there. Never rewrite an index
+  in place (`cp` over it): mapped readers would see the change.
+* **Corruption is caught at load**: magic, version, header checksum, file size,
+  bounds, an xxh3 checksum of the whole body (read with `pread`, not through the
+  mapping, so it adds no RSS) and the JSON structure. Any failure raises
+  `IndexFormatError` so a reloading caller can keep the index it has.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+import sys
+import tempfile
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from xxhash import xxh3_64, xxh3_64_intdigest
+
+from . import lists
+from .lists import ListData, ListRoot, ListSource
+
+MAGIC = b"AUPGIDX\x00"
+FORMAT_VERSION = 1
+KINDS = ("domains", "urls")
+
+# magic, version, combo width (bytes), seed, file size, json offset, json length,
+# then offset, slots, entries for domains and for urls, then the body checksum;
+# the header checksum (xxh3 of the bytes before it) follows.
+_HEADER = struct.Struct("<8sIIQQQQ" + "QQQ" * len(KINDS) + "Q")
+_HEADER_CHECKSUM = struct.Struct("<Q")
+HEADER_SIZE = 128
+assert _HEADER.size + _HEADER_CHECKSUM.size <= HEADER_SIZE
+
+_PAGE = 4096
+# Load factors: what a table is sized for when its entry count is known, and when it grows.
+_TARGET_LOAD = 0.65
+_MAX_LOAD = 0.8
+_COMBO_TYPECODES = {1: "B", 2: "H", 4: "I"}
+_VERIFY_CHUNK = 1 << 20
+_MAX_JSON = 256 << 20
+
+Progress = Callable[[int, int], None]  # (done, total), in whatever unit the caller counts
+
+
+class IndexFormatError(ValueError):
+    """The file is not a valid index (wrong magic or version, truncated, corrupt)."""
+
+
+def key_hash(key: str, seed: int) -> int:
+    """The 64-bit hash a table stores for `key`; never 0, which marks an empty slot."""
+    return xxh3_64_intdigest(key.encode("utf-8", "surrogatepass"), seed) or 1
+
+
+def _check_little_endian() -> None:
+    if sys.byteorder != "little":
+        raise IndexFormatError("aupguard index files are little-endian; this host is big-endian")
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+class _TableBuilder:
+    """One open-addressing table under construction: key hashes and combo ids."""
+
+    def __init__(self, expected: int):
+        self.slots = max(8, int(expected / _TARGET_LOAD) + 1)
+        self.hashes = array("Q", bytes(8 * self.slots))
+        self.combos = array("I", bytes(4 * self.slots))
+        self.count = 0
+        self.limit = int(self.slots * _MAX_LOAD)
+
+    def grow(self) -> None:
+        old_hashes, old_combos = self.hashes, self.combos
+        self.slots *= 2
+        self.limit = int(self.slots * _MAX_LOAD)
+        slots = self.slots
+        hashes = self.hashes = array("Q", bytes(8 * slots))
+        combos = self.combos = array("I", bytes(4 * slots))
+        for h, combo in zip(old_hashes, old_combos):
+            if h:
+                i = h % slots
+                while hashes[i]:
+                    i = i + 1 if i + 1 < slots else 0
+                hashes[i] = h
+                combos[i] = combo
+
+
+class IndexWriter:
+    """Collects entries into the two tables, then writes the index file atomically.
+
+    Entries arrive as (key, mask) pairs; a key met again (the same domain in two
+    lists) gets the union of its masks. Memory while compiling: 12 bytes a slot
+    per table, no per-key Python objects.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[ListSource],
+        expressions: Sequence[tuple[int, str]] = (),
+        *,
+        expected: dict[str, int] | None = None,
+        seed: int | None = None,
+    ):
+        _check_little_endian()
+        self.sources = list(sources)
+        self.expressions = list(expressions)
+        self.seed = int.from_bytes(os.urandom(8), "little") if seed is None else seed
+        expected = expected or {}
+        self._tables = {kind: _TableBuilder(expected.get(kind, 0)) for kind in KINDS}
+        self._combo_masks: list[int] = []
+        self._combo_of_mask: dict[int, int] = {}
+        self._merged: dict[tuple[int, int], int] = {}
+
+    def _combo(self, mask: int) -> int:
+        combo = self._combo_of_mask.get(mask)
+        if combo is None:
+            combo = self._combo_of_mask[mask] = len(self._combo_masks)
+            self._combo_masks.append(mask)
+        return combo
+
+    def _merge(self, combo: int, mask: int) -> int:
+        merged = self._merged.get((combo, mask))
+        if merged is None:
+            merged = self._merged[combo, mask] = self._combo(self._combo_masks[combo] | mask)
+        return merged
+
+    def add(
+        self,
+        kind: str,
+        items: Iterable[tuple[str, int]],
+        *,
+        tick: Callable[[int], None] | None = None,
+    ) -> int:
+        """Add (key, mask) pairs to the `kind` table; returns how many pairs were read.
+
+        `tick(n)` is called after every 65,536 pairs (n = pairs so far) to drive a progress bar.
+        """
+        table = self._tables[kind]
+        seed = self.seed
+        # The loop runs once per list entry (millions): everything it touches is a local.
+        hashes, combos, slots, limit = table.hashes, table.combos, table.slots, table.limit
+        count = table.count
+        last_mask, last_combo = None, 0
+        read = 0
+        for key, mask in items:
+            read += 1
+            if tick is not None and not read & 0xFFFF:
+                tick(read)
+            h = xxh3_64_intdigest(key.encode("utf-8", "surrogatepass"), seed) or 1  # key_hash(), inlined
+            i = h % slots
+            while True:
+                v = hashes[i]
+                if v == h:
+                    combos[i] = self._merge(combos[i], mask)
+                    break
+                if not v:
+                    if mask != last_mask:
+                        last_mask, last_combo = mask, self._combo(mask)
+                    hashes[i] = h
+                    combos[i] = last_combo
+                    count += 1
+                    if count > limit:
+                        table.count = count
+                        table.grow()
+                        hashes, combos, slots, limit = table.hashes, table.combos, table.slots, table.limit
+                    break
+                i += 1
+                if i == slots:
+                    i = 0
+        table.count = count
+        return read
+
+    def write(self, out_path: Path) -> CompileSummary:
+        """Write the index to `out_path`, atomically replacing any index already there."""
+        out_path = Path(out_path)
+        width = next(w for w in (1, 2, 4) if len(self._combo_masks) <= 1 << (8 * w))
+        meta = {
+            "sources": [
+                {"id": s.id, "category": s.category, "name": s.name, "path": str(s.path)} for s in self.sources
+            ],
+            "expressions": [[sid, pattern] for sid, pattern in self.expressions],
+            "combos": [_bits(mask) for mask in self._combo_masks],
+        }
+        json_bytes = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+        layout = []  # (offset, table)
+        offset = HEADER_SIZE + len(json_bytes)
+        for kind in KINDS:
+            table = self._tables[kind]
+            offset = _align(offset, _PAGE)
+            layout.append((offset, table))
+            offset += table.slots * (8 + width)
+        file_size = offset
+
+        body = xxh3_64()
+        chunks: list[bytes | array] = [json_bytes]
+        position = HEADER_SIZE + len(json_bytes)
+        for table_offset, table in layout:
+            chunks.append(bytes(table_offset - position))
+            chunks.append(table.hashes)
+            chunks.append(table.combos if width == 4 else array(_COMBO_TYPECODES[width], table.combos))
+            position = table_offset + table.slots * (8 + width)
+        for chunk in chunks:
+            body.update(chunk)
+
+        fields = [MAGIC, FORMAT_VERSION, width, self.seed, file_size, HEADER_SIZE, len(json_bytes)]
+        for table_offset, table in layout:
+            fields += [table_offset, table.slots, table.count]
+        fields.append(body.intdigest())
+        header = _HEADER.pack(*fields)
+        header += _HEADER_CHECKSUM.pack(xxh3_64_intdigest(header))
+        header += bytes(HEADER_SIZE - len(header))
+
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(header)
+                for chunk in chunks:
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp_name, out_path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        _fsync_dir(out_path.parent)
+        return CompileSummary(
+            path=out_path,
+            domains=self._tables["domains"].count,
+            urls=self._tables["urls"].count,
+            expressions=len(self.expressions),
+            sources=len(self.sources),
+            combos=len(self._combo_masks),
+            size=file_size,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CompileSummary:
+    path: Path
+    domains: int  # distinct keys in each table
+    urls: int
+    expressions: int
+    sources: int
+    combos: int  # distinct source masks
+    size: int  # bytes
+    problems: tuple[str, ...] = ()  # list lines skipped while reading the sources
+
+
+def compile_from_folders(
+    roots: Sequence[ListRoot], out_path: Path, progress: Progress | None = None
+) -> CompileSummary:
+    """Compile list folders straight into an index file, streaming: no dict of every entry is built.
+
+    Sources, ids, keys and problems are exactly those `load_lists(roots)` gives.
+    `progress(done, total)` counts list lines. Raises ListError as `load_lists` does.
+    """
+    problems = lists._Problems()
+    sources: list[ListSource] = []
+    for root in roots:
+        for folder, category in lists._category_folders(root, problems):
+            sources.append(ListSource(len(sources), category, f"{root.name}/{folder.name}", folder))
+    # Line counts first (a fast pass over cached files): they size the tables and the progress bar.
+    lines = {(source.id, kind): _count_lines(source.path / kind) for source in sources for kind in KINDS}
+    expected = {kind: sum(n for (_sid, k), n in lines.items() if k == kind) for kind in KINDS}
+    total = sum(expected.values())
+    writer = IndexWriter(sources, expected=expected)
+    done = 0
+    for source in sources:
+        for kind in KINDS:
+            tick = progress and (lambda n, base=done: progress(base + n, total))
+            writer.add(kind, _keys_with_mask(source, kind, problems), tick=tick)
+            done += lines[source.id, kind]
+            if progress:
+                progress(done, total)
+        for _number, pattern in lists._entries(source.path / "expressions", problems, strip_comments=False):
+            writer.expressions.append((source.id, pattern))
+    return replace(writer.write(out_path), problems=tuple(problems.as_list()))
+
+
+def _keys_with_mask(source: ListSource, kind: str, problems: lists._Problems) -> Iterator[tuple[str, int]]:
+    path = source.path / kind
+    key_of = lists._domain_key if kind == "domains" else lists._url_key
+    bit = 1 << source.id
+    for number, entry in lists._entries(path, problems, strip_comments=True):
+        try:
+            key = key_of(entry)
+        except ValueError as exc:  # URLError, or a codec's UnicodeError
+            problems.add(f"{path}:{number}", str(exc))
+            continue
+        yield key, bit
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return 1 + sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(_VERIFY_CHUNK), b""))
+    except OSError:  # missing (most folders lack a `urls` file) or unreadable: lists reports it
+        return 0
+
+
+def compile_list_data(data: ListData, out_path: Path, progress: Progress | None = None) -> CompileSummary:
+    """Compile lists already loaded as text (`ListData`) into an index file."""
+    writer = IndexWriter(
+        data.sources, data.expressions, expected={"domains": len(data.domains), "urls": len(data.urls)}
+    )
+    total = len(data.domains) + len(data.urls)
+    writer.add("domains", data.domains.items(), tick=progress and (lambda n: progress(n, total)))
+    done = len(data.domains)
+    writer.add("urls", data.urls.items(), tick=progress and (lambda n: progress(done + n, total)))
+    if progress:
+        progress(total, total)
+    return replace(writer.write(out_path), problems=tuple(data.problems))
+
+
+def _bits(mask: int) -> list[int]:
+    out = []
+    while mask:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return out
+
+
+def _align(offset: int, to: int) -> int:
+    return -(-offset // to) * to
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+class _Table:
+    """A read-only table over the mapping; `mask(key)` is the hot path."""
+
+    __slots__ = ("hashes", "combos", "slots", "seed", "masks")
+
+    def __init__(self, hashes: memoryview, combos: memoryview, seed: int, masks: list[int]):
+        self.hashes = hashes
+        self.combos = combos
+        self.slots = len(hashes)
+        self.seed = seed
+        self.masks = masks
+
+    def mask(self, key: str) -> int:
+        h = xxh3_64_intdigest(key.encode("utf-8", "surrogatepass"), self.seed) or 1  # key_hash(), inlined
+        slots = self.slots
+        hashes = self.hashes
+        i = h % slots
+        while True:
+            v = hashes[i]
+            if v == h:
+                return self.masks[self.combos[i]]
+            if not v:
+                return 0
+            i += 1
+            if i == slots:
+                i = 0
+
+    def release(self) -> None:
+        self.hashes.release()
+        self.combos.release()
+
+
+class CompiledIndex:
+    """A loaded index: the `ListLookup` protocol over a shared read-only mapping."""
+
+    sources: list[ListSource]
+    expressions: list[tuple[int, str]]
+    domain_mask: Callable[[str], int]  # 0 when absent
+    url_mask: Callable[[str], int]
+
+    def __init__(self, path: Path, mapping: mmap.mmap, file_id: tuple[int, int], header: dict, meta: dict):
+        self.path = path
+        self._mapping = mapping
+        self._file_id = file_id
+        self.sources = [
+            ListSource(id=s["id"], category=s["category"], name=s["name"], path=Path(s["path"]))
+            for s in meta["sources"]
+        ]
+        self.expressions = [(sid, pattern) for sid, pattern in meta["expressions"]]
+        masks = [sum(1 << sid for sid in combo) for combo in meta["combos"]]
+        self.counts = {kind: header[kind][2] for kind in KINDS}
+        self._view = memoryview(mapping)
+        typecode = _COMBO_TYPECODES[header["width"]]
+        tables = {}
+        for kind in KINDS:
+            offset, slots, _count = header[kind]
+            hashes = self._view[offset : offset + 8 * slots].cast("Q")
+            combos_at = offset + 8 * slots
+            combos = self._view[combos_at : combos_at + header["width"] * slots].cast(typecode)
+            tables[kind] = _Table(hashes, combos, header["seed"], masks)
+        self._tables = tables
+        # Bound methods as attributes: one Python call per lookup on the hot path.
+        self.domain_mask = tables["domains"].mask
+        self.url_mask = tables["urls"].mask
+
+    def stale(self) -> bool:
+        """True when `path` now names a different file (a newer index replaced this one)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != self._file_id
+
+    def close(self) -> None:
+        """Unmap the file. Lookups after this raise ValueError."""
+        for table in self._tables.values():
+            table.release()
+        self._view.release()
+        self._mapping.close()
+
+    def __enter__(self) -> CompiledIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_index(path: Path) -> CompiledIndex:
+    """Map the index at `path` after validating it; raises `IndexFormatError` when it is not valid.
+
+    The file descriptor is closed before returning: the mapping keeps the inode
+    alive, so a later `os.replace` of `path` does not disturb this reader.
+    """
+    _check_little_endian()
+    path = Path(path)
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        fd = f.fileno()
+        header = _read_header(os.pread(fd, HEADER_SIZE, 0), st.st_size, path)
+        _verify_body(fd, header, path)
+        json_bytes = os.pread(fd, header["json_len"], header["json_off"])
+        meta = _parse_meta(json_bytes, header, path)
+        mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    if hasattr(mapping, "madvise"):
+        # Lookups touch random pages: do not read ahead around each one.
+        mapping.madvise(mmap.MADV_RANDOM)
+    return CompiledIndex(path, mapping, (st.st_dev, st.st_ino), header, meta)
+
+
+def _read_header(raw: bytes, file_size: int, path: Path) -> dict:
+    if len(raw) < HEADER_SIZE:
+        raise IndexFormatError(f"{path}: truncated ({file_size} bytes, shorter than the header)")
+    fields = _HEADER.unpack_from(raw)
+    magic, version, width, seed, size, json_off, json_len = fields[:7]
+    if magic != MAGIC:
+        raise IndexFormatError(f"{path}: not an aupguard index (bad magic)")
+    if version != FORMAT_VERSION:
+        raise IndexFormatError(f"{path}: index format version {version}, this aupguard reads {FORMAT_VERSION}")
+    (stored,) = _HEADER_CHECKSUM.unpack_from(raw, _HEADER.size)
+    if stored != xxh3_64_intdigest(raw[: _HEADER.size]):
+        raise IndexFormatError(f"{path}: header checksum mismatch")
+    if size != file_size:
+        raise IndexFormatError(f"{path}: file is {file_size} bytes, its header says {size} (truncated?)")
+    if width not in _COMBO_TYPECODES:
+        raise IndexFormatError(f"{path}: invalid combo width {width}")
+    header = {"width": width, "seed": seed, "json_off": json_off, "json_len": json_len, "body": fields[-1]}
+    _check_range(path, "json", json_off, json_len, size)
+    if json_len > _MAX_JSON:
+        raise IndexFormatError(f"{path}: json section of {json_len} bytes is too large")
+    for n, kind in enumerate(KINDS):
+        offset, slots, count = fields[7 + 3 * n : 10 + 3 * n]
+        if slots < 1 or count >= slots:
+            raise IndexFormatError(f"{path}: {kind} table has {count} entries in {slots} slots")
+        _check_range(path, kind, offset, slots * (8 + width), size)
+        if offset % 8:
+            raise IndexFormatError(f"{path}: {kind} table is not aligned")
+        header[kind] = (offset, slots, count)
+    return header
+
+
+def _check_range(path: Path, what: str, offset: int, length: int, size: int) -> None:
+    if offset < HEADER_SIZE or offset + length > size:
+        raise IndexFormatError(f"{path}: {what} section [{offset}, +{length}) is outside the file")
+
+
+def _verify_body(fd: int, header: dict, path: Path) -> None:
+    digest = xxh3_64()
+    position = HEADER_SIZE
+    while chunk := os.pread(fd, _VERIFY_CHUNK, position):
+        digest.update(chunk)
+        position += len(chunk)
+    if digest.intdigest() != header["body"]:
+        raise IndexFormatError(f"{path}: body checksum mismatch (corrupt index)")
+
+
+def _parse_meta(raw: bytes, header: dict, path: Path) -> dict:
+    try:
+        meta = json.loads(raw.decode("utf-8", "surrogatepass"))
+        ids = set()
+        for source in meta["sources"]:
+            texts = (source["category"], source["name"], source["path"])
+            if not (isinstance(source["id"], int) and source["id"] >= 0 and all(isinstance(t, str) for t in texts)):
+                raise ValueError(f"bad source {source!r}")
+            ids.add(source["id"])
+        for sid, pattern in meta["expressions"]:
+            if sid not in ids or not isinstance(pattern, str):
+                raise ValueError(f"bad expression {[sid, pattern]!r}")
+        combos = meta["combos"]
+        if not all(isinstance(c, list) and set(c) <= ids for c in combos):
+            raise ValueError("a combo names an unknown source")
+        if len(combos) > 1 << (8 * header["width"]):
+            raise ValueError(f"{len(combos)} combos do not fit {header['width']} bytes")
+    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise IndexFormatError(f"{path}: invalid json section: {exc}") from exc
+    return meta

@@ -1,0 +1,349 @@
+"""The compiled list index: lookups equal the text-loaded lists, corruption is refused, replacement is atomic."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aupguard import index as index_module
+from aupguard.index import (
+    HEADER_SIZE,
+    IndexFormatError,
+    IndexWriter,
+    compile_from_folders,
+    compile_list_data,
+    key_hash,
+    load_index,
+)
+from aupguard.lists import ListData, ListRoot, ListSource, load_lists
+
+
+def make_sources(n: int) -> list[ListSource]:
+    categories = ["adult", "gambling", "anonymizers", "social_networks", "school_allow"]
+    return [
+        ListSource(i, categories[i % len(categories)], f"blocklists/list{i}", Path(f"/lists/list{i}")) for i in range(n)
+    ]
+
+
+@pytest.fixture
+def small_lists() -> ListData:
+    sources = make_sources(70)  # more than 64: masks wider than a machine word
+    domains = {
+        "example.com": 1 << 0,
+        "porn.example": 1 << 0 | 1 << 69,
+        "bet.example.co.uk": 1 << 1,
+        "proxy.example.net": 1 << 2 | 1 << 3,
+        "192.0.2.7": 1 << 2,
+        "xn--bcher-kva.example": 1 << 4,
+    }
+    urls = {
+        "example.org/bad": 1 << 0,
+        "example.org/bad/worse": 1 << 0 | 1 << 1,
+        "example.org/search?q=x": 1 << 68,
+    }
+    expressions = [(0, r"(porn|xxx)"), (69, r"casino\d+"), (2, "naïve ☃")]
+    return ListData(sources, domains, urls, expressions, ["adult/domains:3: not a domain"])
+
+
+@pytest.fixture
+def compiled(small_lists, tmp_path):
+    summary = compile_list_data(small_lists, tmp_path / "lists.idx")
+    with load_index(summary.path) as index:
+        yield small_lists, summary, index
+
+
+def test_every_entry_is_found_with_its_mask(compiled):
+    data, _summary, index = compiled
+    for key, mask in data.domains.items():
+        assert index.domain_mask(key) == mask, key
+    for key, mask in data.urls.items():
+        assert index.url_mask(key) == mask, key
+
+
+def test_misses_return_zero(compiled):
+    data, _summary, index = compiled
+    for key in ["", "com", "www.example.com", "example.co", "example.org/bad", "ünïcode.example", "\udcff"]:
+        assert index.domain_mask(key) == 0, key
+    # A domain is not a URL key and vice versa: the tables are separate.
+    for key in data.domains:
+        assert index.url_mask(key) == 0
+    for key in data.urls:
+        assert index.domain_mask(key) == 0
+    assert index.url_mask("example.org/bad/wors") == 0
+
+
+def test_sources_expressions_and_summary_round_trip(compiled):
+    data, summary, index = compiled
+    assert index.sources == data.sources
+    assert index.expressions == data.expressions
+    assert index.counts == {"domains": len(data.domains), "urls": len(data.urls)}
+    assert (summary.domains, summary.urls, summary.expressions, summary.sources) == (6, 3, 3, 70)
+    assert summary.problems == ("adult/domains:3: not a domain",)
+    assert summary.size == summary.path.stat().st_size
+
+
+def test_a_key_met_again_gets_the_union_of_its_masks(tmp_path):
+    writer = IndexWriter(make_sources(3))
+    writer.add("domains", [("a.example", 1), ("b.example", 2)])
+    writer.add("domains", [("a.example", 4), ("a.example", 2)])
+    writer.add("urls", [("a.example/x", 4)])
+    summary = writer.write(tmp_path / "i.idx")
+    assert (summary.domains, summary.urls) == (2, 1)
+    with load_index(summary.path) as index:
+        assert index.domain_mask("a.example") == 7
+        assert index.domain_mask("b.example") == 2
+        assert index.url_mask("a.example/x") == 4
+
+
+def test_tables_grow_past_the_expected_size(tmp_path):
+    writer = IndexWriter(make_sources(2), expected={"domains": 1})
+    keys = [f"host{i}.example" for i in range(5000)]
+    writer.add("domains", ((k, 1 << (i % 2)) for i, k in enumerate(keys)))
+    with load_index(writer.write(tmp_path / "i.idx").path) as index:
+        assert all(index.domain_mask(k) == 1 << (i % 2) for i, k in enumerate(keys))
+        assert index.domain_mask("host5000.example") == 0
+
+
+def test_probing_wraps_around_the_end_of_the_table(tmp_path):
+    seed, slots = 42, IndexWriter(make_sources(1), seed=42)._tables["domains"].slots
+    last = [k for k in (f"k{i}" for i in range(100_000)) if key_hash(k, seed) % slots == slots - 1][:3]
+    assert len(last) == 3
+    writer = IndexWriter(make_sources(3), seed=seed)
+    writer.add("domains", [(k, 1 << n) for n, k in enumerate(last)])
+    with load_index(writer.write(tmp_path / "i.idx").path) as index:
+        assert index._tables["domains"].slots == slots
+        assert [index.domain_mask(k) for k in last] == [1, 2, 4]
+
+
+def test_progress_reaches_the_total(small_lists, tmp_path):
+    calls = []
+    compile_list_data(small_lists, tmp_path / "i.idx", progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (9, 9)
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+
+
+def test_empty_lists_compile_and_load(tmp_path):
+    summary = compile_list_data(ListData([], {}, {}, [], []), tmp_path / "i.idx")
+    with load_index(summary.path) as index:
+        assert index.domain_mask("example.com") == 0
+        assert index.url_mask("example.com/x") == 0
+        assert index.sources == [] and index.expressions == []
+
+
+# -- compiling list folders directly ------------------------------------------------------------------
+
+
+def assert_index_answers_as(data: ListData, path: Path) -> None:
+    with load_index(path) as index:
+        assert index.sources == data.sources
+        assert index.expressions == data.expressions
+        assert index.counts == {"domains": len(data.domains), "urls": len(data.urls)}
+        assert all(index.domain_mask(key) == mask for key, mask in data.domains.items())
+        assert all(index.url_mask(key) == mask for key, mask in data.urls.items())
+
+
+def write_list(folder: Path, name: str, text: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text, encoding="utf-8")
+
+
+def test_compiling_folders_gives_what_loading_them_gives(tmp_path):
+    local, ut1 = tmp_path / "local", tmp_path / "ut1"
+    write_list(local / "adult", "domains", "# comment\nExample.COM\n*.porn.example\nbad..host\n\nporn.example # dup\n")
+    write_list(local / "adult", "urls", "example.org/Bad/\nhttps://example.org/x?q=1\n")
+    write_list(local / "adult", "expressions", "(porn|xxx) #not a comment\n")
+    write_list(local / "gambling", "domains", "bet.example\nexample.com\n")
+    write_list(local / "Not A Category", "domains", "ignored.example\n")
+    write_list(ut1 / "redirector", "domains", "proxy.example\nexample.com\n")
+    write_list(ut1 / "redirector", "urls", "proxy.example/browse\n")
+    write_list(ut1 / "astrology", "domains", "stars.example\n")  # mapped to null: ignored
+    roots = [
+        ListRoot(local, "blocklists"),
+        ListRoot(ut1, "ut1", mapping={"redirector": "anonymizers", "astrology": None}),
+        ListRoot(tmp_path / "absent", "local", optional=True),
+    ]
+    calls = []
+    summary = compile_from_folders(roots, tmp_path / "lists.idx", progress=lambda *a: calls.append(a))
+    data = load_lists(roots)
+    assert_index_answers_as(data, summary.path)
+    assert summary.problems == tuple(data.problems)
+    assert [p.rpartition("/")[2] for p in summary.problems] == [
+        "Not A Category: folder name is not a category name (a-z, 0-9, _); folder skipped",
+        "domains:4: invalid host: 'bad..host'",
+    ]
+    assert calls[-1][0] == calls[-1][1] and [c[0] for c in calls] == sorted(c[0] for c in calls)
+
+
+def test_compiled_ut1_answers_as_loaded_ut1(shared_dir, tmp_path):
+    mapping = {
+        "malware": "malware",
+        "phishing": "phishing",
+        "redirector": "anonymizers",
+        "strict_redirector": "anonymizers",
+        "adult": "adult",
+        "gambling": "gambling",
+        "social_networks": "social_networks",
+    }
+    roots = [ListRoot(shared_dir / "blocklists-ut1", "ut1", mapping=mapping)]
+    summary = compile_from_folders(roots, tmp_path / "ut1.idx")
+    assert summary.domains > 300_000
+    assert_index_answers_as(load_lists(roots), summary.path)
+
+
+# -- refusing bad files ---------------------------------------------------------------------------
+
+
+def rewrite_header(path: Path, **changes: int) -> None:
+    """Change header fields and re-seal the header checksum: only the later checks can catch it."""
+    raw = bytearray(path.read_bytes())
+    fields = list(index_module._HEADER.unpack_from(raw))
+    names = {"magic": 0, "version": 1, "width": 2, "file_size": 4, "json_len": 6, "domains_slots": 8}
+    for name, value in changes.items():
+        fields[names[name]] = value
+    index_module._HEADER.pack_into(raw, 0, *fields)
+    header_bytes = bytes(raw[: index_module._HEADER.size])
+    checksum = index_module.xxh3_64_intdigest(header_bytes)
+    index_module._HEADER_CHECKSUM.pack_into(raw, index_module._HEADER.size, checksum)
+    path.write_bytes(bytes(raw))
+
+
+@pytest.fixture
+def index_file(small_lists, tmp_path) -> Path:
+    return compile_list_data(small_lists, tmp_path / "lists.idx").path
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x40
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: p.write_bytes(b""), "truncated"),
+        (lambda p: p.write_bytes(p.read_bytes()[: HEADER_SIZE - 1]), "truncated"),
+        (lambda p: p.write_bytes(p.read_bytes()[:-1]), "truncated"),
+        (lambda p: p.write_bytes(p.read_bytes() + b"\0"), "header says"),
+        (lambda p: p.write_bytes(b"NOTINDEX" + p.read_bytes()[8:]), "bad magic"),
+        (lambda p: p.write_bytes(b"# a text list\nexample.com\n" * 20), "bad magic"),
+        (lambda p: flip_byte(p, 20), "header checksum"),
+        (lambda p: flip_byte(p, HEADER_SIZE + 3), "body checksum"),
+        (lambda p: flip_byte(p, p.stat().st_size - 1), "body checksum"),
+        (lambda p: rewrite_header(p, version=2), "format version 2"),
+        (lambda p: rewrite_header(p, width=3), "combo width"),
+        (lambda p: rewrite_header(p, file_size=1 << 40), "header says"),
+        (lambda p: rewrite_header(p, json_len=1 << 40), "outside the file"),
+        (lambda p: rewrite_header(p, domains_slots=1 << 40), "outside the file"),
+        (lambda p: rewrite_header(p, domains_slots=0), "entries in 0 slots"),
+    ],
+    ids=[
+        "empty", "short-header", "cut-end", "extra-byte", "wrong-magic", "text-file", "header-bit",
+        "json-bit", "table-bit", "version", "width", "size-field", "json-range", "table-range", "no-slots",
+    ],
+)  # fmt: skip
+def test_a_damaged_file_is_refused(index_file, damage, message):
+    damage(index_file)
+    with pytest.raises(IndexFormatError, match=message):
+        load_index(index_file)
+
+
+def test_invalid_json_section_is_refused_even_with_valid_checksums(tmp_path):
+    writer = IndexWriter(make_sources(1), [(5, "unknown source")])
+    path = writer.write(tmp_path / "i.idx").path
+    with pytest.raises(IndexFormatError, match="bad expression"):
+        load_index(path)
+
+
+def test_a_missing_file_is_not_a_format_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_index(tmp_path / "absent.idx")
+
+
+# -- replacing an index while it is in use ------------------------------------------------------------
+
+
+def test_a_new_index_replaces_the_old_while_its_readers_keep_working(tmp_path):
+    path = tmp_path / "lists.idx"
+    old_data = ListData(make_sources(2), {f"old{i}.example": 1 for i in range(1000)}, {"old.example/x": 2}, [], [])
+    new_data = ListData(make_sources(2), {f"new{i}.example": 2 for i in range(1000)}, {}, [(1, "new")], [])
+    compile_list_data(old_data, path)
+    old = load_index(path)
+    assert not old.stale()
+
+    compile_list_data(new_data, path)
+    assert old.stale()
+    # The old mapping still holds the old inode: every old lookup still answers as before.
+    assert all(old.domain_mask(f"old{i}.example") == 1 for i in range(1000))
+    assert old.url_mask("old.example/x") == 2 and old.domain_mask("new1.example") == 0
+    with load_index(path) as new:
+        assert new.domain_mask("new1.example") == 2 and new.domain_mask("old1.example") == 0
+        assert new.expressions == [(1, "new")]
+        assert not new.stale()
+    old.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["lists.idx"]  # no temporary file left behind
+
+
+def test_a_failed_write_leaves_the_previous_index_untouched(tmp_path, monkeypatch):
+    path = tmp_path / "lists.idx"
+    compile_list_data(ListData(make_sources(1), {"kept.example": 1}, {}, [], []), path)
+    before = path.read_bytes()
+
+    def failing_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(index_module.os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        compile_list_data(ListData(make_sources(1), {"other.example": 1}, {}, [], []), path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["lists.idx"]
+    with load_index(path) as index:
+        assert index.domain_mask("kept.example") == 1
+
+
+def test_a_removed_index_is_stale_and_lookups_after_close_fail(index_file):
+    index = load_index(index_file)
+    os.unlink(index_file)
+    assert index.stale()
+    assert index.domain_mask("example.com") == 1  # still mapped
+    index.close()
+    with pytest.raises(ValueError):
+        index.domain_mask("example.com")
+
+
+# -- the index answers exactly as the dict it was compiled from ----------------------------------------
+
+keys = st.text(min_size=0, max_size=40)  # any text, surrogates included: list files are untrusted
+masks = st.integers(min_value=1, max_value=(1 << 100) - 1)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    domains=st.dictionaries(keys, masks, max_size=300),
+    urls=st.dictionaries(keys, masks, max_size=50),
+    probes=st.lists(keys, max_size=50),
+    seed=st.integers(min_value=0, max_value=(1 << 64) - 1),
+)
+def test_index_lookups_equal_dict_lookups(tmp_path, domains, urls, probes, seed):
+    writer = IndexWriter(make_sources(100), seed=seed)  # expected sizes unknown: tables grow
+    writer.add("domains", domains.items())
+    writer.add("urls", urls.items())
+    path = writer.write(tmp_path / "prop.idx").path
+    with load_index(path) as index:
+        for key in [*domains, *urls, *probes]:
+            assert index.domain_mask(key) == domains.get(key, 0)
+            assert index.url_mask(key) == urls.get(key, 0)
+
+
+def test_header_layout_is_what_the_docstring_says(index_file):
+    raw = index_file.read_bytes()
+    magic, version = struct.unpack_from("<8sI", raw)
+    assert (magic, version) == (b"AUPGIDX\x00", 1)
+    offsets = index_module._HEADER.unpack_from(raw)[7::3][:2]
+    assert all(offset % 4096 == 0 for offset in offsets)
