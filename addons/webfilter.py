@@ -6,5 +6,8 @@
 """
 
 from aupguard.addon import AupGuard
+from aupguard.feedback import FeedbackApp
 
-addons = [AupGuard()]
+# AupGuard first: it declares the options FeedbackApp reads, and decides every request before
+# FeedbackApp answers the block page's forms on the reserved host.
+addons = [AupGuard(), FeedbackApp()]

@@ -204,9 +204,24 @@ def wait_listening(process: subprocess.Popen, port: int, log: Path | None = None
     raise RuntimeError(f"the proxy did not listen within {timeout} s:\n{output()}")
 
 
+def allow_tunnels_to(origin: Origin, bare_ip: bool = False):
+    """A policy edit letting CONNECT reach the local origin's ports (the bundled policy allows 443 only).
+
+    `bare_ip`: also CONNECT to 127.0.0.1 and TLS without SNI (clients send none for an IP address).
+    """
+
+    def edit(policy):
+        policy["circumvention"]["connect_ports"] = [443, origin.port, origin.https_port]
+        if bare_ip:
+            policy["circumvention"]["bare_ip"] = policy["circumvention"]["no_sni"] = "allow"
+
+    return edit
+
+
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory) -> Proxy:
-    """The bundled policy and lists, as `aupguard run` starts them."""
-    running = start_proxy(tmp_path_factory.mktemp("proxy"))
+def proxy(tmp_path_factory, origin) -> Proxy:
+    """The bundled policy and lists, as `aupguard run` starts them (tunnels to the local origin allowed)."""
+    tmp = tmp_path_factory.mktemp("proxy")
+    running = start_proxy(tmp, write_policy(tmp / "policy.yaml", allow_tunnels_to(origin)))
     yield running
     running.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -103,9 +105,9 @@ def policy():
     return load_policy(BUNDLED_POLICY)
 
 
-def verdict_for(policy, classifier, group, url):
+def verdict_for(policy, classifier, group, url, when=None):
     identity = Identity(None, "10.0.0.1", group, "test")
-    return decide(policy, identity, classifier.classify(normalize_url(url)))
+    return decide(policy, identity, classifier.classify(normalize_url(url)), when)
 
 
 def test_pupils_and_staff_get_their_own_policies(policy, classifier):
@@ -139,5 +141,7 @@ def test_decisions_use_the_bundled_lists(policy):
     bundled = Classifier(load_lists(policy.lists))
     for url in ("https://www.pornhub.com/", "https://bet365.com/", "https://www.instagram.com/"):
         assert verdict_for(policy, bundled, "pupils", url).action == "block", url
-    assert verdict_for(policy, bundled, "staff", "https://www.instagram.com/").action == "allow"
+    lunch, lesson = datetime(2026, 11, 23, 12, 45), datetime(2026, 11, 23, 9, 30)  # naive: school-local
+    assert verdict_for(policy, bundled, "staff", "https://www.instagram.com/", lunch).action == "allow"
+    assert verdict_for(policy, bundled, "staff", "https://www.instagram.com/", lesson).action == "block"
     assert verdict_for(policy, bundled, "pupils", "https://www.bbc.co.uk/bitesize").action == "allow"

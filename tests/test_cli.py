@@ -45,8 +45,11 @@ def test_classify_reads_urls_and_writes_json_lines():
     }
     assert pupils[1]["categories"] == [] and pupils[1]["rule"] is None
     assert pupils[2]["url"] == "http://[::1" and pupils[2]["error"]
-    staff = verdicts(aupguard("classify", "--group", "staff", stdin=urls).stdout)
-    assert [v["action"] for v in staff] == ["block", "allow", "error", "allow"]
+    # Staff may use social networks at lunch (12:30-13:20 in the bundled timetable), not in lessons.
+    lunch = verdicts(aupguard("classify", "--group", "staff", "--at", "2026-11-23T12:45", stdin=urls).stdout)
+    assert [v["action"] for v in lunch] == ["block", "allow", "error", "allow"]
+    lesson = verdicts(aupguard("classify", "--group", "staff", "--at", "2026-11-23T09:30", stdin=urls).stdout)
+    assert [v["action"] for v in lesson] == ["block", "allow", "error", "block"]
 
 
 def test_classify_identifies_by_address_and_user(tmp_path):

@@ -94,16 +94,60 @@ def bundled() -> Policy:
 
 
 def test_bundled_policy_groups_and_blocks(bundled):
-    assert set(bundled.groups) == {"pupils", "staff", "visitors"}
+    assert set(bundled.groups) == {"early_years", "pupils", "sixth_form", "staff", "governors", "visitors"}
     assert bundled.default_group == "pupils"  # the most restricted group: unknown devices get it
     pupils, staff, visitors = (bundled.groups[name] for name in ("pupils", "staff", "visitors"))
+    sixth_form, governors = bundled.groups["sixth_form"], bundled.groups["governors"]
     assert "social_networks" in pupils.block
-    assert "social_networks" not in staff.block  # staff may use social networks
-    for group in (pupils, staff, visitors):
+    # Staff may use social networks and personal email at breaks and lunch only.
+    assert {"social_networks", "webmail"} <= staff.block
+    assert staff.allow_during == {"breaks": {"social_networks", "webmail"}, "lunch": {"social_networks", "webmail"}}
+    assert "social_networks" not in staff.blocks("breaks") and "social_networks" in staff.blocks("lessons")
+    assert "games" in sixth_form.blocks("lessons") and "games" not in sixth_form.blocks("after_school")
+    for group in (pupils, sixth_form, staff, governors, visitors):
         assert HARMFUL | CIRCUMVENTION <= group.block, group.name
-        assert group.allow == {"school_allow"}
-    assert pupils.fail_closed and visitors.fail_closed and not staff.fail_closed
+        assert group.allow == {"school_allow"} and not group.walled_garden
+    assert pupils.fail_closed and visitors.fail_closed and sixth_form.fail_closed
+    assert not staff.fail_closed and not governors.fail_closed
     assert {"webmail", "chat", "games", "dating"} <= pupils.block
+
+
+def test_bundled_early_years_is_a_walled_garden(bundled):
+    early = bundled.groups["early_years"]
+    assert early.walled_garden and early.fail_closed and early.allow == {"early_years_allow"}
+    assert bundled.mandatory <= early.block  # listed or not, the mandatory tier is blocked
+
+
+def test_bundled_mandatory_tier(bundled):
+    assert bundled.mandatory == {"adult", "hate", "self_harm", "extremism", "malware", "phishing"}
+    for group in bundled.groups.values():
+        assert bundled.mandatory <= group.block
+        assert not bundled.mandatory & group.allow
+
+
+def test_bundled_timetable(bundled):
+    from datetime import datetime
+
+    table = bundled.timetable
+    assert table.windows == {"lessons", "breaks", "lunch", "after_school", "weekends", "holidays"}
+    monday = datetime(2026, 11, 23)  # naive: school-local
+    expected = {"08:49": None, "08:50": "lessons", "10:50": "breaks", "11:09": "breaks", "11:10": "lessons",
+                "12:45": "lunch", "15:20": "after_school", "17:59": "after_school", "18:00": None}  # fmt: skip
+    for clock, window in expected.items():
+        hour, minute = map(int, clock.split(":"))
+        assert table.window_at(monday.replace(hour=hour, minute=minute)) == window, clock
+    assert table.window_at(datetime(2026, 11, 28, 12, 0)) == "weekends"
+
+
+def test_bundled_download_rules(bundled):
+    pupils = bundled.groups["pupils"]
+    assert {"executable", "installer", "apk", "torrent"} <= pupils.download_block_types
+    assert pupils.max_download_bytes == 200 * 1024 * 1024
+    assert bundled.groups["staff"].download_block_types == frozenset()
+    assert bundled.groups["staff"].max_download_bytes is None
+    for name in ("download", "filter_error", "not_in_walled_garden", "early_years_allow"):
+        assert bundled.categories[name].label and bundled.categories[name].reason
+    assert bundled.categories["download"].label == "Blocked download"
 
 
 def test_bundled_policy_explains_every_category(bundled):
@@ -132,7 +176,7 @@ def test_bundled_policy_settings(bundled):
 def test_bundled_list_paths(monkeypatch, tmp_path):
     monkeypatch.setattr(paths, "DATA_DIR", tmp_path / "data")
     policy = load_policy(BUNDLED)
-    blocklists, ut1 = policy.lists
+    blocklists, ut1, doh, vpn = policy.lists
     assert (blocklists.name, blocklists.path, blocklists.mapping, blocklists.optional) == (
         "blocklists",
         REPO / "blocklists",
@@ -141,6 +185,11 @@ def test_bundled_list_paths(monkeypatch, tmp_path):
     )
     assert (ut1.name, ut1.path, ut1.optional) == ("ut1", tmp_path / "data" / "lists" / "ut1", True)
     assert ut1.mapping and set(ut1.mapping.values()) - {None} <= set(policy.categories)
+    # `aupguard lists import doh|vpn` folders: category folders named as aupguard's, no mapping.
+    assert [(r.name, r.path, r.mapping, r.optional) for r in (doh, vpn)] == [
+        ("doh", tmp_path / "data" / "lists" / "doh", None, True),
+        ("vpn", tmp_path / "data" / "lists" / "vpn", None, True),
+    ]
 
 
 # -- a valid policy, read in detail -------------------------------------------------------------
@@ -361,3 +410,87 @@ def test_any_edit_gives_a_policy_or_a_policy_error(tmp_path, start, removed, ins
         assert error.line is None or 1 <= error.line <= text.count("\n") + 2
     else:
         assert policy.default_group in policy.groups
+
+
+# -- mandatory tier, walled gardens, downloads ----------------------------------------------------------
+
+MANDATORY = "  adult: {label: adult sites, severity: low,"
+
+POLICY5_BROKEN = [
+    ("allow-mandatory", "    allow: [school_allow]", "    allow: [school_allow, adult_mixed]", "adult_mixed]", r"^groups.pupils.allow: adult_mixed is mandatory \(blocked for everyone\): it cannot be allowed"),
+    ("mandatory-type", MANDATORY, "  adult: {mandatory: always, label: adult sites, severity: low,", "always", r"^categories.adult.mandatory: expected true or false"),
+    ("download-type", "    fail_closed: false", "    fail_closed: false\n    downloads: {block_types: [executable, exe]}", "[executable, exe]", r"^groups.staff.downloads.block_types: unknown file type 'exe' .*\(one of executable, installer, disk_image, apk, torrent, archive, script\)"),
+    ("download-size", "    fail_closed: false", "    fail_closed: false\n    downloads: {max_size_mb: 0}", "max_size_mb", r"^groups.staff.downloads.max_size_mb must be between 1 and"),
+    ("download-key", "    fail_closed: false", "    fail_closed: false\n    downloads: {max_size: 5}", "max_size:", r"^groups.staff.downloads: unknown key 'max_size' \(did you mean 'max_size_mb'\?\)"),
+    ("walled-garden-type", "    fail_closed: false", "    fail_closed: false\n    walled_garden: yes please", "yes please", r"^groups.staff.walled_garden: expected true or false"),
+    ("allow-during-no-timetable", "    fail_closed: false", "    fail_closed: false\n    allow_during: {lunch: [adult]}", "lunch", r"^groups.staff.allow_during: unknown window 'lunch' \(timetable.windows defines: holidays\)"),
+    ("user-file-key", "  networks:\n", "  user_files:\n    - {path: mis.csv, user_col: username}\n  networks:\n", "user_col", r"^identity.user_files entry 1: unknown key 'user_col' \(did you mean 'user_column'\?\)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("old", "new", "marker", "reason"), [c[1:] for c in POLICY5_BROKEN], ids=[c[0] for c in POLICY5_BROKEN])
+def test_broken_groups_and_categories_name_line_and_reason(tmp_path, old, new, marker, reason):
+    base = BASE.replace("  adult_mixed: {label:", "  adult_mixed: {mandatory: true, label:", 1)
+    assert base.count(old) == 1, old
+    text = base.replace(old, new)
+    path = write(tmp_path, text)
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    assert (caught.value.file, caught.value.line) == (str(path), line_of(text, marker)), caught.value.reason
+    assert re.search(reason, caught.value.reason), caught.value.reason
+
+
+def decide_for(policy: Policy, group: str, *categories: str, when=None):
+    from aupguard.classify import Classification, Match
+    from aupguard.decide import decide
+    from aupguard.identify import Identity
+    from aupguard.urlnorm import normalize_url
+
+    url = normalize_url("http://site.example/")
+    matches = tuple(Match(c, "domain", "site.example", f"test/{c}/domains") for c in categories)
+    return decide(policy, Identity(None, "10.0.0.1", group, "test"), Classification(url, matches), when)
+
+
+def test_mandatory_categories_are_blocked_for_every_group_whatever_allows_them(tmp_path):
+    text = edited(MANDATORY, "  adult: {mandatory: true, label: adult sites, severity: low,")
+    text = text.replace("    block: [adult, dating]\n", "    block: [dating]\n")  # visitors no longer list adult
+    policy = load_policy(write(tmp_path, text))
+    assert policy.mandatory == {"adult"} and "adult" in policy.groups["visitors"].block
+    visitors = decide_for(policy, "visitors", "adult")
+    assert visitors.blocked and visitors.category == "adult" and "mandatory" in visitors.why
+    # The school's allow list overrides ordinary blocks, never the mandatory tier.
+    assert decide_for(policy, "pupils", "social_networks", "school_allow").action == "allow"
+    both = decide_for(policy, "pupils", "adult", "social_networks", "school_allow")
+    assert both.blocked and both.category == "adult" and [m.category for m in both.blocked_by] == ["adult"]
+
+
+def test_a_walled_garden_blocks_everything_not_allowed(tmp_path):
+    text = edited("  visitors:\n", "  infants:\n    walled_garden: true\n    allow: [school_allow]\n  visitors:\n")
+    policy = load_policy(write(tmp_path, text))
+    nothing = decide_for(policy, "infants")
+    assert nothing.blocked and nothing.category == "not_in_walled_garden"
+    assert decide_for(policy, "infants", "games").category == "not_in_walled_garden"
+    assert decide_for(policy, "infants", "school_allow").action == "allow"
+    assert decide_for(policy, "pupils").action == "allow"  # other groups are not walled
+
+
+def test_bundled_walled_garden_holds_childrens_sites(bundled):
+    from aupguard.classify import Classifier
+    from aupguard.identify import Identity
+    from aupguard.lists import load_lists
+    from aupguard.decide import decide
+    from aupguard.urlnorm import normalize_url
+
+    classifier = Classifier(load_lists(bundled.lists[:1]))
+    child = Identity(None, "10.0.0.1", "early_years", "test")
+
+    def action(url):
+        return decide(bundled, child, classifier.classify(normalize_url(url))).action
+
+    pornography = decide(bundled, child, classifier.classify(normalize_url("https://www.pornhub.com/")))
+    assert pornography.category == "adult"  # the mandatory reason, not "not in the walled garden", is recorded
+
+    assert action("https://www.topmarks.co.uk/maths-games") == "allow"
+    assert action("https://www.bbc.co.uk/cbeebies/games") == "allow"
+    assert action("https://www.bbc.co.uk/news") == "block"  # only CBeebies of the BBC
+    assert action("https://www.wikipedia.org/") == "block"

@@ -13,7 +13,7 @@ import pytest
 import requests
 from passlib.apache import HtpasswdFile
 
-from conftest import REPO, Proxy, free_port, start_proxy, wait_listening, write_policy
+from conftest import REPO, Proxy, allow_tunnels_to, free_port, start_proxy, wait_listening, write_policy
 
 REF = re.compile(r"AG-[A-Z2-9]{4}-[A-Z2-9]{4}")
 
@@ -145,6 +145,13 @@ def test_search_terms_are_recorded(tmp_path):
 # -- identity: proxy authentication and address ranges ---------------------------------------------------
 
 
+def staff_social_networks_all_week(policy):
+    """The bundled staff may use social networks at breaks and lunch only; these tests must not depend on the clock."""
+    staff = policy["groups"]["staff"]
+    staff["block"] = [c for c in staff["block"] if c not in ("social_networks", "webmail")]
+    del staff["allow_during"]
+
+
 def test_staff_log_in_and_get_their_own_policy(tmp_path, origin):
     htpasswd = tmp_path / "htpasswd"
     users = HtpasswdFile(str(htpasswd), new=True)
@@ -154,6 +161,7 @@ def test_staff_log_in_and_get_their_own_policy(tmp_path, origin):
 
     def staff_user(policy):
         policy["identity"]["users"] = {"ms.teacher": "staff"}
+        staff_social_networks_all_week(policy)
         # Treat the local origin as a social network, so "allowed for staff" can reach a real server.
         policy["lists"].append({"name": "testlists", "path": str(tmp_path / "lists")})
 
@@ -179,6 +187,7 @@ def test_staff_log_in_and_get_their_own_policy(tmp_path, origin):
 def test_address_ranges_choose_the_group(tmp_path, origin):
     def loopback_is_staff(policy):
         policy["identity"]["networks"] = [{"cidr": "127.0.0.0/8", "group": "staff"}]
+        staff_social_networks_all_week(policy)
 
     running = start_proxy(tmp_path, write_policy(tmp_path / "policy.yaml", loopback_is_staff))
     try:
@@ -197,6 +206,7 @@ def test_address_ranges_choose_the_group(tmp_path, origin):
 def test_no_decrypt_hosts_pass_through_with_their_own_certificate(tmp_path, origin):
     def localhost_no_decrypt(policy):
         policy["tls"]["no_decrypt"] = list(policy["tls"].get("no_decrypt", [])) + ["127.0.0.1"]
+        allow_tunnels_to(origin, bare_ip=True)(policy)
 
     running = start_proxy(tmp_path, write_policy(tmp_path / "policy.yaml", localhost_no_decrypt))
     try:
@@ -225,6 +235,7 @@ def test_blocked_no_decrypt_category_is_refused_at_connect(tmp_path):
 def test_without_interception_a_blocked_connect_is_refused_and_logged(tmp_path, origin):
     def no_interception(policy):
         policy["tls"]["intercept"] = False
+        allow_tunnels_to(origin)(policy)
 
     running = start_proxy(tmp_path, write_policy(tmp_path / "policy.yaml", no_interception))
     try:

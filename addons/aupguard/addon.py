@@ -3,31 +3,71 @@
 Options are declared in `load` and acted on in `configure`, as mitmproxy's own
 addons do. Every hook that decides a request is wrapped so that an internal
 error blocks the request for groups that fail closed and never stops the proxy.
+
+Tunnels: a CONNECT is checked for its port and target in `http_connect`; what
+it then carries is judged in `next_layer`, by the layer mitmproxy's own NextLayer
+addon chooses from the first bytes: anything that is neither TLS nor HTTP (SSH,
+OpenVPN, raw TCP: a TCPLayer) is cut. TLS that names no server is refused in
+`tls_clienthello` when the group's policy says so.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mitmproxy import ctx, exceptions, http, tls
+from mitmproxy import connection, ctx, exceptions, http, tls
+from OpenSSL import SSL
+from mitmproxy.proxy import commands, layer
+from mitmproxy.proxy.layers import HttpLayer, ServerTLSLayer, TCPLayer
 
-from . import blockpage, paths
+from . import blockpage, downloads, feedback, paths
+from .classify import Match
+from .decide import Decision
 from .engine import Engine, Verdict
+from .exemptions import ExemptionSet, ExemptionWatcher
 from .identify import Identity
 from .incidents import IncidentWriter
+from .indexwatch import IndexWatcher
 from .lists import ListError
 from .policy import PolicyError
+from .reload import PolicyReloader
 from .urlnorm import from_parts, normalize_host
 
 log = logging.getLogger(__name__)
+
+
+class CutTunnel(layer.Layer):
+    """Takes the place of the layer mitmproxy chose for a tunnel, and closes it: nothing is relayed."""
+
+    def _handle_event(self, event):
+        yield commands.CloseConnection(self.context.client)
+        if self.context.server.connected:
+            yield commands.CloseConnection(self.context.server)
+        self._handle_event = self._closed
+
+    def _closed(self, event):
+        yield from ()
 
 
 class AupGuard:
     def __init__(self) -> None:
         self.engine: Engine | None = None
         self.writer: IncidentWriter | None = None
+        # The active exemptions and classroom overrides, swapped whole by the watcher's thread.
+        self.exemptions = ExemptionSet()
+        self.watcher: ExemptionWatcher | None = None
+        self.feedback_key: bytes | None = None  # signs the block page's "report a mistake" forms
+        # The policy reloads on change or SIGHUP while the proxy runs, keeping the old one on any error.
+        # Every worker follows `aupguard lists compile` onto the new index file.
+        self.index_watcher = IndexWatcher(lambda: self.engine)
+        self.reloader = PolicyReloader(lambda: Path(ctx.options.aupguard_policy), lambda: self.engine, self._install)
+        # Who opened each CONNECT tunnel, for the checks on what it carries (mitmproxy's proxyauth
+        # keeps only the password-bearing pair); forgotten with the connection.
+        self._tunnel_users: weakref.WeakKeyDictionary[connection.Client, str] = weakref.WeakKeyDictionary()
+        self._refused_tls: weakref.WeakSet[connection.Client] = weakref.WeakSet()  # TLS without SNI, refused
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -36,11 +76,30 @@ class AupGuard:
         loader.add_option(
             "aupguard_db", str, str(paths.DEFAULT_DB), "aupguard: the SQLite file incidents are recorded in."
         )
+        loader.add_option(
+            "aupguard_index",
+            str,
+            str(paths.DEFAULT_INDEX),
+            "aupguard: the compiled list index (compiled when missing or out of date; '' reads the lists as text).",
+        )
+        loader.add_option(
+            "aupguard_exemptions",
+            str,
+            "",
+            "aupguard: the exemption store `aupguard exempt` writes [default: exemptions.db beside aupguard_db].",
+        )
+        loader.add_option(
+            "aupguard_feedback_host",
+            str,
+            feedback.DEFAULT_HOST,
+            "aupguard: the host name the proxy itself answers for the block page's report forms.",
+        )
 
     def configure(self, updated: set[str]) -> None:
         if "aupguard_policy" in updated:
             try:
-                self.engine = Engine.from_policy_file(Path(ctx.options.aupguard_policy))
+                index = Path(ctx.options.aupguard_index) if ctx.options.aupguard_index else None
+                self.engine = Engine.from_policy_file(Path(ctx.options.aupguard_policy), index_path=index)
             except (PolicyError, ListError, OSError) as exc:
                 raise exceptions.OptionsError(f"aupguard: {exc}") from exc
             policy = self.engine.policy
@@ -55,8 +114,37 @@ class AupGuard:
                 self.writer.close()
             self.writer = IncidentWriter(Path(ctx.options.aupguard_db))
             self.writer.start()
+            self.feedback_key = feedback.load_key(Path(ctx.options.aupguard_db).parent / feedback.KEY_FILE)
+        if {"aupguard_db", "aupguard_exemptions"} & updated:
+            if self.watcher:
+                self.watcher.close()
+            store = ctx.options.aupguard_exemptions or Path(ctx.options.aupguard_db).parent / "exemptions.db"
+            self.watcher = ExemptionWatcher(Path(store), self._set_exemptions)
+            self.watcher.start()
+        if self.engine is not None:
+            self.engine.exemptions = self.exemptions
+
+    def _set_exemptions(self, exemptions: ExemptionSet) -> None:
+        """Called from the watcher's thread: one reference swap each, so requests never see half a change."""
+        self.exemptions = exemptions
+        engine = self.engine
+        if engine is not None:
+            engine.exemptions = exemptions
+
+    def running(self) -> None:
+        self.reloader.start()
+        self.index_watcher.start()
+
+    def _install(self, engine: Engine) -> None:
+        engine.exemptions = self.exemptions
+        self.engine = engine
 
     def done(self) -> None:
+        self.reloader.stop()
+        self.index_watcher.close()
+        if self.watcher:
+            self.watcher.close()
+            self.watcher = None
         if self.writer:
             self.writer.close()
             self.writer = None
@@ -64,57 +152,173 @@ class AupGuard:
     # -- hooks -----------------------------------------------------------------------------
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
-        """A CONNECT is refused here only when its traffic will not be decrypted (so no page can be shown)."""
+        """Refuse a CONNECT to a port or address the policy forbids, or to a blocked host that will not be decrypted."""
         if flow.response or self.engine is None:
             return
         identity = self._identity(flow)
+        if identity.user:
+            self._tunnel_users[flow.client_conn] = identity.user
         try:
-            verdict = self.engine.check_host(flow.request.host, flow.request.port, identity)
-            if verdict.blocked and not self._will_decrypt(verdict):
+            verdict = self.engine.check_connect(flow.request.host, flow.request.port, identity, _request_time(flow))
+            # A tunnel rule's verdict cannot become a block page: refuse it now. A blocked host is
+            # refused here only when its traffic will not be decrypted (so no page can be shown).
+            if verdict.blocked and (verdict.technique == "tunnel" or not self._will_decrypt(verdict)):
                 self._refuse(flow, verdict, "refuse")
         except Exception:
             log.exception("aupguard: CONNECT %s failed", flow.request.host)
             self._refuse(flow, self.engine.failed(identity, None, "CONNECT handling failed"), "refuse")
 
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        """Cut a CONNECT tunnel that carries neither TLS nor HTTP (SSH, OpenVPN, raw TCP)."""
+        context = nextlayer.context
+        if self.engine is None or nextlayer.layer is not None or not _in_connect_tunnel(context):
+            return
+        # Scripts' hooks run before mitmproxy's NextLayer addon: let it choose the protocol from the
+        # first bytes now (it leaves the choice open until it has enough), then judge its choice.
+        ctx.master.addons.get("nextlayer").next_layer(nextlayer)
+        chosen = nextlayer.layer
+        if isinstance(chosen, TCPLayer) and chosen.flow is not None:  # an ignored (passed-through) host has no flow
+            try:
+                inside_tls = any(isinstance(each, ServerTLSLayer) for each in context.layers)
+                entry, why = ("not-http", "TLS carrying no HTTP") if inside_tls else ("no-tls", "neither TLS nor HTTP")
+                self._cut(nextlayer, entry, why)
+            except Exception:
+                log.exception("aupguard: cutting a tunnel to %s failed", context.server.address)
+                nextlayer.layer = CutTunnel(context)
+
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
-        """Decide per TLS connection whether to decrypt: never for no_decrypt hosts, unless the SNI is blocked."""
+        """Decide per TLS connection whether to decrypt: never for no_decrypt hosts, unless the SNI is blocked.
+
+        TLS that names no server follows the group's `circumvention.no_sni` rule: refused, its handshake fails.
+        """
         if self.engine is None:
             return
         server = data.context.server.address
+        client = data.context.client
+        identity = self.engine.identify(self._tunnel_users.get(client), client.peername[0])
+        if not data.client_hello.sni and identity.group not in self.engine.policy.circumvention.no_sni_allowed:
+            host, port = server or ("", 0)
+            verdict = self.engine.tunnel(host, port, identity, "no-sni", "TLS without a server name (SNI)")
+            self._submit(verdict, method="CONNECT", user_agent=None, action="refuse", when=datetime.now(timezone.utc))
+            self._refused_tls.add(client)
+            return
         host = data.client_hello.sni or (server[0] if server else None)
         if not host:
             return  # no name to go by: decrypt, and the request hooks decide
-        client_ip = data.context.client.peername[0]
-        identity = self.engine.identify(None, client_ip)
         verdict = self.engine.check_host(host, server[1] if server else 443, identity)
         # A blocked name is decrypted whatever the settings, so that the request is blocked and
         # recorded; a client without the school's CA then simply fails to connect.
         if not verdict.blocked and not self._will_decrypt(verdict):
             data.ignore_connection = True
 
+    def tls_start_client(self, data: tls.TlsData) -> None:
+        """Refuse the handshake of a connection refused in tls_clienthello (before TlsConfig sets one up)."""
+        if data.context.client in self._refused_tls:
+            data.ssl_conn = _refusing_tls()
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response or self.engine is None:
+        if flow.response or self.engine is None or self._is_feedback(flow):
             return
         identity = self._identity(flow)
         try:
             request = flow.request
             url = from_parts(request.scheme, request.pretty_host, request.port, request.path)
-            verdict = self.engine.check(url, identity)
+            verdict = self.engine.check(
+                url,
+                identity,
+                method=request.method,
+                content_type=request.headers.get("content-type"),
+                accept=request.headers.get("accept"),
+                when=_request_time(flow),
+            )
             if not verdict.blocked and normalize_host(request.host) != url.host:
                 # The Host header names another site than the connection (domain fronting): both must pass.
-                verdict = self.engine.check_host(request.host, request.port, identity)
+                verdict = self.engine.check_host(request.host, request.port, identity, _request_time(flow))
             if verdict.blocked:
                 self._block(flow, verdict)
         except Exception:
             log.exception("aupguard: deciding %s failed", flow.request.pretty_url[:200])
             self._block(flow, self.engine.failed(identity, None, "request handling failed"))
 
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Downloads the group may not make: by type and Content-Length now, by bytes counted as they stream."""
+        if self.engine is None or flow.response is None or self._is_feedback(flow):
+            return
+        identity = self._identity(flow)
+        try:
+            group = self.engine.policy.groups[identity.group]
+            if not group.download_block_types and group.max_download_bytes is None:
+                return
+            headers = flow.response.headers
+            refused = downloads.check_headers(
+                group,
+                flow.request.path,
+                headers.get("content-type"),
+                headers.get("content-disposition"),
+                headers.get("content-length"),
+            )
+            if refused is not None:
+                self._block(flow, self._download_verdict(flow, identity, refused), replacing=True)
+            elif group.max_download_bytes is not None and "content-length" not in headers:
+                # No length announced: count the bytes as they pass, never holding them.
+                limit = group.max_download_bytes
+                flow.response.stream = downloads.SizeLimit(
+                    limit, lambda total: self._cut_download(flow, identity, downloads.size_block(total, limit))
+                )
+        except Exception:
+            log.exception("aupguard: checking the download %s failed", flow.request.pretty_url[:200])
+            self._block(flow, self.engine.failed(identity, None, "download check failed"), replacing=True)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        # A page put in place of a server's response that had no body to stream: mitmproxy has
+        # since stored the (empty) server body in it, so it goes back now.
+        page = flow.metadata.get("aupguard_page")
+        if page is not None and flow.response is not None:
+            flow.response.content = page
+
     # -- helpers ---------------------------------------------------------------------------
+
+    def _is_feedback(self, flow: http.HTTPFlow) -> bool:
+        """Requests to the reserved host are the block page's own forms: feedback.FeedbackApp answers them."""
+        return flow.request.pretty_host == ctx.options.aupguard_feedback_host
+
+    def _download_verdict(self, flow: http.HTTPFlow, identity: Identity, refused: downloads.DownloadBlock) -> Verdict:
+        policy = self.engine.policy
+        request = flow.request
+        match = Match("download", refused.reason, refused.detail, "aupguard/downloads")
+        decision = Decision(
+            "block", "download", policy.categories["download"].severity, (match,), (), f"download: {refused.detail}"
+        )
+        url = from_parts(request.scheme, request.pretty_host, request.port, request.path)
+        return Verdict(identity, url, None, decision)
+
+    def _cut_download(self, flow: http.HTTPFlow, identity: Identity, refused: downloads.DownloadBlock) -> None:
+        """A streamed download went over the limit: its headers are sent, so the connection is reset."""
+        try:
+            self._record(flow, self._download_verdict(flow, identity, refused), "block")
+        finally:
+            if flow.killable:
+                flow.kill()  # mitmproxy resets the client's stream when this response ends
 
     def _identity(self, flow: http.HTTPFlow) -> Identity:
         auth = flow.metadata.get("proxyauth")
         user = auth[0] if auth else None  # auth[1] is the password: never kept
         return self.engine.identify(user, flow.client_conn.peername[0])
+
+    def _tunnel_identity(self, context) -> Identity:
+        return self.engine.identify(self._tunnel_users.get(context.client), context.client.peername[0])
+
+    def _cut(self, nextlayer: layer.NextLayer, entry: str, why: str, identity: Identity | None = None) -> None:
+        """Replace the layer chosen for a tunnel by one that closes it, and record the attempt."""
+        context = nextlayer.context
+        identity = identity or self._tunnel_identity(context)
+        host, port = context.server.address or ("", 0)
+        verdict = self.engine.tunnel(host, port, identity, entry, f"a CONNECT tunnel carrying {why}")
+        if nextlayer.layer is not None and nextlayer.layer in context.layers:
+            del context.layers[context.layers.index(nextlayer.layer) :]
+        nextlayer.layer = CutTunnel(context)
+        self._submit(verdict, method="CONNECT", user_agent=None, action="refuse", when=datetime.now(timezone.utc))
+        log.info("aupguard: cut a tunnel from %s to %s:%s (%s)", identity.client_ip, host, port, why)
 
     def _will_decrypt(self, verdict: Verdict) -> bool:
         policy = self.engine.policy
@@ -124,16 +328,26 @@ class AupGuard:
             return False
         return not policy.no_decrypt_categories.intersection(verdict.categories)
 
-    def _block(self, flow: http.HTTPFlow, verdict: Verdict) -> None:
+    def _block(self, flow: http.HTTPFlow, verdict: Verdict, replacing: bool = False) -> None:
+        """Answer `flow` with the block page. Whatever fails on the way, the request stays blocked.
+
+        `replacing`: the server's response headers are in and its body is still to come;
+        it is read and dropped, never sent, while the client gets the page.
+        """
         if not verdict.blocked:  # a failure in a group that fails open
             return
-        incident = self._record(flow, verdict, "block")
-        page = self._page(flow, verdict, incident.ref, incident.local_date, incident.local_time)
-        flow.response = http.Response.make(
-            page.status,
-            page.body,
-            {"Content-Type": page.content_type, "Cache-Control": "no-store", "X-Aupguard-Incident": incident.ref},
-        )
+        headers = {"Cache-Control": "no-store"}
+        try:
+            incident = self._record(flow, verdict, "block")
+            page = self._page(flow, verdict, incident.ref, incident.local_date, incident.local_time)
+            headers["X-Aupguard-Incident"] = incident.ref
+        except Exception:
+            log.exception("aupguard: the block page for %s failed; sending the plain one", flow.request.pretty_url[:200])
+            page = blockpage.MINIMAL
+        flow.response = http.Response.make(page.status, page.body, {"Content-Type": page.content_type, **headers})
+        if replacing:
+            flow.metadata["aupguard_page"] = page.body
+            flow.response.stream = _Replacement(page.body)
 
     def _refuse(self, flow: http.HTTPFlow, verdict: Verdict, action: str) -> None:
         if not verdict.blocked:
@@ -145,15 +359,21 @@ class AupGuard:
         )
 
     def _record(self, flow: http.HTTPFlow, verdict: Verdict, action: str):
-        incident = self.engine.incident(
+        return self._submit(
             verdict,
             method=flow.request.method,
             user_agent=flow.request.headers.get("user-agent"),
             action=action,
-            when=datetime.fromtimestamp(flow.request.timestamp_start, timezone.utc),
+            when=_request_time(flow),
         )
-        if self.writer:
-            self.writer.submit(incident)
+
+    def _submit(self, verdict: Verdict, *, method: str, user_agent: str | None, action: str, when: datetime):
+        incident = self.engine.incident(verdict, method=method, user_agent=user_agent, action=action, when=when)
+        try:
+            if self.writer:
+                self.writer.submit(incident)
+        except Exception:  # a stopped writer loses the record, not the block
+            log.exception("aupguard: incident %s could not be queued", incident.ref)
         return incident
 
     def _page(self, flow, verdict: Verdict, ref: str, date: str, time: str, text_only: bool = False):
@@ -171,4 +391,35 @@ class AupGuard:
             ref=ref,
             it_contact=policy.it_contact,
             accidental=policy.accidental_text,
+            circumvention_note=policy.circumvention_text if verdict.technique else None,
+            report_url=f"http://{ctx.options.aupguard_feedback_host}{feedback.PATH}" if self.feedback_key else None,
+            report_token=feedback.token(self.feedback_key, ref) if self.feedback_key else None,
         )
+
+
+class _Replacement:
+    """A `response.stream` callable sending `body` in place of the server's, whose bytes are dropped."""
+
+    def __init__(self, body: bytes):
+        self.body = body
+
+    def __call__(self, chunk: bytes) -> bytes | list[bytes]:
+        body, self.body = self.body, b""
+        return body or []  # not b"": an empty chunk would end a chunked body
+
+
+def _in_connect_tunnel(context) -> bool:
+    """Whether a layer decision is for the inside of an explicit proxy's CONNECT tunnel."""
+    return any(isinstance(each, HttpLayer) for each in context.layers)
+
+
+def _refusing_tls() -> SSL.Connection:
+    """A TLS server end with no certificate to offer: the client's handshake fails and the tunnel closes."""
+    connection = SSL.Connection(SSL.Context(SSL.TLS_SERVER_METHOD))
+    connection.set_accept_state()
+    return connection
+
+
+def _request_time(flow: http.HTTPFlow) -> datetime:
+    """When the request arrived: what the timetable and the incident go by."""
+    return datetime.fromtimestamp(flow.request.timestamp_start, timezone.utc)

@@ -24,6 +24,10 @@ class BlockPage:
     body: bytes
 
 
+# Sent when the block page itself cannot be made: the request must stay blocked all the same.
+MINIMAL = BlockPage(403, "text/plain; charset=utf-8", b"Blocked by the school's web filter.\n")
+
+
 @lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
@@ -57,7 +61,10 @@ def render(
     circumvention_note: str | None = None,
     title: str = "This page is blocked",
     accent: str = "#c0392b",
+    report_url: str | None = None,
+    report_token: str | None = None,
 ) -> BlockPage:
+    """The page; with `report_url` and `report_token` (feedback.py) it offers "report a mistake" forms."""
     values = dict(
         school_name=school_name,
         category_label=category_label,
@@ -71,6 +78,8 @@ def render(
         circumvention_note=circumvention_note,
         title=title,
         accent=accent,
+        report_url=report_url if ref and report_token else None,
+        report_token=report_token,
     )
     if wants_html(accept):
         html = _environment().get_template("block.html").render(values)

@@ -23,6 +23,14 @@ policy_option = click.option(
     show_default=True,
     help="Policy file (YAML).",
 )
+index_option = click.option(
+    "--index",
+    "index_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=paths.DEFAULT_INDEX,
+    show_default=True,
+    help="Compiled list index (`aupguard lists compile`); compiled first when missing or out of date.",
+)
 db_option = click.option(
     "--db",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -93,20 +101,52 @@ def main() -> None:
     help="Ask clients to log in: '@/path/htpasswd', 'ldap[s]:server:dn:password:base' (mitmproxy's proxyauth).",
 )
 @click.option("--set", "extra", multiple=True, metavar="OPTION=VALUE", help="Any other mitmproxy option (repeatable).")
-def run(listen_host, listen_port, policy_path, db, confdir, proxyauth, extra) -> None:
+@click.option(
+    "--script",
+    "scripts",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Another mitmproxy script to load after aupguard's (repeatable).",
+)
+@index_option
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Proxy processes sharing the listening address (SO_REUSEPORT); about one per CPU core.",
+)
+def run(listen_host, listen_port, policy_path, db, confdir, proxyauth, extra, scripts, index_path, workers) -> None:
     """Start the filtering proxy (mitmdump with the aupguard addon).
 
     Point devices at LISTEN-HOST:LISTEN-PORT as their HTTP and HTTPS proxy.
-    A bad policy stops the start with the file, line and reason.
+    A bad policy stops the start with the file, line and reason. The lists are
+    served from the compiled index, compiled here first when there is none or
+    the policy's list folders, mappings or list files changed since.
     """
-    from mitmproxy.tools.main import mitmdump
+    from .index import IndexFormatError, why_recompile
+    from .workers import serve
 
-    _load_policy_or_exit(policy_path)  # fail before mitmproxy starts, with a clear message
-    args = mitmdump_args(listen_host, listen_port, policy_path, db, confdir, proxyauth, extra)
-    sys.exit(mitmdump(args) or 0)
+    policy = _load_policy_or_exit(policy_path)  # fail before mitmproxy starts, with a clear message
+    reason = why_recompile(index_path, policy.lists)
+    if reason:
+        from .index import compile_from_folders
+        from .lists import ListError
+
+        click.echo(f"compiling the list index: {reason}", err=True)
+        try:
+            _say_compiled(_with_progress(lambda progress: compile_from_folders(policy.lists, index_path, progress)))
+        except (ListError, IndexFormatError, OSError) as exc:
+            raise click.ClickException(str(exc)) from exc
+    args = mitmdump_args(listen_host, listen_port, policy_path, db, confdir, proxyauth, extra, scripts)
+    args += ["--set", f"aupguard_index={Path(index_path).resolve()}"]
+    try:
+        sys.exit(serve(args, workers, listen_host, listen_port))
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {listen_host}:{listen_port}: {exc.strerror or exc}") from exc
 
 
-def mitmdump_args(listen_host, listen_port, policy_path, db, confdir, proxyauth, extra) -> list[str]:
+def mitmdump_args(listen_host, listen_port, policy_path, db, confdir, proxyauth, extra, scripts=()) -> list[str]:
     args = [
         "--listen-host", listen_host,
         "--listen-port", str(listen_port),
@@ -124,60 +164,101 @@ def mitmdump_args(listen_host, listen_port, policy_path, db, confdir, proxyauth,
         args += ["--set", f"proxyauth={proxyauth}"]
     for item in extra:
         args += ["--set", item]
+    for script in scripts:
+        args += ["-s", str(Path(script).resolve())]
     return args
+
+
+def who_and_when(command):
+    """The options that say who is asking and when, shared by `classify` and `explain`."""
+    for option in reversed(
+        [
+            click.option("--group", default=None, help="Decide as this group (skips identification)."),
+            click.option("--user", default=None, help="Decide as this proxy-authenticated user."),
+            click.option(
+                "--ip", "client_ip", default="0.0.0.0", show_default=True, help="Client address to identify by."
+            ),
+            click.option(
+                "--at", "at", type=WHEN, default=None, help="Decide as at this time (school local unless a zone is given)."
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _decider(
+    policy_path: Path,
+    group: str | None,
+    user: str | None,
+    client_ip: str,
+    at: datetime | None,
+    index_path: Path | None = paths.DEFAULT_INDEX,
+):
+    """(engine, identity, when) for `classify` and `explain`; `when` is None when --at was not given.
+
+    The lists are served from the compiled index, as `run` serves them (compiled first if out of date).
+    """
+    from .engine import Engine
+    from .identify import Identity
+    from .lists import ListError
+
+    if group and user:
+        raise click.UsageError("--group and --user are alternatives: give one")
+    try:
+        engine = Engine.from_policy_file(policy_path, index_path=index_path)
+    except (PolicyError, ListError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if group and group not in engine.policy.groups:
+        raise click.BadParameter(f"unknown group {group!r}; the policy has {', '.join(engine.policy.groups)}")
+    identity = Identity(None, client_ip, group, "given with --group") if group else engine.identify(user, client_ip)
+    return engine, identity, _aware(at, engine.policy.timezone)
 
 
 @main.command()
 @policy_option
-@click.option("--group", default=None, help="Decide as this group (skips identification).")
-@click.option("--user", default=None, help="Decide as this proxy-authenticated user.")
-@click.option("--ip", "client_ip", default="0.0.0.0", show_default=True, help="Client address to identify by.")
-@click.option("--at", "at", type=WHEN, default=None, help="Decide as at this time (school local unless a zone is given).")
-def classify(policy_path, group, user, client_ip, at) -> None:
+@who_and_when
+@index_option
+def classify(policy_path, group, user, client_ip, at, index_path) -> None:
     """Read URLs from stdin, one per line; write one JSON verdict per line.
 
     \b
     {"url": ..., "action": "block"|"allow", "categories": [...], "group": ..., "rule": ...}
     A line that is not a URL gets "action": "error" with a reason, and reading goes on.
     """
-    from .engine import Engine
-    from .identify import Identity
-    from .lists import ListError
     from .urlnorm import URLError, normalize_url
 
-    if group and user:
-        raise click.UsageError("--group and --user are alternatives: give one")
-    try:
-        engine = Engine.from_policy_file(policy_path)
-    except (PolicyError, ListError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    if group and group not in engine.policy.groups:
-        raise click.BadParameter(f"unknown group {group!r}; the policy has {', '.join(engine.policy.groups)}")
-    identity = Identity(None, client_ip, group, "given with --group") if group else engine.identify(user, client_ip)
-    _ = _aware(at, engine.policy.timezone)
-    out = sys.stdout
-    for raw in sys.stdin:
-        line = raw.strip()
-        if not line:
-            continue
+    engine, identity, when = _decider(policy_path, group, user, client_ip, at, index_path)
+    dumps = json.dumps
+
+    def answer(line: str) -> str:
         try:
             url = normalize_url(line)
         except URLError as exc:
-            out.write(json.dumps({"url": line[:2048], "action": "error", "error": str(exc)}) + "\n")
-            continue
-        verdict = engine.check(url, identity)
-        out.write(
-            json.dumps(
-                {
-                    "url": line[:2048],
-                    "action": verdict.decision.action,
-                    "categories": list(verdict.categories),
-                    "group": identity.group,
-                    "rule": verdict.decision.rule or None,
-                }
-            )
-            + "\n"
-        )
+            return dumps({"url": line[:2048], "action": "error", "error": str(exc)}) + "\n"
+        verdict = engine.check(url, identity, when=when)
+        decision = verdict.decision
+        return dumps(
+            {
+                "url": line[:2048],
+                "action": decision.action,
+                "categories": list(verdict.categories),
+                "group": identity.group,
+                "rule": decision.rule or None,
+            }
+        ) + "\n"
+
+    # Every line already read is answered in one write: a piped million URLs go out in a few
+    # thousand writes, while a person typing, or a program waiting for each answer, gets it at once.
+    out, stdin, tail = sys.stdout, sys.stdin.buffer, b""
+    while chunk := stdin.read1(1 << 16):
+        lines = (tail + chunk).split(b"\n")
+        tail = lines.pop()
+        text = (raw.decode("utf-8", "replace").strip() for raw in lines)
+        out.write("".join(answer(line) for line in text if line))
+        out.flush()
+    if tail.strip():
+        out.write(answer(tail.decode("utf-8", "replace").strip()))
 
 
 @main.command()
@@ -187,7 +268,8 @@ def classify(policy_path, group, user, client_ip, at) -> None:
 @click.option("--until", type=WHEN, default=None, help="Up to this date/time (exclusive).")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write to a file (mode 0600).")
-def report(db, policy_path, since, until, fmt, out) -> None:
+@click.option("--requests", "requests", is_flag=True, help="List the block page's \"report a mistake\" requests instead.")
+def report(db, policy_path, since, until, fmt, out, requests) -> None:
     """Summarise blocked attempts for the IT department.
 
     By category, by day, by user and by client address, the most blocked
@@ -196,12 +278,13 @@ def report(db, policy_path, since, until, fmt, out) -> None:
     from rich.console import Console
 
     from .incidents import open_db
-    from .report import build_report, render_csv, render_json, render_table, private_text_file
+    from .report import build_report, build_requests_report, render_csv, render_json, render_table, private_text_file
 
     zone = _load_policy_or_exit(policy_path).timezone
     if not db.exists():
         raise click.ClickException(f"no incident database at {db} (has the proxy run? see --db)")
-    summary = build_report(open_db(db), _aware(since, zone), _aware(until, zone))
+    build = build_requests_report if requests else build_report
+    summary = build(open_db(db), _aware(since, zone), _aware(until, zone))
     if out is None:
         if fmt == "table":
             render_table(summary, Console())
@@ -258,7 +341,7 @@ def lists() -> None:
 
 
 @lists.command("import")
-@click.argument("source", type=click.Choice(["ut1"]))
+@click.argument("source", type=click.Choice(["ut1", "doh", "vpn", "hosts", "domains", "adblock"]))
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--dest",
@@ -266,20 +349,366 @@ def lists() -> None:
     default=None,
     help="Where imported lists go [default: DATA/lists/<source>].",
 )
-def import_lists(source, path, dest) -> None:
-    """Import the UT1 lists from a folder or a blacklists.tar.gz.
+@click.option("--category", default=None, help="hosts/domains/adblock: the aupguard category the entries are.")
+@click.option("--name", default="imported", show_default=True, help="hosts/domains/adblock: the list root, DATA/lists/<name>.")
+def import_lists(source, path, dest, category, name) -> None:
+    """Import block lists from a folder or file.
 
-    The lists keep UT1's category folders; config/ut1-mapping.yaml says which
-    aupguard category each one counts as (edit it, no re-import needed).
+    \b
+    ut1  the UT1 lists (a folder or blacklists.tar.gz); config/ut1-mapping.yaml
+         says which aupguard category each UT1 folder counts as (edit it, no re-import needed)
+    doh  a dibdot/DoH-IP-blocklists checkout: DNS-over-HTTPS resolvers by name and IP
+    vpn  an az0/vpn_ip checkout: VPN services by name and IP, and web-proxy sites
+    hosts    a hosts file (`0.0.0.0 name ...`) into DATA/lists/<name>/<category>/domains
+    domains  a plain list of domains, one a line, likewise
+    adblock  Adblock/AdGuard `||domain^` rules, likewise (other rule kinds are skipped)
+    The policy's `lists:` must name the root (`{data}/lists/<name>`) for its entries to count;
+    then `aupguard lists compile` (a running proxy switches to the new index by itself).
     """
-    from .lists import ListError, import_ut1
+    from .lists import DOMAIN_LIST_FORMATS, ListError, import_domain_list, import_host_list, import_ut1
 
-    dest = dest or paths.IMPORTED_LISTS / source
+    if source in DOMAIN_LIST_FORMATS:
+        if not category:
+            raise click.UsageError(f"`lists import {source}` needs --category (the aupguard category of its entries)")
+        if category == "school_allow":
+            raise click.UsageError("the allow list is local: add entries to blocklists/school_allow/domains instead")
+    elif category:
+        raise click.UsageError(f"--category is for hosts, domains and adblock lists, not {source}")
+    dest = dest or paths.IMPORTED_LISTS / (name if source in DOMAIN_LIST_FORMATS else source)
     try:
-        result = import_ut1(path, dest)
+        if source == "ut1":
+            result = import_ut1(path, dest)
+        elif source in DOMAIN_LIST_FORMATS:
+            result = import_domain_list(source, path, dest, category)
+        else:
+            result = import_host_list(source, path, dest)
     except (ListError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"imported {result} into {dest}")
+
+
+def _with_progress(compile_call):
+    """Run `compile_call(progress)` under a rich progress bar on stderr (list lines read / total)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("compiling lists"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("compile", total=None)
+        return compile_call(lambda done, total: bar.update(task, completed=done, total=total))
+
+
+def _say_compiled(summary) -> None:
+    click.echo(
+        f"compiled {summary.domains:,} domains, {summary.urls:,} urls and {summary.expressions:,} expressions "
+        f"from {summary.sources} list folders into {summary.path} ({summary.size / 1e6:.1f} MB)"
+    )
+    if summary.problems:
+        click.echo(f"skipped list lines, e.g. {summary.problems[0]} ({len(summary.problems)} shown in the log)", err=True)
+
+
+@lists.command("compile")
+@policy_option
+@index_option
+def compile_lists(policy_path, index_path) -> None:
+    """Compile the policy's list folders into the index that `run` and `classify` serve.
+
+    A running proxy (every worker) switches to the new index within seconds, without
+    dropping a connection. When the lists cannot be compiled (a missing list folder,
+    an unreadable list file) the index in place is kept and the exit status is 1.
+    """
+    from .index import compile_from_folders
+    from .lists import ListError
+
+    policy = _load_policy_or_exit(policy_path)
+    try:
+        summary = _with_progress(lambda progress: compile_from_folders(policy.lists, index_path, progress))
+    except (ListError, OSError) as exc:
+        raise click.ClickException(f"{exc}; the index in place is unchanged") from exc
+    _say_compiled(summary)
+
+
+@lists.command("update")
+@click.argument("source", type=click.Choice(["ut1"]))
+@click.option("--url", default=None, help="Fetch the tarball from this http(s) URL [default: UT1's download].")
+@click.option(
+    "--file",
+    "tarball",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Use this local blacklists.tar.gz instead of fetching.",
+)
+@click.option("--sha256", default=None, metavar="HEX", help="The tarball's published SHA-256: refused if it differs.")
+@policy_option
+@index_option
+def update_lists(source, url, tarball, sha256, policy_path, index_path) -> None:
+    """Fetch (or take) the UT1 lists, check, import, compile and switch to them, all or nothing.
+
+    Any failure (download, checksum, damaged archive, compile) leaves the lists and
+    the index in service as they were, and the exit status is 1.
+    """
+    import re
+
+    from .lists import ListError
+    from .update import update_ut1
+
+    if url and tarball:
+        raise click.UsageError("--url and --file are alternatives: give one")
+    if sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256.strip()):
+        raise click.BadParameter("expected 64 hexadecimal digits", param_hint="--sha256")
+    policy = _load_policy_or_exit(policy_path)
+    try:
+        result = _with_progress(
+            lambda progress: update_ut1(
+                policy, index_path, tarball=tarball, url=url, sha256=sha256, progress=progress
+            )
+        )
+    except (ListError, OSError) as exc:
+        raise click.ClickException(f"{exc}; the lists in service are unchanged") from exc
+    click.echo(f"imported {result.imported} into {result.imported.dest} (sha256 {result.sha256})")
+    _say_compiled(result.compiled)
+
+
+# -- exemptions and classroom overrides -----------------------------------------------------------
+
+store_option = click.option(
+    "--store",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The exemption store [default: DATA/exemptions.db, where the proxy looks].",
+)
+until_option = click.option(
+    "--until", "until", required=True, metavar="TIME", help="When it ends: +45m, +2h, +3d, 15:30 (today) or 2026-11-23T15:30."
+)
+by_option = click.option("--by", "by", required=True, metavar="NAME", help="Who is making this change (recorded).")
+
+
+def _store(path: Path | None):
+    from .exemptions import DEFAULT_STORE, open_store
+
+    return open_store(path or DEFAULT_STORE)
+
+
+def _show(items, fmt: str) -> None:
+    """Exemptions as a table (rich, never markup) or JSON lines."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from .incidents import utc_iso
+
+    rows = [
+        {
+            "id": item.id,
+            "kind": item.kind,
+            "who": item.who,
+            "what": item.what,
+            "until": utc_iso(item.until),
+            "by": item.created_by,
+            "reason": item.reason,
+            "revoked": f"{utc_iso(item.revoked_at)} by {item.revoked_by}" if item.revoked_at else None,
+        }
+        for item in items
+    ]
+    if fmt == "json":
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    if not rows:
+        click.echo("none")
+        return
+    table = Table()
+    for column in rows[0]:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(Text("" if value is None else str(value)) for value in row.values()))
+    Console().print(table)
+
+
+def _record_change(change) -> None:
+    from .exemptions import ExemptionError
+
+    try:
+        item = change()
+    except ExemptionError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{'revoked' if item.revoked_at else 'added'} {item.describe()}")
+
+
+@main.group()
+def exempt() -> None:
+    """Time-limited exemptions: let a group, user or address range reach a site or category.
+
+    \b
+    aupguard exempt add --group year9 --category games --until +1h --by "Ms Khan" --reason "coding lesson"
+    aupguard exempt list
+    aupguard exempt revoke 12 --by "Ms Khan"
+    Every change is recorded with who, when and why; a running proxy honours it within seconds.
+    Mandatory categories (adult, hate, self_harm, ...) can never be exempted.
+    """
+
+
+@exempt.command("add")
+@policy_option
+@store_option
+@click.option("--group", default=None, help="Exempt this policy group.")
+@click.option("--user", default=None, help="Exempt this proxy-authenticated user.")
+@click.option("--ip", "network", default=None, metavar="IP/CIDR", help="Exempt this address or range.")
+@click.option("--site", default=None, metavar="DOMAIN", help="This site (and its subdomains).")
+@click.option("--category", default=None, help="This category.")
+@until_option
+@by_option
+@click.option("--reason", required=True, help="Why (recorded; e.g. the lesson, or the Head's written permission).")
+def exempt_add(policy_path, store, group, user, network, site, category, until, by, reason) -> None:
+    """Add an exemption."""
+    from . import exemptions
+    from .engine import Engine
+    from .lists import ListError
+    from .urlnorm import normalize_url
+
+    try:
+        engine = Engine.from_policy_file(policy_path)
+        deadline = exemptions.parse_until(until, engine.policy.timezone)
+    except (PolicyError, ListError, exemptions.ExemptionError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    def site_categories(domain: str):
+        return engine.classifier.classify(normalize_url(f"http://{domain}/")).categories
+
+    db = _store(store)
+    _record_change(
+        lambda: exemptions.add(
+            db, engine.policy, group=group, user=user, network=network, sites=[site] if site else [],
+            category=category, until=deadline, by=by, reason=reason, site_categories=site_categories,
+        )  # fmt: skip
+    )
+
+
+@exempt.command("list")
+@store_option
+@click.option("--all", "include_ended", is_flag=True, help="Include ended and revoked ones.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def exempt_list(store, include_ended, fmt) -> None:
+    """List active exemptions and classroom overrides (newest first)."""
+    from .exemptions import listing
+
+    _show(listing(_store(store), include_ended=include_ended), fmt)
+
+
+@exempt.command("revoke")
+@store_option
+@click.argument("exemption_id", type=int, metavar="ID")
+@by_option
+@click.option("--reason", default=None, help="Why (recorded).")
+def exempt_revoke(store, exemption_id, by, reason) -> None:
+    """End an exemption (or classroom override) now."""
+    from .exemptions import revoke
+
+    db = _store(store)
+    _record_change(lambda: revoke(db, exemption_id, by=by, reason=reason))
+
+
+@exempt.command("audit")
+@store_option
+def exempt_audit(store) -> None:
+    """Every change ever made, oldest first, as JSON lines (who, when, what, why)."""
+    from .exemptions import audit_trail
+
+    for row in audit_trail(_store(store)):
+        click.echo(json.dumps(row))
+
+
+@main.group()
+def classroom() -> None:
+    """Classroom overrides: one room's address range in "allow only these sites" or "block all" mode.
+
+    \b
+    aupguard classroom set --ip 10.20.4.0/24 --mode allow-only --site bbc.co.uk --site kahoot.it \\
+        --until 10:30 --by "Mr Jones" --reason "Year 10 mock exam"
+    aupguard classroom list
+    aupguard classroom end 14 --by "Mr Jones"
+    Sites in mandatory categories stay blocked whatever the mode.
+    """
+
+
+@classroom.command("set")
+@policy_option
+@store_option
+@click.option("--ip", "network", required=True, metavar="IP/CIDR", help="The room's address range.")
+@click.option("--mode", type=click.Choice(["allow-only", "block-all"]), required=True)
+@click.option("--site", "sites", multiple=True, metavar="DOMAIN", help="A site allowed in allow-only mode (repeatable).")
+@until_option
+@by_option
+@click.option("--reason", required=True, help="Why (recorded; e.g. the lesson or exam).")
+def classroom_set(policy_path, store, network, mode, sites, until, by, reason) -> None:
+    """Put a room into allow-only or block-all mode until a time."""
+    from . import exemptions
+
+    policy = _load_policy_or_exit(policy_path)
+    try:
+        deadline = exemptions.parse_until(until, policy.timezone)
+    except exemptions.ExemptionError as exc:
+        raise click.ClickException(str(exc)) from exc
+    kind = exemptions.ALLOW_ONLY if mode == "allow-only" else exemptions.BLOCK_ALL
+    db = _store(store)
+    _record_change(
+        lambda: exemptions.add(
+            db, policy, kind=kind, network=network, sites=sites, until=deadline, by=by, reason=reason
+        )
+    )
+
+
+@classroom.command("list")
+@store_option
+@click.option("--all", "include_ended", is_flag=True, help="Include ended ones.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def classroom_list(store, include_ended, fmt) -> None:
+    """List classroom overrides (newest first)."""
+    from .exemptions import EXEMPTION, listing
+
+    _show([item for item in listing(_store(store), include_ended=include_ended) if item.kind != EXEMPTION], fmt)
+
+
+@classroom.command("end")
+@store_option
+@click.argument("override_id", type=int, metavar="ID")
+@by_option
+@click.option("--reason", default=None, help="Why (recorded).")
+def classroom_end(store, override_id, by, reason) -> None:
+    """End a classroom override now."""
+    from .exemptions import ALLOW_ONLY, BLOCK_ALL, revoke
+
+    db = _store(store)
+    _record_change(lambda: revoke(db, override_id, by=by, reason=reason, kinds=(ALLOW_ONLY, BLOCK_ALL)))
+
+
+@main.command()
+@click.argument("url")
+@policy_option
+@who_and_when
+@store_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def explain(url, policy_path, group, user, client_ip, at, store, fmt) -> None:
+    """Show the whole decision for URL, as the proxy would make it.
+
+    \b
+    The group and why, every list entry that matched and what the group does
+    with it, the timetable window in force, the exemptions considered, and the
+    final action. Without --at: now.
+    """
+    from .exemptions import DEFAULT_STORE, load_active
+    from .explain import explain as explain_url, render_text
+    from .urlnorm import URLError, normalize_url
+
+    try:
+        normalize_url(url)
+    except URLError as exc:
+        raise click.BadParameter(str(exc), param_hint="URL") from exc
+    engine, identity, when = _decider(policy_path, group, user, client_ip, at)
+    when = when or datetime.now(timezone.utc)
+    engine.exemptions = load_active(store or DEFAULT_STORE, when)
+    result = explain_url(engine, url, identity, when)
+    click.echo(json.dumps(result) if fmt == "json" else render_text(result), nl=fmt == "json")
 
 
 if __name__ == "__main__":  # pragma: no cover

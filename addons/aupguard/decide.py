@@ -1,17 +1,24 @@
 """Decide: given who is asking and what the URL is, allow or block.
 
-A URL is blocked when any of its categories is blocked for the group, unless
-one of its categories is on the group's allow side (the school's local allow
-list); the most severe blocked category is the one the block page explains.
+A URL is blocked when any of its categories is blocked for the group in the
+timetable window in force, unless one of its categories is on the group's allow
+side (the school's local allow list); the most severe blocked category is the
+one the block page explains. Mandatory categories are blocked whatever allows
+them; a walled-garden group is blocked from everything its allow side lacks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from .classify import Classification, Match
 from .identify import Identity
 from .policy import Policy, severity_rank
+
+if TYPE_CHECKING:
+    from .exemptions import Exemption
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +29,10 @@ class Decision:
     blocked_by: tuple[Match, ...]  # matches of categories the group blocks
     allowed_by: tuple[Match, ...]  # allow-side matches that overrode them
     why: str
+    # The exemption or classroom override (exemptions.Exemption) that made this decision, if one did.
+    exemption: Exemption | None = None
+    window: str | None = None  # the timetable window in force when it was decided
+
 
     @property
     def blocked(self) -> bool:
@@ -29,29 +40,42 @@ class Decision:
 
     @property
     def rule(self) -> str:
-        """The list rule shown in the incident: the first match of the deciding category."""
-        return next((m.describe() for m in self.blocked_by if m.category == self.category), "")
+        """The rule shown in the incident: the first match of the deciding category, or the override that blocked."""
+        fallback = self.exemption.describe() if self.exemption is not None else ""
+        return next((m.describe() for m in self.blocked_by if m.category == self.category), fallback)
 
 
-def decide(policy: Policy, identity: Identity, classification: Classification) -> Decision:
+def decide(
+    policy: Policy, identity: Identity, classification: Classification, when: datetime | None = None
+) -> Decision:
+    """`when` is the request's time (now if None): it chooses the timetable window, and so the group's blocks."""
     group = policy.groups[identity.group]
-    blocked_by = tuple(m for m in classification.matches if m.category in group.block)
-    allowed_by = tuple(m for m in classification.matches if m.category in group.allow)
-    if not blocked_by:
-        return Decision("allow", None, None, (), allowed_by, f"no category blocked for group {group.name}")
+    window = policy.timetable.window_at(when or datetime.now(timezone.utc))
+    blocks, mandatory = group.blocks(window), policy.mandatory
+    matches = classification.matches
+    blocked_by = tuple(m for m in matches if m.category in blocks or m.category in mandatory)
+    allowed_by = tuple(m for m in matches if m.category in group.allow)
+    during = f" during {window}" if window else ""
     if allowed_by:
-        return Decision(
-            "allow", None, None, blocked_by, allowed_by, f"allowed for group {group.name} by {allowed_by[0].describe()}"
-        )
+        forced = tuple(m for m in blocked_by if m.category in mandatory)
+        if not forced:
+            why = f"allowed for group {group.name} by {allowed_by[0].describe()}"
+            return Decision("allow", None, None, blocked_by, allowed_by, why, window=window)
+        blocked_by = forced  # an allow overrides any block but the mandatory tier
+    if not blocked_by:
+        if group.walled_garden:
+            why = f"group {group.name} is a walled garden and no allow category matched"
+            severity = policy.categories["not_in_walled_garden"].severity
+            return Decision("block", "not_in_walled_garden", severity, (), (), why, window=window)
+        why = f"no category blocked for group {group.name}{during}"
+        return Decision("allow", None, None, (), allowed_by, why, window=window)
     worst = max(blocked_by, key=lambda m: severity_rank(policy.categories[m.category].severity))
-    return Decision(
-        "block",
-        worst.category,
-        policy.categories[worst.category].severity,
-        blocked_by,
-        (),
-        f"category {worst.category} is blocked for group {group.name}",
-    )
+    if worst.category in mandatory:
+        why = f"category {worst.category} is mandatory: blocked for everyone"
+    else:
+        why = f"category {worst.category} is blocked for group {group.name}{during}"
+    severity = policy.categories[worst.category].severity
+    return Decision("block", worst.category, severity, blocked_by, (), why, window=window)
 
 
 def filter_error(policy: Policy, identity: Identity) -> Decision:

@@ -2,24 +2,50 @@
 
 The mitmproxy addon and `aupguard classify` both call `Engine.check`, so what
 the command line says about a URL is what the proxy does with it.
+
+Circumvention is part of every check: `circumvention.inspect_request` adds
+signature, heuristic and DoH matches to the URL's list matches, and every URL
+carried inside it (a nested finding, or a web proxy's decoded target) is
+classified too; the stricter decision wins. A blocked attempt to get round the
+filter carries its `technique`, and its incident is filed under `circumvention`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .classify import Classification, Classifier
+from . import circumvention
+from .classify import Classification, Classifier, Match
 from .decide import Decision, decide, filter_error
+from .exemptions import ExemptionSet
 from .identify import Identity, identify
 from .incidents import Incident, new_ref
 from .lists import load_lists
-from .policy import Policy, load_policy
-from .urlnorm import NormalizedURL, normalize_url, search_term
+from .indexwatch import index_classifier
+from .policy import Policy, load_policy, severity_rank
+from .urlnorm import NormalizedURL, URLError, normalize_url, search_term
 
 log = logging.getLogger(__name__)
+
+# List categories that are themselves ways round the filter: a block by them is a circumvention attempt.
+CIRCUMVENTION_CATEGORIES = frozenset({"anonymizers", "vpn", "doh", "remote_access"})
+# The incident category every circumvention attempt is filed under, and its least severity.
+CIRCUMVENTION = "circumvention"
+CIRCUMVENTION_SEVERITY = "medium"
+# Which matches a circumvention finding becomes: (category, source).
+_FINDING_MATCHES = {
+    "signature": ("anonymizers", "aupguard/signatures"),
+    "heuristic": ("anonymizers", "aupguard/heuristic"),
+    "doh": ("doh", "aupguard/doh"),
+}
+MAX_INNER_URLS = 4  # carried URLs classified per request (inspect_url bounds their depth)
+# Users and devices whose recent attempts are remembered; the least recently seen are forgotten first.
+MAX_REPEAT_KEYS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +55,8 @@ class Verdict:
     classification: Classification | None
     decision: Decision
     error: str | None = None  # set when aupguard itself failed and the group's failure rule decided
+    technique: str | None = None  # blocked as a circumvention attempt: list|signature|nested|heuristic|doh|tunnel
+    inner_url: str | None = None  # the URL carried inside `url` (nested URL or a web proxy's target)
 
     @property
     def blocked(self) -> bool:
@@ -41,19 +69,71 @@ class Verdict:
         return tuple(dict.fromkeys(c for c in (self.decision.category, *matched) if c))
 
 
+class RepeatCounter:
+    """Recent circumvention attempts per user and per device, in memory only (no I/O on the hot path).
+
+    Bounded: at most `threshold` timestamps per key and MAX_REPEAT_KEYS keys.
+    """
+
+    def __init__(self, window_seconds: float, threshold: int, max_keys: int = MAX_REPEAT_KEYS):
+        self.window = window_seconds
+        self.threshold = threshold
+        self.max_keys = max_keys
+        self._seen: dict[str, deque[float]] = {}
+
+    def add(self, keys: tuple[str, ...], when: float) -> int:
+        """Count one attempt under each key; return the most attempts any key had within the window."""
+        most = 0
+        for key in keys:
+            times = self._seen.pop(key, None)  # re-inserted below: dict order is least recently seen first
+            if times is None:
+                times = deque(maxlen=self.threshold)
+            while times and times[0] <= when - self.window:
+                times.popleft()
+            times.append(when)
+            self._seen[key] = times
+            most = max(most, len(times))
+        while len(self._seen) > self.max_keys:
+            del self._seen[next(iter(self._seen))]
+        return most
+
+
 class Engine:
     def __init__(self, policy: Policy, classifier: Classifier):
         self.policy = policy
-        self.classifier = classifier
+        self.classifier = classifier  # swapped whole by indexwatch.IndexWatcher when the index is recompiled
+        self.index_path: Path | None = None  # the compiled index the classifier serves, if any
+        # Replaced whole (never mutated) by whoever watches the exemption store: the proxy's ExemptionWatcher.
+        self.exemptions = ExemptionSet()
+        rules = policy.circumvention
+        self.repeats = RepeatCounter(rules.repeat_window_minutes * 60.0, rules.repeat_threshold)
 
     @classmethod
-    def from_policy_file(cls, path: Path) -> Engine:
-        """Load a policy and the lists it names. Raises PolicyError or ListError: nothing starts on a bad policy."""
+    def from_policy_file(cls, path: Path, previous: Engine | None = None, index_path: Path | None = None) -> Engine:
+        """Load a policy and the lists it names. Raises PolicyError or ListError: nothing starts on a bad policy.
+
+        Reloading passes the running engine as `previous`: its lists are reused when the
+        policy names the same ones, and its exemptions carry over. With `index_path` the
+        lists are served from the compiled index there (compiled first when missing or
+        out of date: `index.ensure_index`); without, they are read as text.
+        """
         policy = load_policy(path)
-        lists = load_lists(policy.lists)
-        for problem in lists.problems[:20]:
-            log.warning("list line skipped: %s", problem)
-        return cls(policy, Classifier(lists))
+        if index_path is None and previous is not None:
+            index_path = previous.index_path
+        if previous is not None and previous.policy.lists == policy.lists:
+            classifier = previous.classifier
+        elif index_path is not None:
+            classifier = index_classifier(policy.lists, index_path)
+        else:
+            lists = load_lists(policy.lists)
+            for problem in lists.problems[:20]:
+                log.warning("list line skipped: %s", problem)
+            classifier = Classifier(lists)
+        engine = cls(policy, classifier)
+        engine.index_path = index_path
+        if previous is not None:
+            engine.exemptions = previous.exemptions
+        return engine
 
     def identify(self, user: str | None, client_ip: str) -> Identity:
         try:
@@ -62,25 +142,88 @@ class Engine:
             log.exception("identifying %r at %r failed; using the default group", user, client_ip)
             return Identity(user, client_ip, self.policy.default_group, "identification failed: default group")
 
-    def check(self, url: str | NormalizedURL, identity: Identity) -> Verdict:
-        """Decide one URL for one identity. Never raises: an internal error follows the group's failure rule."""
+    def check(
+        self,
+        url: str | NormalizedURL,
+        identity: Identity,
+        *,
+        method: str = "GET",
+        content_type: str | None = None,
+        accept: str | None = None,
+        when: datetime | None = None,
+    ) -> Verdict:
+        """Decide one request for one identity. Never raises: an internal error follows the group's failure rule.
+
+        The proxy passes the request's method, Content-Type and Accept (DNS over
+        HTTPS is recognised by them); `aupguard classify` knows only the URL.
+        `when` (default now) chooses the timetable window and the exemptions in force.
+        """
         normalized = url if isinstance(url, NormalizedURL) else None
+        when = when or datetime.now(timezone.utc)
         try:
             normalized = normalized or normalize_url(url)
-            classification = self.classifier.classify(normalized)
-            return Verdict(identity, normalized, classification, decide(self.policy, identity, classification))
+            listed = self.classifier.matches(normalized)
+            findings = circumvention.inspect_request(normalized, method, content_type, accept)
+            classification = Classification(normalized, (*listed, *_finding_matches(findings)))
+            outer = self._decide(identity, classification, when)
+            decision, deciding_inner = outer, None
+            for inner_url in _inner_urls(findings):
+                inner = self._decide_inner(inner_url, identity, when)
+                if inner is not None and _stricter(inner, decision):
+                    decision, deciding_inner = inner, inner_url
+            technique = _technique(outer, decision, deciding_inner)
+            inner_url = deciding_inner or next((f.inner_url for f in findings if f.inner_url), None)
+            return Verdict(
+                identity, normalized, classification, decision, None, technique, inner_url if technique else None
+            )
         except Exception as exc:
             log.exception("deciding %r for %s failed", str(url)[:200], identity.group)
             return self.failed(identity, normalized, f"{type(exc).__name__}: {exc}")
+
+    def _decide_inner(self, inner_url: str, identity: Identity, when: datetime) -> Decision | None:
+        """The list decision for a carried URL (its own findings are already among the outer URL's)."""
+        try:
+            inner = normalize_url(inner_url)
+        except URLError:
+            return None
+        return self._decide(identity, self.classifier.classify(inner), when)
+
+    def _decide(self, identity: Identity, classification: Classification, when: datetime | None = None) -> Decision:
+        """The policy's decision, as the active exemptions and classroom overrides change it."""
+        decision = decide(self.policy, identity, classification, when)
+        if not self.exemptions:
+            return decision
+        return self.exemptions.apply(self.policy, identity, classification, decision, when or datetime.now(timezone.utc))
 
     def failed(self, identity: Identity, url: NormalizedURL | None, error: str) -> Verdict:
         """The verdict when aupguard itself failed: the group's failure rule decides."""
         return Verdict(identity, url, None, filter_error(self.policy, identity), error)
 
-    def check_host(self, host: str, port: int, identity: Identity) -> Verdict:
+    def check_host(self, host: str, port: int, identity: Identity, when: datetime | None = None) -> Verdict:
         """Decide a connection known only by host (CONNECT target or TLS SNI)."""
-        scheme = "http" if port == 80 else "https"
-        return self.check(f"{scheme}://{_bracket(host)}:{port}/", identity)
+        return self.check(_host_url(host, port), identity, when=when)
+
+    def check_connect(self, host: str, port: int, identity: Identity, when: datetime | None = None) -> Verdict:
+        """Decide a CONNECT: its port, then the host's lists, then whether it names an IP address."""
+        rules = self.policy.circumvention
+        if port not in rules.connect_ports:
+            allowed = ", ".join(str(p) for p in sorted(rules.connect_ports))
+            return self.tunnel(host, port, identity, f"port {port}", f"CONNECT to port {port} (allowed: {allowed})")
+        verdict = self.check_host(host, port, identity, when)
+        if verdict.blocked or identity.group in rules.bare_ip_allowed or not _is_ip(host):
+            return verdict
+        return self.tunnel(host, port, identity, "bare-ip", f"CONNECT to the IP address {host}, not a name")
+
+    def tunnel(self, host: str, port: int, identity: Identity, entry: str, why: str) -> Verdict:
+        """A tunnel blocked as circumvention (a refused port, bare IP, no SNI, or no TLS at all)."""
+        severity = self.policy.categories[CIRCUMVENTION].severity
+        match = Match(CIRCUMVENTION, "tunnel", entry, "aupguard/tunnel")
+        decision = Decision("block", CIRCUMVENTION, severity, (match,), (), f"{why}; group {identity.group}")
+        try:
+            url = normalize_url(_host_url(host, port))
+        except URLError:
+            url = None
+        return Verdict(identity, url, Classification(url, (match,)) if url else None, decision, technique="tunnel")
 
     def incident(
         self,
@@ -95,6 +238,15 @@ class Engine:
         when = when or datetime.now(timezone.utc)
         local = when.astimezone(self.policy.timezone)
         url = verdict.url
+        categories = verdict.categories
+        severity = verdict.decision.severity or "low"
+        if verdict.technique:
+            categories = tuple(dict.fromkeys((CIRCUMVENTION, *categories)))
+            severity = max(severity, CIRCUMVENTION_SEVERITY, key=severity_rank)
+            identity = verdict.identity
+            keys = (f"ip:{identity.client_ip}", *((f"user:{identity.user.casefold()}",) if identity.user else ()))
+            if self.repeats.add(keys, when.timestamp()) >= self.repeats.threshold:
+                severity = max(severity, "high", key=severity_rank)
         return Incident(
             ref=new_ref(),
             ts_utc=when,
@@ -106,13 +258,67 @@ class Engine:
             method=method,
             url=url.url if url else "",
             host=url.host if url else "",
-            categories=verdict.categories,
+            categories=categories,
             rule=verdict.decision.rule or (verdict.error or ""),
             action=action,
-            severity=verdict.decision.severity or "low",
+            severity=severity,
             user_agent=user_agent,
             search_term=search_term(url) if url else None,
+            technique=verdict.technique,
+            inner_url=verdict.inner_url,
         )
+
+
+def _finding_matches(findings: tuple[circumvention.Finding, ...]) -> list[Match]:
+    """Signature, heuristic and DoH findings as matches; nested ones are decided by their inner URL."""
+    matches = []
+    for finding in findings:
+        target = _FINDING_MATCHES.get(finding.technique)
+        if target is not None:
+            category, source = target
+            matches.append(Match(category, finding.technique, finding.name, source))
+    return matches
+
+
+def _inner_urls(findings: tuple[circumvention.Finding, ...]) -> list[str]:
+    return list(dict.fromkeys(f.inner_url for f in findings if f.inner_url))[:MAX_INNER_URLS]
+
+
+def _stricter(candidate: Decision, current: Decision) -> bool:
+    """Whether `candidate` is stricter: a block beats an allow, then the more severe block wins."""
+    if not candidate.blocked:
+        return False
+    if not current.blocked:
+        return True
+    return severity_rank(candidate.severity or "low") > severity_rank(current.severity or "low")
+
+
+def _technique(outer: Decision, decision: Decision, deciding_inner: str | None) -> str | None:
+    """How a blocked request tried to get round the filter; None when it is no circumvention attempt."""
+    if not decision.blocked:
+        return None
+    found = {m.kind for m in outer.blocked_by} if outer.blocked else set()
+    for technique in ("signature", "doh", "heuristic"):
+        if technique in found:
+            return technique
+    if deciding_inner is not None:
+        return "nested"
+    if CIRCUMVENTION_CATEGORIES.intersection(m.category for m in decision.blocked_by):
+        return "list"
+    return None
+
+
+def _host_url(host: str, port: int) -> str:
+    scheme = "http" if port == 80 else "https"
+    return f"{scheme}://{_bracket(host)}:{port}/"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _bracket(host: str) -> str:

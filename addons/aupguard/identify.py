@@ -4,9 +4,10 @@ Precedence, first match wins:
 
 1. the proxy-authenticated username, if identity.users lists it
    (compared ignoring case, as htpasswd and LDAP logins are typed both ways);
-2. the client address, if a range in identity.networks holds it
+2. the same username, if a file in identity.user_files (the MIS export) lists it;
+3. the client address, if a range in identity.networks holds it
    (the longest prefix wins);
-3. identity.default_group.
+4. identity.default_group.
 
 An authenticated user who is not listed falls through to the address rules.
 """
@@ -40,7 +41,12 @@ def identify(policy: Policy, user: str | None, client_ip: str) -> Identity:
         group = policy.users.get(user.casefold())
         if group is not None:
             return Identity(user, place.address, group, f"user {user!r} is listed in identity.users")
-    unlisted = f"user {user!r} is not listed in identity.users; " if user is not None else ""
+        member = policy.members.get(user.casefold())
+        if member is not None:
+            why = f"user {user!r} is listed at {member.where} (identity.user_files)"
+            return Identity(user, place.address, member.group, why)
+    lists = "identity.users or user_files" if policy.user_files else "identity.users"
+    unlisted = f"user {user!r} is not listed in {lists}; " if user is not None else ""
     if place.rule is not None:
         why = f"{unlisted}address {place.address} is in {place.rule.network} (identity.networks)"
         return Identity(user, place.address, place.rule.group, why)

@@ -201,7 +201,18 @@ def _migrate(db: sqlite_utils.Database) -> None:
 
 
 def open_db(path: Path) -> sqlite_utils.Database:
-    """Open (creating or migrating as needed) the incident database at `path`.
+    """Open (creating or migrating as needed) the incident database at `path`."""
+    db = connect_private(path)
+    try:
+        _migrate(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def connect_private(path: Path) -> sqlite_utils.Database:
+    """Open (creating if needed) an SQLite file holding personal data, readable by its owner only.
 
     The file is created 0600 before SQLite touches it, so it is never readable
     by others, even for a moment; SQLite gives its -wal and -shm files the same
@@ -218,9 +229,8 @@ def open_db(path: Path) -> sqlite_utils.Database:
     try:
         db.enable_wal()
         db.execute("PRAGMA synchronous = NORMAL")
-        # Purged rows are overwritten, not left in free pages (retention must mean deletion).
+        # Deleted rows are overwritten, not left in free pages (retention must mean deletion).
         db.execute("PRAGMA secure_delete = ON")
-        _migrate(db)
     except BaseException:
         db.close()
         raise

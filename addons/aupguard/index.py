@@ -52,8 +52,9 @@ import os
 import struct
 import sys
 import tempfile
+import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -143,10 +144,14 @@ class IndexWriter:
         *,
         expected: dict[str, int] | None = None,
         seed: int | None = None,
+        roots: list[dict] | None = None,
+        compiled_at: float = 0.0,
     ):
         _check_little_endian()
         self.sources = list(sources)
         self.expressions = list(expressions)
+        self.roots = roots  # `roots_fingerprint` of the folders compiled, when compiled from folders
+        self.compiled_at = compiled_at
         self.seed = int.from_bytes(os.urandom(8), "little") if seed is None else seed
         expected = expected or {}
         self._tables = {kind: _TableBuilder(expected.get(kind, 0)) for kind in KINDS}
@@ -223,6 +228,8 @@ class IndexWriter:
             ],
             "expressions": [[sid, pattern] for sid, pattern in self.expressions],
             "combos": [_bits(mask) for mask in self._combo_masks],
+            "roots": self.roots,
+            "compiled_at": self.compiled_at,
         }
         json_bytes = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
         layout = []  # (offset, table)
@@ -291,47 +298,103 @@ class CompileSummary:
 
 
 def compile_from_folders(
-    roots: Sequence[ListRoot], out_path: Path, progress: Progress | None = None
+    roots: Sequence[ListRoot],
+    out_path: Path,
+    progress: Progress | None = None,
+    staged: Mapping[str, Path] | None = None,
 ) -> CompileSummary:
     """Compile list folders straight into an index file, streaming: no dict of every entry is built.
 
-    Sources, ids, keys and problems are exactly those `load_lists(roots)` gives.
-    `progress(done, total)` counts list lines. Raises ListError as `load_lists` does.
+    Sources, ids, keys and problems are exactly those `load_lists(roots)` gives (both
+    read through `lists.list_sources` / `source_keys` / `source_expressions`), except
+    that a list file that cannot be read at all (unreadable, over the size limit)
+    stops the compile with ListError: an index silently missing a whole list would
+    let its sites through. `progress(done, total)` counts list lines. Nothing is
+    written unless the compile succeeds, so the index in place keeps serving.
+
+    `staged` maps a root's name to a folder read in its place (a new import not yet
+    moved to the root's path): the index records the root as the policy names it.
     """
-    problems = lists._Problems()
-    sources: list[ListSource] = []
-    for root in roots:
-        for folder, category in lists._category_folders(root, problems):
-            sources.append(ListSource(len(sources), category, f"{root.name}/{folder.name}", folder))
+    started = time.time()  # before reading: a list edited during the compile makes the index stale
+    problems = lists.Problems()
+    staged = staged or {}
+    read_roots = [replace(root, path=staged[root.name]) if root.name in staged else root for root in roots]
+    sources = lists.list_sources(read_roots, problems)
     # Line counts first (a fast pass over cached files): they size the tables and the progress bar.
     lines = {(source.id, kind): _count_lines(source.path / kind) for source in sources for kind in KINDS}
     expected = {kind: sum(n for (_sid, k), n in lines.items() if k == kind) for kind in KINDS}
     total = sum(expected.values())
-    writer = IndexWriter(sources, expected=expected)
+    real_path = {root.name: Path(root.path) for root in roots}
+    recorded = [
+        replace(s, path=real_path[s.name.split("/")[0]] / s.path.name) if s.name.split("/")[0] in staged else s
+        for s in sources
+    ]
+    writer = IndexWriter(recorded, expected=expected, roots=roots_fingerprint(roots), compiled_at=started)
     done = 0
     for source in sources:
+        bit = 1 << source.id
         for kind in KINDS:
             tick = progress and (lambda n, base=done: progress(base + n, total))
-            writer.add(kind, _keys_with_mask(source, kind, problems), tick=tick)
+            writer.add(kind, ((key, bit) for key in lists.source_keys(source, kind, problems)), tick=tick)
             done += lines[source.id, kind]
             if progress:
                 progress(done, total)
-        for _number, pattern in lists._entries(source.path / "expressions", problems, strip_comments=False):
-            writer.expressions.append((source.id, pattern))
+        writer.expressions.extend((source.id, pattern) for pattern in lists.source_expressions(source, problems))
+    if problems.unreadable:
+        raise lists.ListError("cannot compile: " + "; ".join(problems.unreadable[:5]))
     return replace(writer.write(out_path), problems=tuple(problems.as_list()))
 
 
-def _keys_with_mask(source: ListSource, kind: str, problems: lists._Problems) -> Iterator[tuple[str, int]]:
-    path = source.path / kind
-    key_of = lists._domain_key if kind == "domains" else lists._url_key
-    bit = 1 << source.id
-    for number, entry in lists._entries(path, problems, strip_comments=True):
-        try:
-            key = key_of(entry)
-        except ValueError as exc:  # URLError, or a codec's UnicodeError
-            problems.add(f"{path}:{number}", str(exc))
-            continue
-        yield key, bit
+def roots_fingerprint(roots: Sequence[ListRoot]) -> list[dict]:
+    """What an index records of the list roots it was compiled from, to tell when the policy changed them."""
+    return [
+        {
+            "name": root.name,
+            "path": str(Path(root.path).absolute()),
+            "mapping": dict(sorted(root.mapping.items())) if root.mapping is not None else None,
+            "optional": root.optional,
+        }
+        for root in roots
+    ]
+
+
+def why_recompile(index_path: Path, roots: Sequence[ListRoot]) -> str | None:
+    """Why the index at `index_path` does not serve `roots` as they are now, or None when it does.
+
+    The rule `aupguard run` and `classify` follow: compile when there is no valid index,
+    when the policy names other list roots or category mappings, or when a list folder
+    or file changed after the index's compile started.
+    """
+    try:
+        meta = read_meta(Path(index_path))
+    except FileNotFoundError:
+        return f"no compiled index at {index_path}"
+    except (IndexFormatError, OSError) as exc:
+        return f"the index cannot be used ({exc})"
+    if meta.get("roots") != roots_fingerprint(roots):
+        return "the policy's list folders or category mappings changed"
+    compiled_at = meta.get("compiled_at", 0)
+    for root in roots:
+        for path in _list_paths(root):
+            try:
+                if os.stat(path).st_mtime > compiled_at:
+                    return f"{path} changed after the index was compiled"
+            except OSError:
+                continue
+    return None
+
+
+def _list_paths(root: ListRoot) -> Iterator[Path]:
+    """The root folder, its category folders and their list files: where a change shows."""
+    yield Path(root.path)
+    try:
+        folders = lists.category_folders(root, lists.Problems())
+    except lists.ListError:
+        return
+    for folder, _category in folders:
+        yield folder
+        for name in lists.LIST_FILES:
+            yield folder / name
 
 
 def _count_lines(path: Path) -> int:
@@ -467,6 +530,14 @@ class CompiledIndex:
         self.close()
 
 
+def read_meta(path: Path) -> dict:
+    """The validated header's json section (sources, roots, compile time) without mapping the tables."""
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        header = _read_header(os.pread(fd, HEADER_SIZE, 0), os.fstat(fd).st_size, path)
+        return _parse_meta(os.pread(fd, header["json_len"], header["json_off"]), header, path)
+
+
 def load_index(path: Path) -> CompiledIndex:
     """Map the index at `path` after validating it; raises `IndexFormatError` when it is not valid.
 
@@ -555,3 +626,22 @@ def _parse_meta(raw: bytes, header: dict, path: Path) -> dict:
     except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise IndexFormatError(f"{path}: invalid json section: {exc}") from exc
     return meta
+
+
+def ensure_index(
+    roots: Sequence[ListRoot], path: Path, progress: Progress | None = None
+) -> tuple[CompiledIndex, str | None]:
+    """The index at `path` for `roots`, compiled first when `why_recompile` says so.
+
+    Returns the loaded index and why it was compiled (None when the one in place served).
+    Raises ListError when the lists cannot be compiled, IndexFormatError when the result cannot be loaded.
+    """
+    path = Path(path)
+    reason = why_recompile(path, roots)
+    if reason is None:
+        try:
+            return load_index(path), None
+        except (IndexFormatError, OSError) as exc:
+            reason = f"the index cannot be used ({exc})"
+    compile_from_folders(roots, path, progress)
+    return load_index(path), reason

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import ipaddress
 import logging
 import lzma
 import os
@@ -34,7 +35,7 @@ import tarfile
 import tempfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
@@ -121,27 +122,37 @@ class ListRoot:
 @dataclass(frozen=True)
 class ImportResult:
     dest: Path
-    categories: dict[str, dict[str, int]]  # UT1 category -> list file -> line count
+    categories: dict[str, dict[str, int]]  # category folder -> list file -> line count
+    origin: str = "UT1"  # whose lists, for the summary
+    skipped: int = 0  # lines that named no entry
 
     def total(self, filename: str) -> int:
         return sum(counts.get(filename, 0) for counts in self.categories.values())
 
     def __str__(self) -> str:
         return (
-            f"{len(self.categories)} UT1 categories ({self.total('domains'):,} domain, "
+            f"{len(self.categories)} {self.origin} categories ({self.total('domains'):,} domain, "
             f"{self.total('urls'):,} url and {self.total('expressions'):,} expression lines)"
-        )
+        ) + (f"; {self.skipped:,} lines skipped" if self.skipped else "")
 
 
 # ---------------------------------------------------------------------------- reading
+#
+# One set of per-file readers serves both consumers: `load_lists` (dicts in memory, for
+# small lists and tests) and `index.compile_from_folders` (streamed into the on-disk index).
 
 
-class _Problems:
+class Problems:
     """The first MAX_PROBLEMS problems, and how many there were in all."""
 
     def __init__(self) -> None:
         self.shown: list[str] = []
         self.count = 0
+        self.unreadable: list[str] = []  # whole files that could not be read: fatal to a compile
+
+    def add_unreadable(self, path: Path, reason: str) -> None:
+        self.unreadable.append(f"{path}: {reason}")
+        self.add(str(path), reason)
 
     def add(self, where: str, reason: str) -> None:
         self.count += 1
@@ -153,53 +164,56 @@ class _Problems:
         return self.shown + [f"... and {hidden} more problems not shown"] if hidden else self.shown
 
 
-@dataclass
-class _Builder:
-    sources: list[ListSource] = field(default_factory=list)
-    domains: dict[str, int] = field(default_factory=dict)
-    urls: dict[str, int] = field(default_factory=dict)
-    expressions: list[tuple[int, str]] = field(default_factory=list)
-    problems: _Problems = field(default_factory=_Problems)
+def list_sources(roots: Sequence[ListRoot], problems: Problems) -> list[ListSource]:
+    """One `ListSource` per category folder of every root, ids in order. Raises ListError for a missing root."""
+    sources: list[ListSource] = []
+    for root in roots:
+        for folder, category in category_folders(root, problems):
+            sources.append(ListSource(len(sources), category, f"{root.name}/{folder.name}", folder))
+    return sources
 
-    def add_folder(self, folder: Path, category: str, name: str) -> None:
-        source = ListSource(len(self.sources), category, name, folder)
-        self.sources.append(source)
-        bit = 1 << source.id
-        for table, path, key in (
-            (self.domains, folder / "domains", _domain_key),
-            (self.urls, folder / "urls", _url_key),
-        ):
-            for number, entry in _entries(path, self.problems, strip_comments=True):
-                try:
-                    entry_key = key(entry)
-                except ValueError as exc:  # URLError, or a codec's UnicodeError
-                    self.problems.add(f"{path}:{number}", str(exc))
-                    continue
-                table[entry_key] = table.get(entry_key, 0) | bit
-        # Compiled once, by the classifier (RE2), which also reports patterns it cannot use.
-        path = folder / "expressions"
-        for _number, pattern in _entries(path, self.problems, strip_comments=False):
-            self.expressions.append((source.id, pattern))
+
+def source_keys(source: ListSource, kind: str, problems: Problems) -> Iterator[str]:
+    """The lookup key of each entry of the source's `domains` or `urls` file; bad lines go to `problems`."""
+    path = source.path / kind
+    key_of = domain_key if kind == "domains" else url_key
+    for number, entry in read_entries(path, problems, strip_comments=True):
+        try:
+            yield key_of(entry)
+        except ValueError as exc:  # URLError, or a codec's UnicodeError
+            problems.add(f"{path}:{number}", str(exc))
+
+
+def source_expressions(source: ListSource, problems: Problems) -> Iterator[str]:
+    """The patterns of the source's `expressions` file (compiled by the classifier, with RE2)."""
+    for _number, pattern in read_entries(source.path / "expressions", problems, strip_comments=False):
+        yield pattern
 
 
 def load_lists(roots: Sequence[ListRoot]) -> ListData:
     """Read every category folder of every root. Raises ListError for a missing, non-optional root."""
-    builder = _Builder()
-    for root in roots:
-        for folder, category in _category_folders(root, builder.problems):
-            builder.add_folder(folder, category, f"{root.name}/{folder.name}")
-    if builder.problems.count:
-        log.warning("skipped %d unreadable list lines or files (see ListData.problems)", builder.problems.count)
+    problems = Problems()
+    sources = list_sources(roots, problems)
+    tables: dict[str, dict[str, int]] = {"domains": {}, "urls": {}}
+    expressions: list[tuple[int, str]] = []
+    for source in sources:
+        bit = 1 << source.id
+        for kind, table in tables.items():
+            for key in source_keys(source, kind, problems):
+                table[key] = table.get(key, 0) | bit
+        expressions.extend((source.id, pattern) for pattern in source_expressions(source, problems))
+    if problems.count:
+        log.warning("skipped %d unreadable list lines or files (see ListData.problems)", problems.count)
     return ListData(
-        sources=builder.sources,
-        domains=builder.domains,
-        urls=builder.urls,
-        expressions=builder.expressions,
-        problems=builder.problems.as_list(),
+        sources=sources,
+        domains=tables["domains"],
+        urls=tables["urls"],
+        expressions=expressions,
+        problems=problems.as_list(),
     )
 
 
-def _category_folders(root: ListRoot, problems: _Problems) -> list[tuple[Path, str]]:
+def category_folders(root: ListRoot, problems: Problems) -> list[tuple[Path, str]]:
     """(folder, aupguard category) for each folder of `root` that counts, in name order."""
     try:
         entries = sorted(os.scandir(root.path), key=lambda entry: entry.name)
@@ -227,23 +241,67 @@ def _category_folders(root: ListRoot, problems: _Problems) -> list[tuple[Path, s
     return folders
 
 
-def _entries(path: Path, problems: _Problems, *, strip_comments: bool) -> Iterator[tuple[int, str]]:
-    """(line number, entry) for each entry of a list file; a missing file has none."""
+_READ_CHUNK = 1 << 20
+_MAX_LINE_BYTES = 4 * MAX_LINE_CHARS  # UTF-8: at most 4 bytes a character
+
+
+def read_lines(path: Path, problems: Problems) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every line of a list file, read 1 MiB at a time; a missing file has none.
+
+    Memory stays bounded whatever the file size (the 120 MB adult list is never one string);
+    invalid UTF-8 is replaced, and a line longer than MAX_LINE_CHARS is reported and skipped.
+    """
     try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_LIST_FILE_BYTES + 1)
+        file = open(path, "rb")
     except FileNotFoundError:
         return
     except OSError as exc:
-        problems.add(str(path), f"cannot read: {exc.strerror}")
+        problems.add_unreadable(path, f"cannot read: {exc.strerror}")
         return
-    if len(data) > MAX_LIST_FILE_BYTES:
-        problems.add(str(path), f"larger than {MAX_LIST_FILE_BYTES >> 20} MiB, not loaded")
-        return
-    for number, line in enumerate(data.decode("utf-8", errors="replace").split("\n"), 1):
-        if len(line) > MAX_LINE_CHARS:
-            problems.add(f"{path}:{number}", f"line longer than {MAX_LINE_CHARS} characters")
-            continue
+    with file:
+        if os.fstat(file.fileno()).st_size > MAX_LIST_FILE_BYTES:
+            problems.add_unreadable(path, f"larger than {MAX_LIST_FILE_BYTES >> 20} MiB, not loaded")
+            return
+        number, tail, size, overlong = 0, b"", 0, False
+        while True:
+            try:
+                chunk = file.read(_READ_CHUNK)
+            except OSError as exc:
+                problems.add_unreadable(path, f"cannot read: {exc.strerror}")
+                return
+            size += len(chunk)
+            if size > MAX_LIST_FILE_BYTES:  # it grew while being read
+                problems.add_unreadable(path, f"larger than {MAX_LIST_FILE_BYTES >> 20} MiB, read no further")
+                return
+            if not chunk:
+                lines = [tail]
+            else:
+                data = tail + chunk
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    # No line end in sight: keep at most one overlong line's worth, then skip to its end.
+                    tail = data if len(data) <= _MAX_LINE_BYTES else data[:_MAX_LINE_BYTES + 1]
+                    overlong = overlong or len(data) > _MAX_LINE_BYTES
+                    continue
+                lines, tail = data[:cut].split(b"\n"), data[cut + 1 :]
+            for raw in lines:
+                number += 1
+                if overlong or len(raw) > MAX_LINE_CHARS:
+                    text = None if overlong else raw.decode("utf-8", errors="replace")
+                    overlong = False
+                    if text is None or len(text) > MAX_LINE_CHARS:
+                        problems.add(f"{path}:{number}", f"line longer than {MAX_LINE_CHARS} characters")
+                        continue
+                    yield number, text
+                else:
+                    yield number, raw.decode("utf-8", errors="replace")
+            if not chunk:
+                return
+
+
+def read_entries(path: Path, problems: Problems, *, strip_comments: bool) -> Iterator[tuple[int, str]]:
+    """(line number, entry) for each entry of a list file: blank lines and `#` comments dropped."""
+    for number, line in read_lines(path, problems):
         if strip_comments and "#" in line:
             comment = _TRAILING_COMMENT.search(line)
             if comment:
@@ -253,7 +311,8 @@ def _entries(path: Path, problems: _Problems, *, strip_comments: bool) -> Iterat
             yield number, line
 
 
-def _domain_key(entry: str) -> str:
+def domain_key(entry: str) -> str:
+    """The lookup key of a `domains` entry: "*.example.com" and ".example.com" mean example.com."""
     if entry.startswith("*."):
         entry = entry[2:]
     elif entry.startswith("."):
@@ -263,7 +322,7 @@ def _domain_key(entry: str) -> str:
     return normalize_host(entry)
 
 
-def _url_key(entry: str) -> str:
+def url_key(entry: str) -> str:
     """The squid key of a `urls` entry, as the classifier builds it for a request."""
     # The format has no scheme, but a pasted "https://..." means the same page.
     entry = _URL_SCHEME.sub("", entry, count=1)
@@ -497,3 +556,259 @@ def _swap_into_place(staging: Path, dest: Path) -> None:
         os.rename(old, dest)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- host lists (DoH, VPN)
+
+
+@dataclass(frozen=True)
+class HostListFormat:
+    """A published list of host names and addresses, and the aupguard category folders it fills."""
+
+    origin: str
+    home: str
+    licence: str
+    files: dict[str, tuple[str, ...]]  # category folder -> files of a checkout, first existing alternatives
+    allow_hosts: tuple[str, ...] = ()  # upstream's own exclusions (false positives such as CDNs)
+    allow_networks: tuple[str, ...] = ()
+
+
+# The formats `aupguard lists import doh|vpn` reads: checkouts of the upstream repositories (or one
+# of their files). Their lines are `host`, `IP  # hosts`, `IP # brand` or AdGuard `||domain^`.
+HOST_LIST_FORMATS = {
+    "doh": HostListFormat(
+        origin="dibdot/DoH-IP-blocklists",
+        home="https://github.com/dibdot/DoH-IP-blocklists",
+        licence="GPL-3.0",
+        files={"doh": ("doh-domains_overall.txt|doh-domains.txt", "doh-ipv4.txt", "doh-ipv6.txt")},
+    ),
+    "vpn": HostListFormat(
+        origin="az0/vpn_ip",
+        home="https://github.com/az0/vpn_ip",
+        licence="GPL-3.0-or-later",
+        files={
+            "vpn": ("output/hostname.txt|data/output/hostname.txt", "output/adguard.txt|data/output/adguard.txt",
+                    "output/ip.txt|data/output/ip.txt"),
+            # Free web-proxy and proxy-list sites: anonymizers, not VPNs.
+            "anonymizers": ("input/hostname_only/proxy.txt|data/input/hostname_only/proxy.txt",),
+        },  # fmt: skip
+        allow_hosts=("input/allowlist_hostname_only.txt|data/input/allowlist_hostname_only.txt",),
+        allow_networks=("input/allowlist_ip.txt|data/input/allowlist_ip.txt",),
+    ),
+}
+_ADGUARD_RULE = re.compile(r"\|\|([^\^/$|]+)\^(?:\$.*)?")
+
+
+def host_entry(line: str) -> str | None:
+    """The host or address on a host-list line, normalised; None for blank lines, comments and exceptions.
+
+    Raises ValueError (URLError) for a line that names no valid host.
+    """
+    line = line.split("#", 1)[0].strip()
+    if not line or line[0] in "!@[":  # AdGuard comments, exception rules and section headers
+        return None
+    rule = _ADGUARD_RULE.fullmatch(line)
+    if rule:
+        line = rule.group(1)
+    if len(line.split()) != 1:
+        raise ValueError(f"{line[:80]!r} is not one host name or address")
+    host = domain_key(line)
+    if "." not in host and ":" not in host:  # a bare "com" would block a whole top-level domain
+        raise ValueError(f"{host!r} is a single label, not a host name")
+    return host
+
+
+def import_host_list(kind: str, src: Path, dest: Path) -> ImportResult:
+    """Import a DoH or VPN host list (HOST_LIST_FORMATS[kind]) from a checkout folder or one file.
+
+    Writes `dest/<category>/domains` (names and IP addresses, which `domains`
+    files take alike), keeps upstream's licence beside them, and replaces `dest`
+    only once the new copy is complete. Lines that name no host are skipped.
+    """
+    form = HOST_LIST_FORMATS[kind]
+    src, dest = Path(src), Path(dest)
+    if src.is_dir():
+        sources = {category: _existing(src, names) for category, names in form.files.items()}
+        allow_hosts = set(_read_hosts(_existing(src, form.allow_hosts), Problems()))
+        allow_networks = [net for path in _existing(src, form.allow_networks) for net in _read_networks(path)]
+    elif src.is_file():
+        sources = {next(iter(form.files)): [src]}
+        allow_hosts, allow_networks = set(), []
+    else:
+        raise ListError(f"{src}: no such file or folder")
+    if not any(sources.values()):
+        expected = ", ".join(name for names in form.files.values() for name in names)
+        raise ListError(f"{src}: not a {form.origin} checkout (expected one of {expected})")
+
+    problems = Problems()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.new-", dir=dest.parent))
+    try:
+        categories: dict[str, dict[str, int]] = {}
+        for category, paths in sources.items():
+            if not paths:
+                continue
+            entries = sorted(
+                {host for host in _read_hosts(paths, problems) if not _allowed(host, allow_hosts, allow_networks)}
+            )
+            folder = staging / category
+            folder.mkdir(mode=0o755)
+            header = f"# {form.origin} ({form.licence}), imported by `aupguard lists import {kind}`\n"
+            (folder / "domains").write_text(header + "".join(f"{host}\n" for host in entries), encoding="utf-8")
+            categories[category] = {"domains": len(entries)}
+        licence = src / "LICENSE" if src.is_dir() else src.parent / "LICENSE"
+        if licence.is_file():
+            shutil.copyfile(licence, staging / "LICENSE")
+        (staging / "SOURCE.md").write_text(_host_list_notes(form, kind, src, categories, problems), encoding="utf-8")
+        os.chmod(staging, 0o755)
+        _swap_into_place(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ImportResult(dest, categories, form.origin)
+
+
+def _existing(root: Path, names: Sequence[str]) -> list[Path]:
+    """For each `a|b` alternative, the first that is a file under root."""
+    found = []
+    for alternatives in names:
+        for name in alternatives.split("|"):
+            if (root / name).is_file():
+                found.append(root / name)
+                break
+    return found
+
+
+def _read_hosts(paths: Sequence[Path], problems: Problems) -> Iterator[str]:
+    for path in paths:
+        for number, line in read_lines(path, problems):
+            try:
+                host = host_entry(line)
+            except ValueError as exc:
+                problems.add(f"{path}:{number}", str(exc))
+                continue
+            if host is not None:
+                yield host
+
+
+def _read_networks(path: Path) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    networks = []
+    for _number, line in read_lines(path, Problems()):
+        text = line.split("#", 1)[0].strip()
+        if text:
+            with contextlib.suppress(ValueError):
+                networks.append(ipaddress.ip_network(text, strict=False))
+    return networks
+
+
+def _allowed(host: str, hosts: set[str], networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.split(".")
+        return any(".".join(labels[i:]) in hosts for i in range(len(labels)))
+    return any(address in network for network in networks)
+
+
+def _host_list_notes(
+    form: HostListFormat, kind: str, src: Path, categories: dict[str, dict[str, int]], problems: Problems
+) -> str:
+    imported = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    rows = "\n".join(f"| {name} | {counts['domains']} |" for name, counts in categories.items())
+    skipped = "".join(f"\n- skipped: {problem}" for problem in problems.as_list()[:20])
+    return f"""# {form.origin} (imported)
+
+{form.home}
+
+Licence: {form.licence} (upstream's LICENSE is kept beside this file). Keep the licence and this
+attribution with any copy you pass on; these lists are not part of aupguard's own bundled lists.
+
+- Imported: {imported} by `aupguard lists import {kind}`
+- From: `{src}`
+- Host names and IP addresses are both in `domains`; upstream's own allow lists were applied.
+
+| category | domains |
+|:--|--:|
+{rows}
+{skipped}
+"""
+
+
+# ---------------------------------------------------------------------------- plain domain lists
+
+# `aupguard lists import hosts|domains|adblock`: third-party lists of bare names, one category each.
+DOMAIN_LIST_FORMATS = ("hosts", "domains", "adblock")
+# Names a hosts file maps for the machine itself, never list entries.
+_HOSTS_SELF = frozenset({"localhost", "localhost.localdomain", "local", "broadcasthost", "ip6-localhost",
+                         "ip6-loopback", "ip6-localnet", "ip6-mcastprefix", "ip6-allnodes", "ip6-allrouters",
+                         "ip6-allhosts", "0.0.0.0"})  # fmt: skip
+_ADBLOCK_DOMAIN_RULE = re.compile(r"\|\|([^\^/$|*]+)\^(?:\$.*)?")
+
+
+def domain_list_entries(fmt: str, line: str) -> list[str]:
+    """The entries (as `domains` keys) on one line of a hosts, plain domain or Adblock-style list.
+
+    hosts: `0.0.0.0 ads.example.com tracker.example.net`; domains: `example.com`;
+    adblock: `||example.com^` (with or without `$options`). Comments, exception
+    rules (`@@`) and cosmetic or path rules name no domain: []. Raises ValueError
+    for a line that should name a host and does not.
+    """
+    if fmt == "adblock":
+        line = line.strip()
+        if not line or line[0] in "!#[" or line.startswith("@@"):
+            return []
+        rule = _ADBLOCK_DOMAIN_RULE.fullmatch(line)
+        if rule is None:
+            raise ValueError("not a `||domain^` rule (element-hiding and path rules are not domain lists)")
+        return [domain_key(rule.group(1))]
+    text = line.split("#", 1)[0].split()
+    if not text:
+        return []
+    if fmt == "domains":
+        return [domain_key(text[0])]
+    address, names = text[0], text[1:]
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ValueError(f"{address[:80]!r} is not an address: a hosts line is `0.0.0.0 name...`") from None
+    return [domain_key(name) for name in names if name.lower() not in _HOSTS_SELF]
+
+
+def import_domain_list(fmt: str, src: Path, dest: Path, category: str) -> ImportResult:
+    """Import a hosts, plain domain or Adblock-style list file as `dest/<category>/domains`.
+
+    `dest` is a list root (DATA_DIR/lists/<name>); its other category folders stay
+    as they are. The new `domains` file replaces the old one in one rename, only
+    once it is complete. Lines naming no domain are skipped and counted.
+    """
+    if fmt not in DOMAIN_LIST_FORMATS:
+        raise ListError(f"unknown list format {fmt!r}; expected one of {', '.join(DOMAIN_LIST_FORMATS)}")
+    if not CATEGORY_NAME.fullmatch(category):
+        raise ListError(f"{category!r} is not a category name (a-z, 0-9, _)")
+    src = Path(src)
+    if not src.is_file():
+        raise ListError(f"{src}: no such file")
+    problems = Problems()
+    entries: set[str] = set()
+    for number, line in read_lines(src, problems):
+        try:
+            entries.update(domain_list_entries(fmt, line))
+        except ValueError as exc:  # URLError, or a codec's UnicodeError
+            problems.add(f"{src}:{number}", str(exc))
+    if problems.unreadable:
+        raise ListError("; ".join(problems.unreadable))
+    if not entries:
+        raise ListError(f"{src}: no {fmt} entries found ({problems.count} lines skipped); nothing imported")
+    folder = Path(dest) / category
+    folder.mkdir(parents=True, exist_ok=True, mode=0o755)
+    fd, tmp_name = tempfile.mkstemp(prefix=".domains.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(f"# imported from {src.name} ({fmt} format) by `aupguard lists import {fmt}`\n")
+            out.writelines(f"{entry}\n" for entry in sorted(entries))
+        os.chmod(tmp_name, 0o644)  # block lists are public data, unlike incident logs
+        os.replace(tmp_name, folder / "domains")
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return ImportResult(Path(dest), {category: {"domains": len(entries)}}, f"{src.name} ({fmt})", problems.count)

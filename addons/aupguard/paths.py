@@ -19,6 +19,8 @@ DEFAULT_POLICY = CONFIG_DIR / "policy.yaml"
 DATA_DIR = Path(os.environ.get("AUPGUARD_DATA") or HOME / "var")
 DEFAULT_DB = DATA_DIR / "incidents.db"
 IMPORTED_LISTS = DATA_DIR / "lists"
+# The compiled list index (`aupguard lists compile`), shared read-only by every proxy worker.
+DEFAULT_INDEX = DATA_DIR / "index" / "lists.idx"
 
 
 def private_dir(path: Path) -> Path:

@@ -25,6 +25,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from . import paths
 from .lists import ListError, ListRoot, load_mapping
+from .timetable import Timetable, read_timetable
+from .userfiles import Member, UserFile, UserFileError, read_user_file
 from .urlnorm import URLError, normalize_host
 
 SUPPORTED_VERSION = 1
@@ -33,7 +35,9 @@ MAX_POLICY_BYTES = 1 << 20  # a policy is a few kilobytes; anything this big is 
 SEVERITIES = ("low", "medium", "high", "critical")
 
 # Categories that aupguard itself reports, with no list behind them.
-INCIDENT_CATEGORIES = ("circumvention", "filter_error")
+INCIDENT_CATEGORIES = ("circumvention", "filter_error", "download", "not_in_walled_garden", "classroom_lock")
+# File types a group's `downloads.block_types` may name (matched by Content-Type and extension).
+DOWNLOAD_TYPES = ("executable", "installer", "disk_image", "apk", "torrent", "archive", "script")
 # Every category the code, the bundled lists or the UT1 mapping can produce (ARCHITECTURE.md):
 # a policy must give each a label, severity and reason, so a block page or
 # incident never meets a category it cannot explain. Schools may add their own.
@@ -51,12 +55,23 @@ CATEGORIES = (
     "banking", "health",
     # other
     "downloads", "filehosting", "shorteners", "ads", "school_allow",
+    # the early years walled garden: the only sites its groups may visit
+    "early_years_allow",
     *INCIDENT_CATEGORIES,
 )  # fmt: skip
 
 CATEGORY_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # also list root names
 MAX_RETENTION_DAYS = 3650
+MAX_REPEAT_WINDOW_MINUTES = 24 * 60
+MAX_REPEAT_THRESHOLD = 100
+TUNNEL_RULES = ("block", "allow")
+
+DEFAULT_CIRCUMVENTION_TEXT = (
+    "Trying to get round the school's filter (with web proxies, VPNs, hidden web addresses or other tricks) "
+    "is against our Acceptable Use Policy. If you need this page for your work, ask your teacher: they can "
+    "ask for it to be checked."
+)
 
 
 def severity_rank(severity: str) -> int:
@@ -85,6 +100,7 @@ class Category:
     severity: str  # one of SEVERITIES
     reason: str  # why the AUP blocks it, shown on the block page
     no_decrypt: bool  # never TLS-decrypted (banking, health)
+    mandatory: bool = False  # blocked for every group, whatever allows, timetables or exemptions say
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +110,29 @@ class Group:
     block: frozenset[str]
     allow: frozenset[str]  # a match in one of these overrides any block (the local allow list)
     fail_closed: bool  # when aupguard itself fails: block (True) or let the request through
+    download_block_types: frozenset[str] = frozenset()  # names from DOWNLOAD_TYPES
+    max_download_bytes: int | None = None  # None: no size limit
+    walled_garden: bool = False  # only pages in an `allow` category may be visited
+    allow_during: Mapping[str, frozenset[str]] = field(default_factory=dict)  # window -> blocks lifted then
+    block_during: Mapping[str, frozenset[str]] = field(default_factory=dict)  # window -> extra blocks then
+    # window -> the whole block set while it is in force, precomputed so a request costs one dict probe
+    by_window: Mapping[str, frozenset[str]] = field(default_factory=dict, repr=False, compare=False)
+
+    def blocks(self, window: str | None) -> frozenset[str]:
+        """The categories blocked while `window` is in force (None: outside every window)."""
+        return self.by_window.get(window, self.block)
+
+
+@dataclass(frozen=True, slots=True)
+class CircumventionRules:
+    """The `circumvention:` section: what a CONNECT tunnel may be, and when attempts count as repeated."""
+
+    connect_ports: frozenset[int] = frozenset({443})
+    # Groups whose CONNECTs to a bare IP address / TLS without a server name are allowed; all others are blocked.
+    bare_ip_allowed: frozenset[str] = frozenset()
+    no_sni_allowed: frozenset[str] = frozenset()
+    repeat_window_minutes: int = 10
+    repeat_threshold: int = 3  # this many attempts within the window by one user or device: severity high
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,10 +187,22 @@ class Policy:
     accidental_text: str
     retention_days: int
     log_allowed: bool
+    circumvention: CircumventionRules = CircumventionRules()
+    circumvention_text: str = DEFAULT_CIRCUMVENTION_TEXT  # the block page's note on a circumvention attempt
     network_index: NetworkIndex = field(init=False, repr=False, compare=False)
+    timetable: Timetable = field(default_factory=Timetable.empty)
+    user_files: tuple[UserFile, ...] = ()
+    members: Mapping[str, Member] = field(default_factory=dict)  # casefolded username -> group, from user_files
+    mandatory: frozenset[str] = field(init=False, repr=False, compare=False)  # blocked for everyone
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "network_index", NetworkIndex(self.networks))
+        object.__setattr__(self, "mandatory", frozenset(n for n, c in self.categories.items() if c.mandatory))
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every file the policy was read from: a change to any of them is a change of policy."""
+        return (self.path, *(f.path for f in self.user_files))
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -166,6 +217,7 @@ def load_policy(path: Path) -> Policy:
         root,
         "",
         required=("version", "school", "categories", "groups", "identity", "lists", "tls", "block_page", "records"),
+        optional=("circumvention", "timetable"),
     )
     version = doc.integer(top["version"], "version")
     if version != SUPPORTED_VERSION:
@@ -173,10 +225,12 @@ def load_policy(path: Path) -> Policy:
 
     school = doc.fields(top["school"], "school", required=("name", "timezone", "it_contact"))
     categories = _read_categories(doc, top["categories"])
-    groups = _read_groups(doc, top["groups"], categories)
-    default_group, users, networks = _read_identity(doc, top["identity"], groups)
+    timezone = _read_timezone(doc, school["timezone"])
+    timetable = read_timetable(doc, top.get("timetable"), timezone)
+    groups = _read_groups(doc, top["groups"], categories, timetable)
+    default_group, users, networks, user_files, members = _read_identity(doc, top["identity"], groups)
     no_decrypt_categories, no_decrypt_hosts, intercept = _read_tls(doc, top["tls"], categories)
-    block_page = doc.fields(top["block_page"], "block_page", required=("accidental",))
+    block_page = doc.fields(top["block_page"], "block_page", required=("accidental",), optional=("circumvention",))
     records = doc.fields(top["records"], "records", required=("retention_days",), optional=("log_allowed",))
     retention_days = doc.integer(records["retention_days"], "records.retention_days")
     if not 1 <= retention_days <= MAX_RETENTION_DAYS:
@@ -185,7 +239,7 @@ def load_policy(path: Path) -> Policy:
     return Policy(
         path=path,
         school_name=doc.text(school["name"], "school.name"),
-        timezone=_read_timezone(doc, school["timezone"]),
+        timezone=timezone,
         it_contact=doc.text(school["it_contact"], "school.it_contact"),
         categories=categories,
         groups=groups,
@@ -199,6 +253,15 @@ def load_policy(path: Path) -> Policy:
         accidental_text=doc.text(block_page["accidental"], "block_page.accidental"),
         retention_days=retention_days,
         log_allowed=doc.boolean(records.get("log_allowed"), "records.log_allowed", default=False),
+        circumvention=_read_circumvention(doc, top.get("circumvention"), groups),
+        timetable=timetable,
+        user_files=user_files,
+        members=members,
+        circumvention_text=(
+            doc.text(block_page["circumvention"], "block_page.circumvention")
+            if "circumvention" in block_page
+            else DEFAULT_CIRCUMVENTION_TEXT
+        ),
     )
 
 
@@ -217,7 +280,9 @@ def _read_categories(doc: _Document, node: Node) -> dict[str, Category]:
         if not CATEGORY_NAME.fullmatch(name):
             doc.fail(key, f"categories: {name!r} is not a category name (lower-case letters, digits and _)")
         where = f"categories.{name}"
-        fields = doc.fields(value, where, required=("label", "severity", "reason"), optional=("no_decrypt",))
+        fields = doc.fields(
+            value, where, required=("label", "severity", "reason"), optional=("no_decrypt", "mandatory")
+        )
         severity = doc.text(fields["severity"], f"{where}.severity")
         if severity not in SEVERITIES:
             known = ", ".join(SEVERITIES)
@@ -228,6 +293,7 @@ def _read_categories(doc: _Document, node: Node) -> dict[str, Category]:
             severity=severity,
             reason=doc.text(fields["reason"], f"{where}.reason"),
             no_decrypt=doc.boolean(fields.get("no_decrypt"), f"{where}.no_decrypt", default=False),
+            mandatory=doc.boolean(fields.get("mandatory"), f"{where}.mandatory", default=False),
         )
     missing = [name for name in CATEGORIES if name not in categories]
     if missing:
@@ -239,18 +305,31 @@ def _read_categories(doc: _Document, node: Node) -> dict[str, Category]:
     return categories
 
 
-def _read_groups(doc: _Document, node: Node, categories: Mapping[str, Category]) -> dict[str, Group]:
+def _read_groups(
+    doc: _Document, node: Node, categories: Mapping[str, Category], timetable: Timetable
+) -> dict[str, Group]:
     groups: dict[str, Group] = {}
     for name, key, value in doc.items(node, "groups"):
         if not GROUP_NAME.fullmatch(name):
             doc.fail(key, f"groups: {name!r} is not a group name (letters, digits, _ . -)")
         where = f"groups.{name}"
-        fields = doc.fields(value, where, optional=("description", "block", "allow", "fail_closed"))
+        fields = doc.fields(
+            value,
+            where,
+            optional=(
+                "description", "block", "allow", "allow_during", "block_during", "walled_garden", "fail_closed",
+                "downloads",
+            ),
+        )  # fmt: skip
         block = _category_names(doc, fields.get("block"), f"{where}.block", categories)
         allow = _category_names(doc, fields.get("allow"), f"{where}.allow", categories)
         both = sorted(block & allow)
         if both:
             doc.fail(fields["allow"], f"{where}: {', '.join(both)} is both blocked and allowed")
+        _no_mandatory(doc, fields.get("allow"), f"{where}.allow", categories)
+        # Mandatory categories are blocked for every group, listed or not.
+        block |= {c for c, category in categories.items() if category.mandatory}
+        timed = _read_timed_rules(doc, fields, where, categories, timetable, block)
         description = fields.get("description")
         groups[name] = Group(
             name=name,
@@ -259,10 +338,92 @@ def _read_groups(doc: _Document, node: Node, categories: Mapping[str, Category])
             allow=allow,
             # Failing closed is the safe default: a broken filter must not open the internet to pupils.
             fail_closed=doc.boolean(fields.get("fail_closed"), f"{where}.fail_closed", default=True),
+            **_read_downloads(doc, fields.get("downloads"), f"{where}.downloads"),
+            walled_garden=doc.boolean(fields.get("walled_garden"), f"{where}.walled_garden", default=False),
+            **timed,
         )
     if not groups:
         doc.fail(doc.heading(node), "groups: at least one group is needed")
     return groups
+
+
+def _no_mandatory(doc: _Document, node: Node | None, where: str, categories: Mapping[str, Category]) -> None:
+    for item in doc.sequence(node, where):
+        name = doc.text(item, where)
+        if categories[name].mandatory:
+            doc.fail(item, f"{where}: {name} is mandatory (blocked for everyone): it cannot be allowed")
+
+
+def _read_timed_rules(
+    doc: _Document,
+    fields: Mapping[str, Node],
+    where: str,
+    categories: Mapping[str, Category],
+    timetable: Timetable,
+    block: frozenset[str],
+) -> dict:
+    """A group's `allow_during` / `block_during` as Group fields, with the block set of each window precomputed."""
+    rules: dict[str, dict[str, frozenset[str]]] = {}
+    for key in ("allow_during", "block_during"):
+        rules[key] = {}
+        for window, window_node, value in doc.items(fields.get(key), f"{where}.{key}"):
+            if window not in timetable.windows:
+                known = ", ".join(sorted(timetable.windows))
+                doc.fail(
+                    window_node,
+                    f"{where}.{key}: unknown window {window!r}{_did_you_mean(window, timetable.windows)} "
+                    f"(timetable.windows defines: {known})",
+                )
+            rule_where = f"{where}.{key}.{window}"
+            names = _category_names(doc, value, rule_where, categories)
+            if key == "allow_during":
+                _no_mandatory(doc, value, rule_where, categories)
+                loose = sorted(names - block)
+                if loose:
+                    doc.fail(
+                        value, f"{rule_where}: {', '.join(loose)} is not in {where}.block, so there is nothing to lift"
+                    )
+            else:
+                twice = sorted(names & block)
+                if twice:
+                    doc.fail(value, f"{rule_where}: {', '.join(twice)} is already blocked at all times ({where}.block)")
+                both = sorted(names & rules["allow_during"].get(window, frozenset()))
+                if both:
+                    doc.fail(value, f"{rule_where}: {', '.join(both)} is both allowed and blocked during {window}")
+            rules[key][window] = names
+    allow_during, block_during = rules["allow_during"], rules["block_during"]
+    by_window = {
+        window: (block | block_during.get(window, frozenset())) - allow_during.get(window, frozenset())
+        for window in {*allow_during, *block_during}
+    }
+    return {"allow_during": allow_during, "block_during": block_during, "by_window": by_window}
+
+
+MAX_DOWNLOAD_MB = 1 << 20  # a terabyte: any larger limit is a typo
+
+
+def _read_downloads(doc: _Document, node: Node | None, where: str) -> dict:
+    """A group's `downloads:` as Group fields: blocked file types and a size limit."""
+    if node is None or doc._is_null(node):
+        return {}
+    fields = doc.fields(node, where, optional=("block_types", "max_size_mb"))
+    types = set()
+    for item in doc.sequence(fields.get("block_types"), f"{where}.block_types"):
+        name = doc.text(item, f"{where}.block_types")
+        if name not in DOWNLOAD_TYPES:
+            doc.fail(
+                item,
+                f"{where}.block_types: unknown file type {name!r}{_did_you_mean(name, DOWNLOAD_TYPES)} "
+                f"(one of {', '.join(DOWNLOAD_TYPES)})",
+            )
+        types.add(name)
+    max_bytes = None
+    if fields.get("max_size_mb") is not None:
+        megabytes = doc.integer(fields["max_size_mb"], f"{where}.max_size_mb")
+        if not 1 <= megabytes <= MAX_DOWNLOAD_MB:
+            doc.fail(fields["max_size_mb"], f"{where}.max_size_mb must be between 1 and {MAX_DOWNLOAD_MB}")
+        max_bytes = megabytes * 1024 * 1024
+    return {"download_block_types": frozenset(types), "max_download_bytes": max_bytes}
 
 
 def _category_names(
@@ -279,8 +440,8 @@ def _category_names(
 
 def _read_identity(
     doc: _Document, node: Node, groups: Mapping[str, Group]
-) -> tuple[str, dict[str, str], tuple[NetworkRule, ...]]:
-    fields = doc.fields(node, "identity", required=("default_group",), optional=("users", "networks"))
+) -> tuple[str, dict[str, str], tuple[NetworkRule, ...], tuple[UserFile, ...], dict[str, Member]]:
+    fields = doc.fields(node, "identity", required=("default_group",), optional=("users", "user_files", "networks"))
 
     def group_name(value: Node, where: str) -> str:
         name = doc.text(value, where)
@@ -315,7 +476,42 @@ def _read_identity(
         seen[network] = _line(entry["cidr"])
         rules.append(NetworkRule(network, group_name(entry["group"], f"{where}: group")))
     rules.sort(key=lambda r: (-r.network.prefixlen, r.network.version, r.network.network_address))
-    return default_group, users, tuple(rules)
+    user_files, members = _read_user_files(doc, fields.get("user_files"), groups)
+    return default_group, users, tuple(rules), user_files, members
+
+
+MAX_USER_FILES = 20
+
+
+def _read_user_files(
+    doc: _Document, node: Node | None, groups: Mapping[str, Group]
+) -> tuple[tuple[UserFile, ...], dict[str, Member]]:
+    """identity.user_files: the MIS exports, read now so that a bad row stops the load like a bad policy line."""
+    folder = doc.path.absolute().parent
+    specs: list[UserFile] = []
+    members: dict[str, Member] = {}
+    items = doc.sequence(node, "identity.user_files")
+    if len(items) > MAX_USER_FILES:
+        doc.fail(node, f"identity.user_files: more than {MAX_USER_FILES} files")
+    for number, item in enumerate(items, 1):
+        where = f"identity.user_files entry {number}"
+        entry = doc.fields(item, where, required=("path",), optional=("user_column", "group_column"))
+        column = {
+            key: doc.text(entry[key], f"{where}: {key}") if key in entry else default
+            for key, default in (("user_column", "username"), ("group_column", "group"))
+        }
+        spec = UserFile(_policy_path(doc.text(entry["path"], f"{where}: path"), folder), **column)
+        try:
+            found = read_user_file(spec, groups)
+        except UserFileError as exc:  # the CSV's own file and line are where the mistake is
+            reason = f"{exc.reason} (identity.user_files in {doc.path}:{_line(item)})"
+            raise PolicyError(exc.file, exc.line, reason) from exc
+        for user, member in found.items():
+            if user in members:
+                raise PolicyError(member.file, member.line, f"user {user!r} is also listed at {members[user].where}")
+            members[user] = member
+        specs.append(spec)
+    return tuple(specs), members
 
 
 _IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
@@ -364,6 +560,66 @@ def _read_lists(doc: _Document, node: Node, categories: Mapping[str, Category]) 
             )
         )
     return tuple(roots)
+
+
+def _read_circumvention(doc: _Document, node: Node | None, groups: Mapping[str, Group]) -> CircumventionRules:
+    default = CircumventionRules()
+    if doc._is_null(node):
+        return default
+    fields = doc.fields(
+        node,
+        "circumvention",
+        optional=("connect_ports", "bare_ip", "no_sni", "repeat_window_minutes", "repeat_threshold"),
+    )
+    ports = set()
+    for item in doc.sequence(fields.get("connect_ports"), "circumvention.connect_ports"):
+        port = doc.integer(item, "circumvention.connect_ports")
+        if not 1 <= port <= 65535:
+            doc.fail(item, f"circumvention.connect_ports: {port} is not a TCP port (1 to 65535)")
+        ports.add(port)
+    if "connect_ports" in fields and not ports:
+        doc.fail(doc.heading(fields["connect_ports"]), "circumvention.connect_ports: name at least one port, e.g. [443]")
+
+    def number(key: str, low: int, high: int, fallback: int) -> int:
+        if key not in fields:
+            return fallback
+        value = doc.integer(fields[key], f"circumvention.{key}")
+        if not low <= value <= high:
+            doc.fail(fields[key], f"circumvention.{key} must be between {low} and {high}")
+        return value
+
+    return CircumventionRules(
+        connect_ports=frozenset(ports) or default.connect_ports,
+        bare_ip_allowed=_groups_allowed(doc, fields.get("bare_ip"), "circumvention.bare_ip", groups),
+        no_sni_allowed=_groups_allowed(doc, fields.get("no_sni"), "circumvention.no_sni", groups),
+        repeat_window_minutes=number("repeat_window_minutes", 1, MAX_REPEAT_WINDOW_MINUTES, default.repeat_window_minutes),
+        repeat_threshold=number("repeat_threshold", 2, MAX_REPEAT_THRESHOLD, default.repeat_threshold),
+    )
+
+
+def _groups_allowed(doc: _Document, node: Node | None, where: str, groups: Mapping[str, Group]) -> frozenset[str]:
+    """`block` or `allow` for every group, or a mapping of group (or `default`) to either; unnamed groups: default."""
+
+    def rule(value: Node, at: str) -> bool:
+        word = doc.text(value, at)
+        if word not in TUNNEL_RULES:
+            doc.fail(value, f"{at}: expected block or allow, not {word!r}")
+        return word == "allow"
+
+    if doc._is_null(node):
+        return frozenset()
+    if isinstance(node, ScalarNode):
+        return frozenset(groups) if rule(node, where) else frozenset()
+    chosen: dict[str, bool] = {}
+    fallback = False
+    for name, key, value in doc.items(node, where):
+        if name == "default":
+            fallback = rule(value, f"{where}.default")
+        elif name in groups:
+            chosen[name] = rule(value, f"{where}.{name}")
+        else:
+            doc.fail(key, f"{where}: unknown group {name!r}{_did_you_mean(name, [*groups, 'default'])}")
+    return frozenset(name for name in groups if chosen.get(name, fallback))
 
 
 def _policy_path(text: str, folder: Path) -> Path:

@@ -146,6 +146,28 @@ def build_report(db: sqlite_utils.Database, since: datetime | None, until: datet
     return Report(since, until, datetime.now(timezone.utc), sections)
 
 
+def build_requests_report(db: sqlite_utils.Database, since: datetime | None, until: datetime | None) -> Report:
+    """The block page's "report a mistake" requests made since <= ts_utc < until, with their incidents."""
+    from .feedback import ensure_schema
+
+    ensure_schema(db)
+    period, params = _period(since, until)
+    period = period.replace("ts_utc", "r.ts_utc")
+    columns = ("ref", "requested_utc", "kind", "reason", "local_date", "local_time", "username", "client_ip",
+               "user_group", "url", "category")  # fmt: skip
+    rows = list(
+        db.query(
+            f"""SELECT r.ref, r.ts_utc AS requested_utc, r.kind, r.reason, i.local_date, i.local_time, i.username,
+                       i.client_ip, i.user_group, i.url, i.category
+                FROM incident_requests r LEFT JOIN incidents i ON i.ref = r.ref
+                WHERE {period} ORDER BY r.ts_utc, r.ref""",
+            params,
+        )
+    )
+    section = Section("requests", "Reported mistakes and review requests", columns, rows)
+    return Report(since, until, datetime.now(timezone.utc), {"requests": section})
+
+
 # -- output ---------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,555 @@
+"""Decide: exemptions and classroom overrides, time-limited changes to the policy.
+
+An exemption lets a group, a user or an address range reach a site or a
+category it would otherwise be blocked from (a game for one lesson, teaching
+material the Head has allowed in writing). A classroom override puts one
+room's address range into "allow only these sites" or "block all" mode for an
+exam or a focused lesson. Both are kept in one SQLite store, every change is
+written to an append-only audit table (who, when, what, why), and both end by
+themselves at their `until` time: evaluation compares `until > now`, so no job
+has to expire them. None of them ever lets through a mandatory category.
+
+The proxy never reads the store per request: `ExemptionWatcher` reloads an
+immutable `ExemptionSet` off the event loop when the database changed
+(PRAGMA data_version), and the request path only probes its dicts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone, tzinfo
+from pathlib import Path
+
+import sqlite_utils
+
+from . import paths
+from .classify import Classification
+from .decide import Decision
+from .identify import Identity, client_address
+from .incidents import connect_private, utc_iso
+from .policy import Policy
+from .urlnorm import NormalizedURL, URLError, normalize_host
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORE = paths.DATA_DIR / "exemptions.db"
+REFRESH_S = 2.0  # how soon a running proxy honours a change
+EXEMPTION, ALLOW_ONLY, BLOCK_ALL = "exemption", "allow_only", "block_all"
+KINDS = (EXEMPTION, ALLOW_ONLY, BLOCK_ALL)
+LOCK_CATEGORY = "classroom_lock"  # the incident category of a request a classroom override blocked
+MAX_TEXT = 500  # reasons; names are bounded tighter
+MAX_NAME = 128
+MAX_SITES = 200
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ExemptionError(ValueError):
+    """An exemption or override that cannot be recorded, with the reason in plain words."""
+
+
+@dataclass(frozen=True, slots=True)
+class Exemption:
+    id: int
+    kind: str  # one of KINDS
+    until: datetime  # UTC; inactive from this moment
+    created_at: datetime
+    created_by: str
+    reason: str
+    group: str | None = None
+    user: str | None = None  # casefolded, as identify compares users
+    network: Network | None = None
+    sites: tuple[str, ...] = ()  # normalised domains; each covers its subdomains
+    category: str | None = None
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None
+
+    def active(self, when: datetime) -> bool:
+        return self.revoked_at is None and when < self.until
+
+    def covers_site(self, url: NormalizedURL) -> bool:
+        return any(candidate in self.sites for candidate in url.domain_candidates())
+
+    @property
+    def who(self) -> str:
+        if self.group is not None:
+            return f"group {self.group}"
+        if self.user is not None:
+            return f"user {self.user}"
+        return f"addresses {self.network}"
+
+    @property
+    def what(self) -> str:
+        if self.kind == BLOCK_ALL:
+            return "block all"
+        sites = ", ".join(self.sites)
+        if self.kind == ALLOW_ONLY:
+            return f"allow only {sites}"
+        return f"category {self.category}" if self.category else f"site {sites}"
+
+    def describe(self) -> str:
+        label = "exemption" if self.kind == EXEMPTION else "classroom override"
+        return f"{label} #{self.id} ({self.who}: {self.what}; until {utc_iso(self.until)}; by {self.created_by})"
+
+
+# -- the in-memory snapshot the proxy decides with ---------------------------------------------------
+
+
+class ExemptionSet:
+    """The active exemptions and overrides, indexed by who they cover. Immutable once built."""
+
+    def __init__(self, items: Iterable[Exemption] = ()):
+        self.items = tuple(items)
+        self._by_user: dict[str, list[Exemption]] = {}
+        self._by_group: dict[str, list[Exemption]] = {}
+        # Per IP version: (shift, {network number >> shift: [exemptions]}), longest prefix first.
+        by_prefix: dict[int, dict[int, dict[int, list[Exemption]]]] = {4: {}, 6: {}}
+        for item in self.items:
+            if item.user is not None:
+                self._by_user.setdefault(item.user, []).append(item)
+            elif item.group is not None:
+                self._by_group.setdefault(item.group, []).append(item)
+            elif item.network is not None:
+                net = item.network
+                table = by_prefix[net.version].setdefault(net.prefixlen, {})
+                table.setdefault(int(net.network_address) >> (net.max_prefixlen - net.prefixlen), []).append(item)
+        self._networks = {
+            version: tuple(((32 if version == 4 else 128) - length, tables[length]) for length in sorted(tables, reverse=True))
+            for version, tables in by_prefix.items()
+        }
+        self._any_network = any(self._networks.values())
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def for_identity(self, identity: Identity, when: datetime) -> tuple[Exemption, ...]:
+        """Every exemption and override covering `identity` that is active at `when`: a few dict probes."""
+        if not self.items:
+            return ()
+        found: list[Exemption] = []
+        if identity.user:
+            found += self._by_user.get(identity.user.casefold(), ())
+        found += self._by_group.get(identity.group, ())
+        if self._any_network:
+            address = client_address(identity.client_ip)
+            if address is not None:
+                value = int(address)
+                for shift, table in self._networks[address.version]:
+                    found += table.get(value >> shift, ())
+        return tuple(item for item in found if item.active(when))
+
+    def active_for(self, identity: Identity, url: NormalizedURL, when: datetime) -> tuple[Exemption, ...]:
+        """What `aupguard explain` lists as considered: every active item for `identity` that concerns `url`.
+
+        Category exemptions are listed whatever the URL's categories (whether they apply is the decision's job).
+        """
+        return tuple(
+            item
+            for item in self.for_identity(identity, when)
+            if item.kind != EXEMPTION or item.category is not None or item.covers_site(url)
+        )
+
+    def apply(
+        self, policy: Policy, identity: Identity, classification: Classification, decision: Decision, when: datetime
+    ) -> Decision:
+        """`decision` as the active overrides and exemptions change it; never lets a mandatory category through.
+
+        A classroom override beats an individual exemption (an exam is an exam): "block all" blocks
+        everything, "allow only" blocks every site it does not list and lets the listed ones through
+        as an exemption would. An exemption lets a blocked request through when it names the site
+        (or a parent domain), or when category exemptions cover every category that blocked it.
+        """
+        items = self.for_identity(identity, when)
+        if not items:
+            return decision
+        url = classification.url
+        lock = next((item for item in items if item.kind == BLOCK_ALL), None)
+        if lock is None:
+            allow_only = [item for item in items if item.kind == ALLOW_ONLY]
+            if allow_only:
+                listed = next((item for item in allow_only if item.covers_site(url)), None)
+                if listed is None:
+                    lock = allow_only[0]
+                else:
+                    return _allowed(policy, decision, listed)
+        if lock is not None:
+            if decision.blocked and _mandatory(policy, decision):
+                return decision  # the mandatory category is the truer reason to show and report
+            return Decision(
+                "block",
+                LOCK_CATEGORY,
+                policy.categories[LOCK_CATEGORY].severity,
+                decision.blocked_by,
+                (),
+                f"blocked by {lock.describe()}",
+                exemption=lock,
+            )
+        exemptions = [item for item in items if item.kind == EXEMPTION]
+        by_site = next((item for item in exemptions if item.covers_site(url)), None)
+        if by_site is not None:
+            return _allowed(policy, decision, by_site)
+        blocked = {match.category for match in decision.blocked_by}
+        by_category = [item for item in exemptions if item.category in blocked]
+        if by_category and blocked <= {item.category for item in by_category}:
+            return _allowed(policy, decision, by_category[0])
+        return decision
+
+
+def _mandatory(policy: Policy, decision: Decision) -> bool:
+    return any(policy.categories[match.category].mandatory for match in decision.blocked_by)
+
+
+def _allowed(policy: Policy, decision: Decision, item: Exemption) -> Decision:
+    """`decision` turned into an allow by `item`, unless it is not a list block an exemption may lift."""
+    # Only blocks made by list matches are lifted: a filter error or a mandatory category stays blocked.
+    if not decision.blocked or not decision.blocked_by or _mandatory(policy, decision):
+        return decision
+    return replace(
+        decision,
+        action="allow",
+        category=None,
+        severity=None,
+        why=f"allowed by {item.describe()}",
+        exemption=item,
+    )
+
+
+# -- the store --------------------------------------------------------------------------------------
+
+
+def open_store(path: Path = DEFAULT_STORE) -> sqlite_utils.Database:
+    """Open (creating if needed) the exemption store: 0600 file, 0700 directory, append-only audit."""
+    db = connect_private(path)
+    try:
+        with db.conn:
+            db.execute(
+                """CREATE TABLE IF NOT EXISTS exemptions (
+                     id INTEGER PRIMARY KEY,
+                     kind TEXT NOT NULL,
+                     group_name TEXT, username TEXT, network TEXT,
+                     sites TEXT NOT NULL,          -- JSON array of domains
+                     category TEXT,
+                     until_utc TEXT NOT NULL,
+                     created_utc TEXT NOT NULL, created_by TEXT NOT NULL, reason TEXT NOT NULL,
+                     revoked_utc TEXT, revoked_by TEXT, revoke_reason TEXT)"""
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS exemptions_active ON exemptions (revoked_utc, until_utc)")
+            db.execute(
+                """CREATE TABLE IF NOT EXISTS audit (
+                     id INTEGER PRIMARY KEY,
+                     ts_utc TEXT NOT NULL, actor TEXT NOT NULL,
+                     action TEXT NOT NULL,        -- add | revoke
+                     exemption_id INTEGER NOT NULL,
+                     what TEXT NOT NULL,          -- the exemption as recorded, JSON
+                     reason TEXT NOT NULL)"""
+            )
+            # The audit trail is evidence: it can be appended to, never changed.
+            for event in ("UPDATE", "DELETE"):
+                db.execute(
+                    f"""CREATE TRIGGER IF NOT EXISTS audit_no_{event.lower()} BEFORE {event} ON audit
+                        BEGIN SELECT RAISE(ABORT, 'the audit table is append-only'); END"""
+                )
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _text(value: str | None, name: str, bound: int, required: bool = True) -> str | None:
+    value = (value or "").strip()
+    if not value:
+        if required:
+            raise ExemptionError(f"{name} is required")
+        return None
+    if len(value) > bound:
+        raise ExemptionError(f"{name} is longer than {bound} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ExemptionError(f"{name} contains control characters")
+    return value
+
+
+def add(
+    db: sqlite_utils.Database,
+    policy: Policy,
+    *,
+    kind: str = EXEMPTION,
+    group: str | None = None,
+    user: str | None = None,
+    network: str | None = None,
+    sites: Iterable[str] = (),
+    category: str | None = None,
+    until: datetime,
+    by: str,
+    reason: str,
+    now: datetime | None = None,
+    site_categories: Callable[[str], Iterable[str]] | None = None,
+) -> Exemption:
+    """Record an exemption or classroom override and its audit line; raise ExemptionError if it is not allowed.
+
+    `site_categories(domain)` names the categories a site is listed in, so that an
+    exemption for a site in a mandatory category is refused at once rather than
+    silently never applying.
+    """
+    now = now or datetime.now(timezone.utc)
+    if kind not in KINDS:
+        raise ExemptionError(f"unknown kind {kind!r}")
+    if until.tzinfo is None:
+        raise ExemptionError("until must carry a time zone")
+    if until <= now:
+        raise ExemptionError(f"until ({utc_iso(until)}) is not in the future")
+    by = _text(by, "--by (who is making this change)", MAX_NAME)
+    reason = _text(reason, "--reason", MAX_TEXT)
+    whom = [value for value in (group, user, network) if value]
+    if kind == EXEMPTION and len(whom) != 1:
+        raise ExemptionError("give exactly one of --group, --user or --ip")
+    if kind != EXEMPTION and (group or user or not network):
+        raise ExemptionError("a classroom override covers an address range: give --ip")
+    if group is not None and group not in policy.groups:
+        raise ExemptionError(f"unknown group {group!r}; the policy has {', '.join(policy.groups)}")
+    user = _text(user, "--user", MAX_NAME, required=False)
+    parsed_network = _network(network) if network else None
+    domains = tuple(dict.fromkeys(_domain(site) for site in sites))
+    if len(domains) > MAX_SITES:
+        raise ExemptionError(f"at most {MAX_SITES} sites")
+    if kind == EXEMPTION and bool(domains) == bool(category):
+        raise ExemptionError("give either --site or --category")
+    if kind == EXEMPTION and len(domains) > 1:
+        raise ExemptionError("an exemption names one site; add one per site")
+    if kind == ALLOW_ONLY and (not domains or category):
+        raise ExemptionError("allow-only mode needs at least one --site (and no --category)")
+    if kind == BLOCK_ALL and (domains or category):
+        raise ExemptionError("block-all mode takes no --site or --category")
+    if category is not None:
+        known = policy.categories.get(category)
+        if known is None:
+            raise ExemptionError(f"unknown category {category!r}")
+        if known.mandatory:
+            raise ExemptionError(f"category {category} is mandatory: it is blocked for everyone and cannot be exempted")
+    if kind == EXEMPTION and domains and site_categories is not None:
+        mandatory = sorted(c for c in site_categories(domains[0]) if c in policy.categories and policy.categories[c].mandatory)
+        if mandatory:
+            raise ExemptionError(
+                f"{domains[0]} is listed in the mandatory category {', '.join(mandatory)}: it cannot be exempted"
+            )
+    row = {
+        "kind": kind,
+        "group_name": group,
+        "username": user.casefold() if user else None,
+        "network": str(parsed_network) if parsed_network else None,
+        "sites": json.dumps(domains),
+        "category": category,
+        "until_utc": utc_iso(until),
+        "created_utc": utc_iso(now),
+        "created_by": by,
+        "reason": reason,
+    }
+    with db.conn:
+        exemption_id = db.execute(
+            f"INSERT INTO exemptions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values())
+        ).lastrowid
+        _audit(db, now, by, "add", exemption_id, row, reason)
+    return _from_row({**row, "id": exemption_id})
+
+
+def revoke(
+    db: sqlite_utils.Database,
+    exemption_id: int,
+    *,
+    by: str,
+    reason: str | None = None,
+    now: datetime | None = None,
+    kinds: tuple[str, ...] = KINDS,
+) -> Exemption:
+    """End an exemption or override (of one of `kinds`) now; ExemptionError if there is none such, or it has ended."""
+    now = now or datetime.now(timezone.utc)
+    by = _text(by, "--by (who is making this change)", MAX_NAME)
+    reason = _text(reason, "--reason", MAX_TEXT, required=False) or ""
+    with db.conn:
+        row = db.execute("SELECT * FROM exemptions WHERE id = ?", [exemption_id]).fetchone()
+        if row is None:
+            raise ExemptionError(f"there is no exemption or override #{exemption_id}")
+        row = dict(zip([c[0] for c in db.execute("SELECT * FROM exemptions LIMIT 0").description], row))
+        if row["kind"] not in kinds:
+            raise ExemptionError(f"#{exemption_id} is a {row['kind'].replace('_', '-')}, not a {' or '.join(kinds)}")
+        if row["revoked_utc"] is not None:
+            raise ExemptionError(f"#{exemption_id} was already revoked at {row['revoked_utc']} by {row['revoked_by']}")
+        if row["until_utc"] <= utc_iso(now):
+            raise ExemptionError(f"#{exemption_id} already ended at {row['until_utc']}")
+        db.execute(
+            "UPDATE exemptions SET revoked_utc = ?, revoked_by = ?, revoke_reason = ? WHERE id = ?",
+            [utc_iso(now), by, reason, exemption_id],
+        )
+        _audit(db, now, by, "revoke", exemption_id, row, reason)
+    return replace(_from_row(row), revoked_at=now, revoked_by=by)
+
+
+def _audit(db, now: datetime, actor: str, action: str, exemption_id: int, what: dict, reason: str) -> None:
+    db.execute(
+        "INSERT INTO audit (ts_utc, actor, action, exemption_id, what, reason) VALUES (?, ?, ?, ?, ?, ?)",
+        [utc_iso(now), actor, action, exemption_id, json.dumps(what, sort_keys=True), reason],
+    )
+
+
+def listing(db: sqlite_utils.Database, *, include_ended: bool = False, now: datetime | None = None) -> list[Exemption]:
+    """Exemptions and overrides, newest first: the active ones, or (include_ended) all of them."""
+    if include_ended:
+        rows = db.query("SELECT * FROM exemptions ORDER BY id DESC")
+    else:
+        when = utc_iso(now or datetime.now(timezone.utc))
+        rows = db.query(
+            "SELECT * FROM exemptions WHERE revoked_utc IS NULL AND until_utc > ? ORDER BY id DESC", [when]
+        )
+    return [_from_row(row) for row in rows]
+
+
+def audit_trail(db: sqlite_utils.Database) -> list[dict]:
+    return list(db.query("SELECT ts_utc, actor, action, exemption_id, what, reason FROM audit ORDER BY id"))
+
+
+def load_active(path: Path, when: datetime | None = None) -> ExemptionSet:
+    """The snapshot for `aupguard explain`/`classify`: active exemptions at `path` (none if there is no store)."""
+    if not Path(path).exists():
+        return ExemptionSet()
+    db = open_store(path)
+    try:
+        return ExemptionSet(listing(db, now=when))
+    finally:
+        db.close()
+
+
+def _network(text: str) -> Network:
+    try:
+        return ipaddress.ip_network(text.strip())
+    except ValueError as exc:
+        raise ExemptionError(f"--ip {text!r} is not an address or range such as 10.20.4.0/24 ({exc})") from None
+
+
+def _domain(text: str) -> str:
+    raw = text.strip()
+    if "://" in raw:  # a pasted URL: its host
+        raw = raw.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    try:
+        domain = normalize_host(raw.split("/", 1)[0])
+    except URLError as exc:
+        raise ExemptionError(f"--site {text!r} is not a site name ({exc})") from None
+    return domain[4:] if domain.startswith("www.") else domain
+
+
+def _when(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text.rstrip("Z")).replace(tzinfo=timezone.utc) if text else None
+
+
+def _from_row(row: dict) -> Exemption:
+    return Exemption(
+        id=row["id"],
+        kind=row["kind"],
+        until=_when(row["until_utc"]),
+        created_at=_when(row["created_utc"]),
+        created_by=row["created_by"],
+        reason=row["reason"],
+        group=row["group_name"],
+        user=row["username"],
+        network=ipaddress.ip_network(row["network"]) if row["network"] else None,
+        sites=tuple(json.loads(row["sites"])),
+        category=row["category"],
+        revoked_at=_when(row.get("revoked_utc")),
+        revoked_by=row.get("revoked_by"),
+    )
+
+
+# -- keeping a running proxy up to date --------------------------------------------------------------
+
+
+class ExemptionWatcher:
+    """Reloads the store into an ExemptionSet when it changed, from its own thread, every REFRESH_S.
+
+    `on_change(snapshot)` is called from that thread; the proxy swaps one reference,
+    so requests never wait for the database. A store that fails to read keeps the
+    previous snapshot (logged), so a locked or damaged file cannot stall browsing.
+    """
+
+    def __init__(self, path: Path, on_change: Callable[[ExemptionSet], None], interval: float = REFRESH_S):
+        self.path = Path(path)
+        self.on_change = on_change
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._db: sqlite_utils.Database | None = None
+        self._version: tuple[int, int] | None = None
+
+    def start(self) -> None:
+        """Load the store once now (so the proxy starts with it), then watch it from the thread."""
+        self.refresh()
+        self._disconnect()  # an SQLite connection stays in the thread that opened it
+        self._thread = threading.Thread(target=self._run, name="aupguard-exemptions", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.interval + 5)
+
+    def refresh(self) -> None:
+        """Reload if the store changed since the last look (another connection committed)."""
+        try:
+            if self._db is None:
+                self._db = open_store(self.path)
+            # data_version changes when another connection commits; the inode catches a replaced file.
+            version = (self._db.execute("PRAGMA data_version").fetchone()[0], self.path.stat().st_ino)
+            if version == self._version:
+                return
+            snapshot = ExemptionSet(listing(self._db, include_ended=False))
+            self._version = version
+            self.on_change(snapshot)
+        except Exception:
+            log.exception("reading the exemption store %s failed; keeping the previous exemptions", self.path)
+            self._disconnect()
+
+    def _disconnect(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self._version = None  # data_version counts per connection: a new one must read afresh
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.interval):
+                self.refresh()
+        finally:
+            self._disconnect()
+
+
+_RELATIVE = re.compile(r"\+(\d{1,4})([mhd])")
+
+
+def parse_until(text: str, zone: tzinfo, now: datetime | None = None) -> datetime:
+    """When an exemption ends: "+45m", "+2h", "+3d", "15:30" (today, school time) or an ISO date-time.
+
+    A time without a zone is the school's local time; the result is UTC.
+    """
+    now = now or datetime.now(timezone.utc)
+    text = text.strip()
+    relative = _RELATIVE.fullmatch(text)
+    if relative:
+        amount, unit = int(relative.group(1)), relative.group(2)
+        return now + timedelta(**{{"m": "minutes", "h": "hours", "d": "days"}[unit]: amount})
+    try:
+        if re.fullmatch(r"\d{1,2}:\d{2}", text):
+            local = now.astimezone(zone)
+            hour, minute = map(int, text.split(":"))
+            when = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        else:
+            when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ExemptionError(
+            f"--until {text!r} is not a time: use +45m, +2h, +3d, 15:30 or 2026-11-23T15:30"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=zone)
+    return when.astimezone(timezone.utc)

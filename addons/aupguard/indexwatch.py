@@ -1,0 +1,130 @@
+"""Serve the compiled list index: open it for a policy's lists, and switch to a recompiled one live.
+
+`aupguard lists compile` (and `lists update`) replace the index file atomically
+(`os.replace`). Every proxy worker polls `CompiledIndex.stale()` every
+POLL_SECONDS from its own thread, so the event loop never waits on a stat or a
+load. A new file is loaded and checked (`load_index` verifies the whole body),
+and its expressions compiled, in that thread; then `engine.classifier` is
+replaced in one assignment: a request being decided finishes on the old
+index, the next one uses the new, and no connection is touched. The old
+mapping is closed CLOSE_DELAY seconds later, long after any lookup on it.
+
+A replacement that does not load (corrupt, truncated, another format version)
+is reported once and the previous index keeps serving until a valid file
+takes its place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .classify import Classifier
+from .index import CompiledIndex, IndexFormatError, ensure_index, load_index
+from .lists import ListError, ListRoot
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 2.0
+CLOSE_DELAY = 60.0
+
+
+def index_classifier(roots: Sequence[ListRoot], index_path: Path) -> Classifier:
+    """A classifier over the compiled index of `roots` at `index_path`, compiling it first if needed.
+
+    Raises ListError when the lists cannot be compiled or the index cannot be loaded.
+    """
+    try:
+        index, reason = ensure_index(roots, index_path)
+    except IndexFormatError as exc:
+        raise ListError(str(exc)) from exc
+    if reason:
+        log.warning("aupguard: compiled the list index %s (%s)", index_path, reason)
+    return Classifier(index)
+
+
+class IndexWatcher:
+    """Keeps the engine that `get_engine()` returns on the newest valid index file."""
+
+    def __init__(self, get_engine: Callable[[], Engine | None], interval: float = POLL_SECONDS):
+        self._get_engine = get_engine
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failed: tuple[int, int] | None = None  # the file id of a replacement already reported as bad
+        self._current: Classifier | None = None  # the classifier this watcher last installed
+        self._retiring: list[tuple[float, Classifier]] = []  # (close after, classifier)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="aupguard-index-watcher", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.check()
+            except Exception:  # never let the watcher die: the proxy would silently stop updating
+                log.exception("aupguard: checking the list index failed")
+
+    def check(self) -> bool:
+        """Switch to a newer index file if there is a valid one; True when a switch happened."""
+        self._close_retired()
+        engine = self._get_engine()
+        if engine is None or not isinstance(engine.classifier.lookup, CompiledIndex):
+            return False
+        if self._current is not None and engine.classifier is not self._current:
+            if any(engine.classifier is old for _when, old in self._retiring):
+                # A policy reload built its engine from the classifier this watcher had just retired.
+                engine.classifier = self._current
+        index = engine.classifier.lookup
+        if not index.stale():
+            return False
+        try:
+            st = os.stat(index.path)
+        except OSError:
+            return False  # removed: keep serving what we have
+        file_id = (st.st_dev, st.st_ino)
+        if file_id == self._failed:
+            return False
+        try:
+            new = Classifier(load_index(index.path))
+        except (IndexFormatError, OSError) as exc:
+            self._failed = file_id
+            log.error("aupguard: the new list index cannot be used; the previous one keeps serving: %s", exc)
+            return False
+        old = engine.classifier
+        engine.classifier = new  # one assignment: requests see the old index or the new, never a mix
+        self._current = new
+        self._retiring.append((time.monotonic() + CLOSE_DELAY, old))
+        counts = new.lookup.counts
+        log.info(
+            "aupguard: switched to the recompiled list index %s (%d domains, %d urls)",
+            index.path,
+            counts["domains"],
+            counts["urls"],
+        )
+        return True
+
+    def _close_retired(self) -> None:
+        now = time.monotonic()
+        keep = []
+        for when, classifier in self._retiring:
+            if when <= now:
+                classifier.lookup.close()
+            else:
+                keep.append((when, classifier))
+        self._retiring = keep

@@ -1,0 +1,283 @@
+"""Exemptions and classroom overrides: the store and its audit, the decision, the CLI, a running proxy."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import requests
+
+from aupguard import exemptions as ex
+from aupguard.classify import Classification, Match
+from aupguard.decide import decide
+from aupguard.identify import Identity
+from aupguard.policy import load_policy
+from aupguard.urlnorm import normalize_url
+from conftest import BUNDLED_POLICY, start_proxy, write_policy
+from test_cli import aupguard
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
+LATER = NOW + timedelta(hours=1)
+POLICY = load_policy(BUNDLED_POLICY)
+PUPIL = Identity("a.pupil", "10.20.4.7", "pupils", "test")
+OTHER_PUPIL = Identity(None, "10.99.0.1", "pupils", "test")
+
+
+@pytest.fixture
+def store(tmp_path):
+    db = ex.open_store(tmp_path / "data" / "exemptions.db")
+    yield db
+    db.close()
+
+
+def classified(url: str, *categories: str) -> Classification:
+    parsed = normalize_url(url)
+    return Classification(parsed, tuple(Match(c, "domain", parsed.host, f"blocklists/{c}/domains") for c in categories))
+
+
+def decided(items, identity, url, *categories, when=NOW):
+    classification = classified(url, *categories)
+    decision = decide(POLICY, identity, classification)
+    return ex.ExemptionSet(items).apply(POLICY, identity, classification, decision, when)
+
+
+def add(db, **kwargs):
+    kwargs.setdefault("until", LATER)
+    kwargs.setdefault("by", "Ms Khan")
+    kwargs.setdefault("reason", "coding lesson")
+    return ex.add(db, POLICY, now=NOW, **kwargs)
+
+
+# -- the store -------------------------------------------------------------------------------------
+
+
+def test_the_store_is_private(tmp_path):
+    ex.open_store(tmp_path / "data" / "exemptions.db").close()
+    assert stat.S_IMODE(os.stat(tmp_path / "data").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(tmp_path / "data" / "exemptions.db").st_mode) == 0o600
+
+
+def test_every_change_is_audited_and_the_audit_is_append_only(store):
+    item = add(store, group="pupils", category="games")
+    ex.revoke(store, item.id, by="Mr Head", reason="lesson over", now=NOW + timedelta(minutes=5))
+    trail = ex.audit_trail(store)
+    assert [(r["action"], r["actor"], r["exemption_id"]) for r in trail] == [
+        ("add", "Ms Khan", item.id),
+        ("revoke", "Mr Head", item.id),
+    ]
+    assert trail[0]["reason"] == "coding lesson" and json.loads(trail[0]["what"])["category"] == "games"
+    assert trail[1]["reason"] == "lesson over"
+    for statement in ("UPDATE audit SET actor = 'x'", "DELETE FROM audit"):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            store.execute(statement)
+
+
+def test_exemptions_expire_by_themselves(store):
+    item = add(store, group="pupils", category="games")
+    assert [i.id for i in ex.listing(store, now=NOW)] == [item.id]
+    assert ex.listing(store, now=LATER) == []
+    assert [i.id for i in ex.listing(store, include_ended=True)] == [item.id]
+    snapshot = ex.ExemptionSet(ex.listing(store, now=NOW))
+    assert decided(snapshot.items, PUPIL, "https://minecraft.net/", "games").action == "allow"
+    assert decided(snapshot.items, PUPIL, "https://minecraft.net/", "games", when=LATER).action == "block"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"group": "pupils", "category": "adult"}, "mandatory"),
+        ({"group": "pupils", "category": "self_harm"}, "mandatory"),
+        ({"group": "pupils", "site": "pornhub.com"}, "mandatory"),
+        ({"group": "nobody", "category": "games"}, "unknown group"),
+        ({"group": "pupils", "user": "x", "category": "games"}, "exactly one"),
+        ({"group": "pupils"}, "either --site or --category"),
+        ({"group": "pupils", "category": "games", "until": NOW}, "not in the future"),
+        ({"group": "pupils", "category": "games", "by": " "}, "--by"),
+        ({"group": "pupils", "category": "games", "reason": ""}, "--reason"),
+        ({"ip": "10.20.4.0/33", "category": "games"}, "not an address"),
+        ({"kind": ex.ALLOW_ONLY, "ip": "10.20.4.0/24"}, "at least one --site"),
+    ],
+)
+def test_bad_exemptions_are_refused_with_a_reason(store, kwargs, message):
+    site = kwargs.pop("site", None)
+    if "ip" in kwargs:
+        kwargs["network"] = kwargs.pop("ip")
+    categories = {"pornhub.com": ["adult"]}
+    with pytest.raises(ex.ExemptionError, match=message):
+        add(store, sites=[site] if site else [], site_categories=lambda d: categories.get(d, []), **kwargs)
+    assert ex.audit_trail(store) == []
+
+
+# -- the decision ------------------------------------------------------------------------------------
+
+
+def item(**kwargs) -> ex.Exemption:
+    defaults = dict(id=1, kind=ex.EXEMPTION, until=LATER, created_at=NOW, created_by="Ms Khan", reason="r")
+    return ex.Exemption(**(defaults | kwargs))
+
+
+def test_a_site_exemption_covers_its_subdomains_for_the_named_group_only():
+    games = item(group="pupils", sites=("coolmath-games.com",))
+    allowed = decided([games], PUPIL, "https://www.coolmath-games.com/play", "games")
+    assert allowed.action == "allow" and allowed.exemption == games and "#1" in allowed.why
+    assert decided([games], PUPIL, "https://coolmath-games.com.evil.net/", "games").action == "block"
+    staff = Identity(None, "10.20.1.1", "visitors", "test")
+    assert decided([games], staff, "https://poki.com/", "games").action == "allow"  # visitors do not block games
+    assert decided([item(group="staff", sites=("poki.com",))], PUPIL, "https://poki.com/", "games").action == "block"
+
+
+def test_user_and_address_exemptions():
+    by_user = item(user="a.pupil", category="games")
+    by_network = item(network=ex.ipaddress.ip_network("10.20.4.0/24"), category="games")
+    for exemption in (by_user, by_network):
+        assert decided([exemption], PUPIL, "https://poki.com/", "games").action == "allow"
+        assert decided([exemption], OTHER_PUPIL, "https://poki.com/", "games").action == "block"
+
+
+def test_a_category_exemption_must_cover_every_blocking_category():
+    games = item(group="pupils", category="games")
+    assert decided([games], PUPIL, "https://x.example/", "games", "chat").action == "block"
+    chat = item(id=2, group="pupils", category="chat")
+    assert decided([games, chat], PUPIL, "https://x.example/", "games", "chat").action == "allow"
+
+
+def test_nothing_lets_a_mandatory_category_through():
+    mixed = "https://games-and-worse.example/"
+    for exemption in (
+        item(group="pupils", sites=("games-and-worse.example",)),
+        item(kind=ex.ALLOW_ONLY, network=ex.ipaddress.ip_network("10.20.4.0/24"), sites=("games-and-worse.example",)),
+    ):
+        decision = decided([exemption], PUPIL, mixed, "games", "adult")
+        assert decision.action == "block" and decision.category == "adult"
+
+
+def test_classroom_block_all_and_allow_only():
+    room = ex.ipaddress.ip_network("10.20.4.0/24")
+    lock = item(kind=ex.BLOCK_ALL, network=room)
+    locked = decided([lock], PUPIL, "https://www.bbc.co.uk/bitesize")
+    assert locked.action == "block" and locked.category == "classroom_lock" and locked.exemption == lock
+    assert "classroom override #1" in locked.rule
+    assert decided([lock], OTHER_PUPIL, "https://www.bbc.co.uk/bitesize").action == "allow"
+    only = item(kind=ex.ALLOW_ONLY, network=room, sites=("bbc.co.uk", "kahoot.it"))
+    assert decided([only], PUPIL, "https://www.bbc.co.uk/bitesize").action == "allow"
+    assert decided([only], PUPIL, "https://kahoot.it/", "games").action == "allow"
+    assert decided([only], PUPIL, "https://en.wikipedia.org/").category == "classroom_lock"
+    # A classroom override beats an individual's exemption.
+    games = item(id=2, user="a.pupil", category="games")
+    assert decided([lock, games], PUPIL, "https://poki.com/", "games").category == "classroom_lock"
+
+
+def test_filter_errors_are_not_lifted():
+    from aupguard.decide import filter_error
+
+    classification = classified("https://poki.com/", "games")
+    snapshot = ex.ExemptionSet([item(group="pupils", sites=("poki.com",))])
+    decision = snapshot.apply(POLICY, PUPIL, classification, filter_error(POLICY, PUPIL), NOW)
+    assert decision.blocked and decision.category == "filter_error"
+
+
+def test_active_for_lists_what_explain_shows():
+    relevant = item(group="pupils", sites=("poki.com",))
+    unrelated = item(id=2, group="pupils", sites=("kahoot.it",))
+    expired = item(id=3, group="pupils", category="games", until=NOW)
+    snapshot = ex.ExemptionSet([relevant, unrelated, expired])
+    assert snapshot.active_for(PUPIL, normalize_url("https://poki.com/"), NOW) == (relevant,)
+
+
+def test_parse_until():
+    zone = POLICY.timezone
+    assert ex.parse_until("+45m", zone, NOW) == NOW + timedelta(minutes=45)
+    assert ex.parse_until("+2d", zone, NOW) == NOW + timedelta(days=2)
+    summer = datetime(2026, 7, 1, 9, 0, tzinfo=timezone.utc)
+    assert ex.parse_until("15:30", zone, summer) == datetime(2026, 7, 1, 14, 30, tzinfo=timezone.utc)  # BST
+    assert ex.parse_until("2026-11-23T15:30", zone, NOW) == datetime(2026, 11, 23, 15, 30, tzinfo=timezone.utc)
+    with pytest.raises(ex.ExemptionError):
+        ex.parse_until("tomorrow", zone, NOW)
+
+
+# -- the command line --------------------------------------------------------------------------------
+
+
+def test_cli_add_list_revoke(tmp_path):
+    env = {"AUPGUARD_DATA": str(tmp_path / "var")}
+    added = aupguard(
+        "exempt", "add", "--group", "pupils", "--site", "https://www.poki.com/game", "--until", "+1h",
+        "--by", "Ms Khan", "--reason", "maths games lesson", env=env,
+    )  # fmt: skip
+    assert "added exemption #1" in added.stdout and "site poki.com" in added.stdout
+    (row,) = [json.loads(line) for line in aupguard("exempt", "list", "--format", "json", env=env).stdout.splitlines()]
+    assert row["who"] == "group pupils" and row["by"] == "Ms Khan" and row["reason"] == "maths games lesson"
+    refused = aupguard(
+        "exempt", "add", "--group", "pupils", "--category", "adult", "--until", "+1h", "--by", "x", "--reason", "y",
+        env=env, check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "mandatory" in refused.stderr
+    refused = aupguard(
+        "exempt", "add", "--group", "pupils", "--site", "pornhub.com", "--until", "+1h", "--by", "x", "--reason", "y",
+        env=env, check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "mandatory" in refused.stderr
+    assert "revoked" in aupguard("exempt", "revoke", "1", "--by", "Mr Head", env=env).stdout
+    assert aupguard("exempt", "list", env=env).stdout.strip() == "none"
+    assert len(aupguard("exempt", "list", "--all", "--format", "json", env=env).stdout.splitlines()) == 1
+    audit = [json.loads(line) for line in aupguard("exempt", "audit", env=env).stdout.splitlines()]
+    assert [(a["action"], a["actor"]) for a in audit] == [("add", "Ms Khan"), ("revoke", "Mr Head")]
+    assert aupguard("exempt", "revoke", "1", "--by", "Mr Head", env=env, check=False).returncode != 0
+
+
+def test_cli_classroom(tmp_path):
+    env = {"AUPGUARD_DATA": str(tmp_path / "var")}
+    out = aupguard(
+        "classroom", "set", "--ip", "10.20.4.0/24", "--mode", "allow-only", "--site", "bbc.co.uk",
+        "--site", "kahoot.it", "--until", "+50m", "--by", "Mr Jones", "--reason", "mock exam", env=env,
+    ).stdout  # fmt: skip
+    assert "classroom override #1" in out and "allow only bbc.co.uk, kahoot.it" in out
+    (row,) = [json.loads(line) for line in aupguard("classroom", "list", "--format", "json", env=env).stdout.splitlines()]
+    assert row["kind"] == "allow_only" and row["who"] == "addresses 10.20.4.0/24"
+    assert aupguard("classroom", "end", "1", "--by", "Mr Jones", env=env).returncode == 0
+    assert aupguard("classroom", "list", env=env).stdout.strip() == "none"
+
+
+# -- a running proxy honours changes within seconds ----------------------------------------------------
+
+
+def wait_for_status(proxy, url, status, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        seen = requests.get(url, proxies=proxy.proxies, timeout=15).status_code
+        if seen == status:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"{url}: still {seen}, not {status}, after {timeout} s")
+
+
+def test_a_running_proxy_honours_exemptions_and_overrides_without_a_restart(tmp_path, origin):
+    def local_games(policy):
+        policy["lists"].append({"name": "testlists", "path": str(tmp_path / "lists")})
+
+    (tmp_path / "lists" / "games").mkdir(parents=True)
+    (tmp_path / "lists" / "games" / "domains").write_text("localhost\n")
+    running = start_proxy(tmp_path, write_policy(tmp_path / "policy.yaml", local_games))
+    env = {"AUPGUARD_DATA": str(tmp_path / "var")}
+    game, lesson = origin.url("/game", host="localhost"), origin.url("/lesson")
+    try:
+        assert requests.get(game, proxies=running.proxies, timeout=15).status_code == 403
+        aupguard("exempt", "add", "--group", "pupils", "--site", "localhost", "--until", "+1h",
+                 "--by", "Ms Khan", "--reason", "games lesson", env=env)  # fmt: skip
+        wait_for_status(running, game, 200)
+        aupguard("classroom", "set", "--ip", "127.0.0.1", "--mode", "block-all", "--until", "+1h",
+                 "--by", "Mr Jones", "--reason", "exam", env=env)  # fmt: skip
+        wait_for_status(running, lesson, 403)
+        assert "Locked by your teacher" in requests.get(lesson, proxies=running.proxies, timeout=15).text
+        aupguard("classroom", "end", "2", "--by", "Mr Jones", env=env)
+        wait_for_status(running, lesson, 200)
+        aupguard("exempt", "revoke", "1", "--by", "Ms Khan", env=env)
+        wait_for_status(running, game, 403)
+    finally:
+        running.stop()

@@ -1,0 +1,80 @@
+"""Fail closed, proven through a running proxy with faults injected by tests/fault_injection.py."""
+
+from __future__ import annotations
+
+import http.client
+import sqlite3
+import time
+
+import pytest
+
+from conftest import REPO, start_proxy, write_policy
+
+FAULTS = REPO / "tests" / "fault_injection.py"
+STAFF_IP = "127.0.0.2"  # loopback addresses are all local: a second client address for free
+
+
+def fetch(proxy, url: str, source_ip: str = "127.0.0.1", accept: str = "text/html") -> tuple[int, dict, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=15, source_address=(source_ip, 0))
+    try:
+        conn.request("GET", url, headers={"Accept": accept})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+def incidents(db) -> list[dict]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("select * from incidents order by ts_utc")]
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("faults")
+
+    def staff_address(policy):
+        policy["identity"]["networks"] = [{"cidr": f"{STAFF_IP}/32", "group": "staff"}]
+
+    running = start_proxy(tmp, write_policy(tmp / "policy.yaml", staff_address), extra=("--script", str(FAULTS)))
+    yield running
+    running.stop()
+
+
+def test_pupils_get_the_filter_error_page_and_an_incident(faulty, origin):
+    status, headers, page = fetch(faulty, origin.url("/fault-classify/lesson"))
+    assert status == 403
+    assert "The filter could not check this page" in page
+    ref = headers["X-Aupguard-Incident"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not [r for r in incidents(faulty.db) if r["ref"] == ref]:
+        time.sleep(0.2)
+    (row,) = [r for r in incidents(faulty.db) if r["ref"] == ref]
+    assert row["category"] == "filter_error" and row["user_group"] == "pupils" and row["action"] == "block"
+
+
+def test_staff_who_fail_open_reach_the_site(faulty, origin):
+    status, _, body = fetch(faulty, origin.url("/fault-classify/staffroom"), source_ip=STAFF_IP)
+    assert status == 200 and body == "origin says hello: /fault-classify/staffroom"
+
+
+def test_a_block_page_that_fails_to_render_still_blocks(faulty, origin):
+    status, headers, body = fetch(faulty, origin.url("/fault-page/x"))
+    assert status == 403
+    assert body == "Blocked by the school's web filter.\n"
+    assert "origin says hello" not in body
+
+
+def test_a_failing_incident_writer_does_not_unblock(faulty, origin):
+    status, _, body = fetch(faulty, origin.url("/fault-writer/x"))
+    assert status == 403 and "The filter could not check this page" in body
+
+
+def test_the_proxy_keeps_serving_after_the_faults(faulty, origin):
+    for _ in range(3):
+        assert fetch(faulty, origin.url("/fault-classify/again"))[0] == 403
+    status, _, body = fetch(faulty, origin.url("/after"))
+    assert status == 200 and body == "origin says hello: /after"
+    assert fetch(faulty, "http://pornhub.com/")[0] == 403  # and still filters
+    assert faulty.process.poll() is None

@@ -1,0 +1,361 @@
+"""Lists at scale: streamed list reading, the index's recompile rule, list formats, updates,
+and through a running proxy: hot reload of a recompiled index and several workers on one port."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import http.server
+import io
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aupguard import lists
+from aupguard.index import compile_from_folders, load_index, why_recompile
+from aupguard.lists import ListError, ListRoot, domain_list_entries, import_domain_list, load_lists
+from aupguard.policy import load_policy
+from conftest import start_proxy, write_policy
+
+REF = re.compile(r"AG-[A-Z2-9]{4}-[A-Z2-9]{4}(?:-\d+)?")
+
+
+def aupguard(*args: str, data: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "AUPGUARD_DATA": str(data)}
+    return subprocess.run(
+        [sys.executable, "-m", "aupguard.cli", *args], input=stdin, capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def write_list(root: Path, category: str, domains: list[str]) -> None:
+    folder = root / category
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "domains").write_text("".join(f"{d}\n" for d in domains))
+
+
+def policy_with_local(tmp_path: Path, local: Path) -> Path:
+    """The bundled policy with one more list root, `local`, read last."""
+    return write_policy(
+        tmp_path / "policy.yaml", lambda d: d["lists"].append({"name": "local", "path": str(local), "optional": True})
+    )
+
+
+# -- reading list files in chunks ------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lines=st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"), max_size=12), max_size=30),
+    chunk=st.integers(1, 9),
+    trailing_newline=st.booleans(),
+)
+def test_chunked_reading_sees_every_line_as_one_read_would(tmp_path_factory, lines, chunk, trailing_newline):
+    path = tmp_path_factory.mktemp("chunks") / "domains"
+    text = "\n".join(lines) + ("\n" if trailing_newline else "")
+    path.write_text(text, encoding="utf-8")
+    old = lists._READ_CHUNK
+    lists._READ_CHUNK = chunk  # tiny chunks put line ends on every boundary
+    try:
+        got = list(lists.read_lines(path, lists.Problems()))
+    finally:
+        lists._READ_CHUNK = old
+    assert got == list(enumerate(text.split("\n"), 1))
+
+
+def test_an_overlong_line_is_skipped_and_reported_even_across_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(lists, "_READ_CHUNK", 1000)
+    path = tmp_path / "domains"
+    path.write_text("a.example\n" + "x" * 50_000 + "\nb.example")
+    problems = lists.Problems()
+    assert list(lists.read_lines(path, problems)) == [(1, "a.example"), (3, "b.example")]
+    assert problems.count == 1 and ":2: line longer" in problems.shown[0]
+
+
+# -- the compiled index and when it is recompiled --------------------------------------------------
+
+
+def test_a_file_that_cannot_be_read_stops_the_compile_and_keeps_the_index(tmp_path, monkeypatch):
+    root = tmp_path / "lists"
+    write_list(root, "adult", ["porn.example"])
+    roots = [ListRoot(root, "local")]
+    out = tmp_path / "lists.idx"
+    compile_from_folders(roots, out)
+    before = out.read_bytes()
+    write_list(root, "gambling", ["bet-" + "x" * 40 + ".example"] * 10)
+    monkeypatch.setattr(lists, "MAX_LIST_FILE_BYTES", 200)  # the new gambling list is now "too large"
+    with pytest.raises(ListError, match="gambling/domains: larger than"):
+        compile_from_folders(roots, out)
+    assert out.read_bytes() == before
+    assert load_lists(roots).domains == {"porn.example": 1}  # text loading skips it, and says so
+
+
+def test_the_index_is_recompiled_when_lists_or_mappings_change(tmp_path):
+    root = tmp_path / "lists"
+    write_list(root, "adult", ["porn.example"])
+    roots = [ListRoot(root, "local")]
+    out = tmp_path / "lists.idx"
+    assert "no compiled index" in why_recompile(out, roots)
+    compile_from_folders(roots, out)
+    assert why_recompile(out, roots) is None
+    assert "folders or category mappings changed" in why_recompile(out, [ListRoot(root, "local", mapping={"adult": "adult"})])
+    assert "changed" in why_recompile(out, [ListRoot(tmp_path / "elsewhere", "local", optional=True)])
+    time.sleep(0.01)
+    (root / "adult" / "domains").write_text("porn.example\nmore.example\n")
+    assert "adult/domains changed after" in why_recompile(out, roots)
+    out.write_bytes(b"not an index")
+    assert "cannot be used" in why_recompile(out, roots)
+
+
+# -- list formats ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fmt, line, expected",
+    [
+        ("hosts", "0.0.0.0 ads.Example.com tracker.example.net # ads", ["ads.example.com", "tracker.example.net"]),
+        ("hosts", "127.0.0.1 localhost", []),
+        ("hosts", "::1 ip6-localhost ip6-loopback", []),
+        ("hosts", "# comment", []),
+        ("domains", "Bücher.example", ["xn--bcher-kva.example"]),
+        ("domains", "*.wild.example  # note", ["wild.example"]),
+        ("adblock", "||ads.example.com^", ["ads.example.com"]),
+        ("adblock", "||ads.example.com^$third-party", ["ads.example.com"]),
+        ("adblock", "@@||good.example.com^", []),
+        ("adblock", "! comment", []),
+        ("adblock", "[Adblock Plus 2.0]", []),
+    ],
+)
+def test_domain_list_lines(fmt, line, expected):
+    assert domain_list_entries(fmt, line) == expected
+
+
+@pytest.mark.parametrize(
+    "fmt, line", [("hosts", "ads.example.com"), ("adblock", "example.com##.banner"), ("adblock", "||x.com/path^"), ("domains", "bad..name")]
+)
+def test_lines_that_name_no_domain_are_refused(fmt, line):
+    with pytest.raises(ValueError):
+        domain_list_entries(fmt, line)
+
+
+def test_an_imported_list_replaces_only_its_category(tmp_path):
+    dest = tmp_path / "lists" / "feeds"
+    write_list(dest, "gambling", ["kept.example"])
+    src = tmp_path / "hosts.txt"
+    src.write_text("0.0.0.0 a.example\n0.0.0.0 b.example\nnot a hosts line\n")
+    result = import_domain_list("hosts", src, dest, "ads")
+    assert result.categories == {"ads": {"domains": 2}} and result.skipped == 1
+    data = load_lists([ListRoot(dest, "feeds")])
+    assert set(data.domains) == {"a.example", "b.example", "kept.example"}
+    src.write_text("# nothing but a comment\n")
+    with pytest.raises(ListError, match="no hosts entries"):
+        import_domain_list("hosts", src, dest, "ads")
+    assert "a.example" in (dest / "ads" / "domains").read_text()  # a failed import leaves the old list
+
+
+def test_local_deny_and_allow_lists_override_imports_but_never_the_mandatory_tier(tmp_path):
+    data = tmp_path / "var"
+    feed = tmp_path / "feed.txt"
+    feed.write_text("||imported-bet.example^\n||homework-help.example^\n")
+    done = aupguard("lists", "import", "adblock", str(feed), "--category", "gambling", "--name", "feeds", data=data)
+    assert done.returncode == 0, done.stderr
+    local = tmp_path / "local"
+    write_list(local, "games", ["local-deny.example"])  # a local deny list: a folder of the school's own
+    write_list(local, "school_allow", ["homework-help.example", "pornhub.com"])  # the local allow list
+
+    def edit(doc):
+        doc["lists"].append({"name": "feeds", "path": "{data}/lists/feeds", "optional": True})
+        doc["lists"].append({"name": "local", "path": str(local)})
+
+    policy_path = write_policy(tmp_path / "policy.yaml", edit)
+    urls = "http://imported-bet.example/\nhttp://homework-help.example/\nhttp://local-deny.example/\nhttp://pornhub.com/\n"
+    done = aupguard("classify", "--config", str(policy_path), "--group", "pupils", data=data, stdin=urls)
+    assert done.returncode == 0, done.stderr
+    actions = [re.search(r'"action": "(\w+)"', line).group(1) for line in done.stdout.splitlines()]
+    # imported block; local allow beats an imported block; local deny; allow never beats mandatory adult
+    assert actions == ["block", "allow", "block", "block"]
+    policy = load_policy(policy_path)
+    assert "adult" in policy.mandatory
+
+
+def test_import_refuses_the_allow_category_and_needs_one(tmp_path):
+    feed = tmp_path / "d.txt"
+    feed.write_text("example.com\n")
+    assert "allow list is local" in aupguard("lists", "import", "domains", str(feed), "--category", "school_allow", data=tmp_path).stderr
+    assert "needs --category" in aupguard("lists", "import", "domains", str(feed), data=tmp_path).stderr
+
+
+# -- lists update ut1 ------------------------------------------------------------------------------
+
+
+def ut1_tarball(path: Path, adult: list[str]) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for name, text in (("blacklists/adult/domains", "".join(f"{d}\n" for d in adult)), ("blacklists/gambling/domains", "bet.example\n")):
+            raw = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            archive.addfile(info, io.BytesIO(raw))
+    return path
+
+
+@pytest.fixture
+def ut1_setup(tmp_path):
+    data = tmp_path / "var"
+    policy = write_policy(tmp_path / "policy.yaml")
+    index = data / "index" / "lists.idx"
+    first = ut1_tarball(tmp_path / "first.tar.gz", ["first-adult.example"])
+    done = aupguard("lists", "update", "ut1", "--file", str(first), "--config", str(policy), data=data)
+    assert done.returncode == 0, done.stderr
+    return tmp_path, data, policy, index
+
+
+def blocked(index: Path, host: str) -> bool:
+    with load_index(index) as idx:
+        return bool(idx.domain_mask(host))
+
+
+def test_update_from_a_file_imports_compiles_and_swaps(ut1_setup):
+    tmp_path, data, policy, index = ut1_setup
+    assert blocked(index, "first-adult.example")
+    second = ut1_tarball(tmp_path / "second.tar.gz", ["second-adult.example"])
+    digest = hashlib.sha256(second.read_bytes()).hexdigest()
+    done = aupguard("lists", "update", "ut1", "--file", str(second), "--sha256", digest, "--config", str(policy), data=data)
+    assert done.returncode == 0, done.stderr
+    assert blocked(index, "second-adult.example") and not blocked(index, "first-adult.example")
+    assert (data / "lists" / "ut1" / "adult" / "domains").read_text() == "second-adult.example\n"
+    served = aupguard("classify", "--config", str(policy), data=data, stdin="http://second-adult.example/\n")
+    assert '"action": "block"' in served.stdout
+    assert "compiled the list index" not in served.stderr  # the update left an index that is up to date
+    assert not [p for p in (data / "lists").iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+@pytest.mark.parametrize("failure", ["checksum", "damaged", "download"])
+def test_a_failed_update_leaves_lists_and_index_as_they_were(ut1_setup, failure):
+    tmp_path, data, policy, index = ut1_setup
+    before = (index.read_bytes(), (data / "lists" / "ut1" / "adult" / "domains").read_text())
+    new = ut1_tarball(tmp_path / "new.tar.gz", ["new-adult.example"])
+    if failure == "checksum":
+        args = ["--file", str(new), "--sha256", "0" * 64]
+    elif failure == "damaged":
+        new.write_bytes(new.read_bytes()[:60])
+        args = ["--file", str(new)]
+    else:
+        args = ["--url", "http://127.0.0.1:9/blacklists.tar.gz"]  # the discard port: connection refused
+    done = aupguard("lists", "update", "ut1", *args, "--config", str(policy), data=data)
+    assert done.returncode == 1
+    assert "unchanged" in done.stderr
+    assert (index.read_bytes(), (data / "lists" / "ut1" / "adult" / "domains").read_text()) == before
+
+
+def test_update_fetches_from_a_url(ut1_setup):
+    tmp_path, data, policy, index = ut1_setup
+    served = tmp_path / "www"
+    served.mkdir()
+    tarball = ut1_tarball(served / "blacklists.tar.gz", ["fetched-adult.example"])
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(served), **k)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/blacklists.tar.gz"
+        digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+        done = aupguard("lists", "update", "ut1", "--url", url, "--sha256", digest, "--config", str(policy), data=data)
+    finally:
+        server.shutdown()
+    assert done.returncode == 0, done.stderr
+    assert blocked(index, "fetched-adult.example")
+
+
+# -- through a running proxy -----------------------------------------------------------------------
+
+
+def proxied_status(conn: http.client.HTTPConnection, host: str) -> int:
+    conn.request("GET", f"http://{host}/", headers={"Host": host})
+    response = conn.getresponse()
+    response.read()
+    return response.status
+
+
+def wait_for(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_recompiled_index_is_served_without_dropping_connections(tmp_path, origin):
+    local = tmp_path / "local"
+    write_list(local, "gambling", ["first-bet.test"])
+    policy = policy_with_local(tmp_path, local)
+    data = tmp_path / "var"
+    proxy = start_proxy(tmp_path, policy)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=15)  # one keep-alive connection
+        assert proxied_status(conn, "first-bet.test") == 403
+        origin_host = f"127.0.0.1:{origin.port}"
+        assert proxied_status(conn, origin_host) == 200
+        sock = conn.sock
+
+        # A list edit and `lists compile`: the running proxy switches over, on the same connection.
+        write_list(local, "gambling", ["first-bet.test", "second-bet.test"])
+        done = aupguard("lists", "compile", "--config", str(policy), data=data)
+        assert done.returncode == 0, done.stderr
+        assert wait_for(lambda: proxied_status(conn, "second-bet.test") == 403)
+        assert proxied_status(conn, origin_host) == 200 and conn.sock is sock
+
+        # An invalid list set: compile fails with status 1, and the index in service stays.
+        broken = write_policy(tmp_path / "broken.yaml", lambda d: d["lists"].append({"name": "gone", "path": str(tmp_path / "gone")}))
+        done = aupguard("lists", "compile", "--config", str(broken), data=data)
+        assert done.returncode == 1 and "does not exist" in done.stderr and "unchanged" in done.stderr
+
+        # A corrupt index put in place: reported, and the previous index keeps serving.
+        index = data / "index" / "lists.idx"
+        corrupt = bytearray(index.read_bytes())
+        corrupt[-1] ^= 0xFF
+        (tmp_path / "corrupt.idx").write_bytes(corrupt)
+        os.replace(tmp_path / "corrupt.idx", index)
+        assert wait_for(lambda: "cannot be used" in proxy.log.read_text())
+        assert proxied_status(conn, "second-bet.test") == 403
+        assert proxied_status(conn, "first-bet.test") == 403
+        assert proxied_status(conn, origin_host) == 200 and conn.sock is sock
+        conn.close()
+    finally:
+        assert proxy.stop() == 0
+
+
+def test_two_workers_share_one_port_and_record_every_incident_once(tmp_path):
+    proxy = start_proxy(tmp_path, extra=("--workers", "2"))
+    refs: list[str] = []
+    try:
+        for _ in range(120):  # a new connection each: the kernel spreads them over the workers
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=15)
+            conn.request("GET", "http://www.pornhub.com/", headers={"Accept": "text/plain"})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 403
+            refs.append(response.headers["X-Aupguard-Incident"])
+            conn.close()
+        pids = subprocess.run(["ss", "-ltnpH", f"sport = :{proxy.port}"], capture_output=True, text=True).stdout
+        assert len(set(re.findall(r"pid=(\d+)", pids))) == 2
+    finally:
+        assert proxy.stop() == 0  # clean shutdown: both workers flush and exit
+    with sqlite3.connect(proxy.db) as db:
+        stored = [row[0] for row in db.execute("select ref from incidents")]
+    assert sorted(stored) == sorted(refs) and len(set(refs)) == 120
