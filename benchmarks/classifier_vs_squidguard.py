@@ -21,7 +21,6 @@ import argparse
 import ipaddress
 import json
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,33 +40,39 @@ SQUIDGUARD = "/usr/bin/squidGuard"
 GROUP = "pupils"
 
 
-def blocked_folders(root: Path) -> dict[str, str]:
-    """UT1 folder -> aupguard category, for the folders the bundled policy blocks for GROUP."""
+def blocked_folders(root: Path) -> dict[str, tuple[str, frozenset[str]]]:
+    """UT1 folder -> (aupguard category, list files not read), for the folders the bundled policy
+    blocks for GROUP, as config/ut1-mapping.yaml maps them (its long form may skip some files)."""
+    from aupguard.lists import load_mapping, mapped
     from aupguard.policy import load_policy
 
     policy = load_policy(REPO / "config" / "policy.yaml")
-    mapping = yaml.safe_load((REPO / "config" / "ut1-mapping.yaml").read_text())
+    mapping = {name: mapped(value) for name, value in load_mapping(REPO / "config" / "ut1-mapping.yaml").items()}
     blocked = policy.groups[GROUP].block | {name for name, c in policy.categories.items() if c.mandatory}
-    return {f.name: mapping[f.name] for f in sorted(root.iterdir()) if mapping.get(f.name) in blocked}
+    return {f.name: mapping[f.name] for f in sorted(root.iterdir()) if mapping.get(f.name, (None,))[0] in blocked}
 
 
-def write_aupguard_policy(workdir: Path, root: Path, folders: dict[str, str]) -> Path:
+def write_aupguard_policy(workdir: Path, root: Path, folders: dict[str, tuple[str, frozenset[str]]]) -> Path:
     doc = yaml.safe_load((REPO / "config" / "policy.yaml").read_text())
     mapping = workdir / "mapping.yaml"
-    mapping.write_text(yaml.safe_dump(dict(folders)))
+    entries = {
+        folder: {"category": category, "skip": sorted(skip)} if skip else category
+        for folder, (category, skip) in folders.items()
+    }
+    mapping.write_text(yaml.safe_dump(entries))
     doc["lists"] = [{"name": "ut1", "path": str(root), "mapping": str(mapping)}]
     path = workdir / "policy.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
 
-def write_squidguard_conf(workdir: Path, root: Path, folders: dict[str, str]) -> Path:
+def write_squidguard_conf(workdir: Path, root: Path, folders: dict[str, tuple[str, frozenset[str]]]) -> Path:
     dests, names = [], []
-    for folder in folders:
+    for folder, (_category, skip) in folders.items():
         name = folder.replace("-", "_")
         lines = [f"dest {name} {{"]
         for kind, keyword in (("domains", "domainlist"), ("urls", "urllist"), ("expressions", "expressionlist")):
-            if (root / folder / kind).is_file():
+            if kind not in skip and (root / folder / kind).is_file():
                 lines.append(f"  {keyword} {folder}/{kind}")
         dests.append("\n".join(lines + ["}"]))
         names.append(name)
@@ -87,7 +92,7 @@ acl {{
     return path
 
 
-def url_stream(root: Path, folders: dict[str, str], count: int, seed: int) -> list[str]:
+def url_stream(root: Path, folders: dict[str, tuple[str, frozenset[str]]], count: int, seed: int) -> list[str]:
     """`count` URLs: ~35% on listed domains (with subdomains and paths), ~5% under listed
     urls, a few listed IPs, the rest on unlisted plausible domains; deterministic for `seed`."""
     rnd = random.Random(seed)
@@ -206,33 +211,39 @@ def main() -> None:
         one_sg.write_text("http://example.org/ 10.0.0.1/- - GET\n")
         index = workdir / "lists.idx"
 
-        say("compiling: aupguard lists compile / squidGuard -C all ...")
+        say("compiling: squidGuard -C all / aupguard lists compile ...")
+        # squidGuard first: its .db files land in the list folders, which would make aupguard see
+        # its lists changed and recompile inside the first timed `classify`.
+        start = time.perf_counter()
+        subprocess.run([SQUIDGUARD, "-c", str(conf), "-C", "all"], check=True, capture_output=True)
+        sg_compile = time.perf_counter() - start
         start = time.perf_counter()
         subprocess.run([*AUPGUARD, "lists", "compile", "--config", str(policy), "--index", str(index)], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         aup_compile = time.perf_counter() - start
-        start = time.perf_counter()
-        subprocess.run([SQUIDGUARD, "-c", str(conf), "-C", "all"], check=True, capture_output=True)
-        sg_compile = time.perf_counter() - start
 
         aup_cmd = [*AUPGUARD, "classify", "--config", str(policy), "--group", GROUP, "--index", str(index)]
         sg_cmd = [SQUIDGUARD, "-c", str(conf)]
-        results = {}
-        for name, command, one_in, full_in in (
-            ("aupguard", aup_cmd, one, stream),
-            ("squidGuard", sg_cmd, one_sg, helper_lines),
-        ):
-            loads = [peak_rss(command, one_in, workdir / f"{name}.one.out")[0] for _ in range(args.runs)]
-            runs = []
-            for n in range(args.runs):
+        contenders = {"aupguard": (aup_cmd, one, stream), "squidGuard": (sg_cmd, one_sg, helper_lines)}
+        loads: dict[str, list[float]] = {name: [] for name in contenders}
+        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
+        # Interleaved, one of each per round: the load of a shared machine drifts, and a drift
+        # during one program's runs only would decide the comparison.
+        for n in range(args.runs):
+            for name, (command, one_in, full_in) in contenders.items():
+                loads[name].append(peak_rss(command, one_in, workdir / f"{name}.one.out")[0])
                 say(f"{name}: run {n + 1} of {args.runs} ...")
-                runs.append(peak_rss(command, full_in, workdir / f"{name}.out"))
-            seconds = statistics.median(s for s, _ in runs)
+                runs[name].append(peak_rss(command, full_in, workdir / f"{name}.out"))
+                say(f"  {runs[name][-1][0]:.1f} s, peak RSS {runs[name][-1][1]:.1f} MB")
+        results = {}
+        for name in contenders:
+            seconds = statistics.median(s for s, _ in runs[name])
             results[name] = {
-                "load_s": round(statistics.median(loads), 3),
+                "load_s": round(statistics.median(loads[name]), 3),
                 "run_s": round(seconds, 2),
+                "runs_s": [round(s, 2) for s, _ in runs[name]],
                 "verdicts_per_s": round(args.urls / seconds),
-                "peak_rss_mb": round(max(r for _, r in runs), 1),
+                "peak_rss_mb": round(max(r for _, r in runs[name]), 1),
             }
             say(json.dumps({name: results[name]}))
 
@@ -241,12 +252,13 @@ def main() -> None:
         urls = stream.read_text().splitlines()
         assert len(ours) == len(theirs) == len(urls), (len(ours), len(theirs), len(urls))
         listed_ips, url_entries = [], set()
-        for folder in folders:
-            for line in (root / folder / "domains").read_text(errors="replace").split() if (root / folder / "domains").is_file() else ():
+        for folder, (_category, skip) in folders.items():
+            domains, urls_file = root / folder / "domains", root / folder / "urls"
+            for line in domains.read_text(errors="replace").split() if "domains" not in skip and domains.is_file() else ():
                 if _is_ip(line):
                     listed_ips.append(line)
-            if (root / folder / "urls").is_file():
-                url_entries.update(line.strip().lower().rstrip("/") for line in (root / folder / "urls").read_text(errors="replace").splitlines())
+            if "urls" not in skip and urls_file.is_file():
+                url_entries.update(line.strip().lower().rstrip("/") for line in urls_file.read_text(errors="replace").splitlines())
         causes: Counter[str] = Counter()
         examples: dict[str, str] = {}
         for url, a, b in zip(urls, ours, theirs):

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from aupguard.engine import Engine, RepeatCounter
+from aupguard.engine import Engine
 from aupguard.identify import Identity
+from aupguard.incidents import RepeatRule
 from aupguard.lists import ListError, host_entry, import_host_list
 from aupguard.policy import CircumventionRules, PolicyError, load_policy
 from conftest import write_policy
@@ -84,26 +85,14 @@ def test_connect_port_bare_ip_and_group_rules(engine):
     assert not engine.check_connect("www.bbc.co.uk", 443, PUPIL).blocked
 
 
-def test_incidents_are_filed_under_circumvention_and_repeats_become_high(engine):
-    severities = []
-    for minute in range(4):
-        verdict = engine.check(corpus.phproxy_url("p.example.org", "https://discord.com/"), PUPIL)
+def test_incidents_are_filed_under_circumvention_and_the_writer_is_told_what_a_repeat_is(engine):
+    verdict = engine.check(corpus.phproxy_url("p.example.org", "https://discord.com/"), PUPIL)
+    for minute in range(4):  # repeats are raised as they are recorded, by the incident writer (test_incidents)
         incident = engine.incident(verdict, method="GET", user_agent=None, action="block", when=T0 + timedelta(minutes=minute))
         assert incident.categories[0] == "circumvention" and "anonymizers" in incident.categories
         assert incident.technique == "signature" and incident.inner_url == "https://discord.com/"
-        severities.append(incident.severity)
-    assert severities == ["medium", "medium", "high", "high"]
-    later = engine.incident(verdict, method="GET", user_agent=None, action="block", when=T0 + timedelta(hours=1))
-    assert later.severity == "medium"  # the window has passed
-
-
-def test_repeat_counter_counts_per_key_within_the_window_and_stays_bounded():
-    counter = RepeatCounter(window_seconds=60, threshold=3, max_keys=2)
-    assert [counter.add(("ip:a",), t) for t in (0, 10, 20)] == [1, 2, 3]
-    assert counter.add(("ip:a",), 75) == 2  # 0 and 10 have left the window; 20 and 75 remain
-    assert counter.add(("ip:b", "user:x"), 90) == 1
-    assert len(counter._seen) == 2  # "ip:a" was the least recently seen: forgotten
-    assert counter.add(("ip:c", "user:x"), 91) == 2  # the same user on another device
+        assert incident.severity == "medium"
+    assert engine.repeat_rule == RepeatRule("circumvention", timedelta(minutes=10), 3, "high")
 
 
 # -- the policy's circumvention section ------------------------------------------------------------

@@ -12,6 +12,7 @@ import csv
 import http.client
 import json
 import os
+import re
 import socket
 import socketserver
 import sqlite3
@@ -332,6 +333,30 @@ def test_repeated_attempts_by_one_device_are_raised_to_high_and_exported_for_the
         exported = {row["ref"]: row for row in csv.DictReader(handle)}
     assert refs[2] in exported and refs[0] not in exported and refs[1] not in exported
     assert exported[refs[2]]["technique"] == "signature"
+
+
+def test_repeats_add_up_over_workers(tmp_path):
+    """`--workers 2`: the kernel spreads one device's connections over both; its attempts still count together."""
+    proxy = start_proxy(tmp_path, extra=("--workers", "2"))
+    refs = []
+    try:
+        for number in range(6):
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=15)  # a new connection each
+            url = corpus.phproxy_url(f"w{number}.example.org", "https://discord.com/", "rot13")
+            conn.request("GET", url, headers={"Accept": "text/plain"})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 403
+            refs.append(response.getheader("X-Aupguard-Incident"))
+            conn.close()
+            # Recorded before the next: a worker counts the attempts the others have written.
+            assert rows(proxy.db, "ref = ?", (refs[-1],))
+        pids = subprocess.run(["ss", "-ltnpH", f"sport = :{proxy.port}"], capture_output=True, text=True).stdout
+        assert len(set(re.findall(r"pid=(\d+)", pids))) == 2
+    finally:
+        assert proxy.stop() == 0
+    found = {r["ref"]: r["severity"] for r in rows(proxy.db, expect=6)}
+    assert [found[ref] for ref in refs] == ["medium", "medium", "high", "high", "high", "high"]
 
 
 # -- the benign set: allowed, through `aupguard classify` -------------------------------------------

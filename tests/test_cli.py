@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import requests
@@ -50,6 +52,43 @@ def test_classify_reads_urls_and_writes_json_lines():
     assert [v["action"] for v in lunch] == ["block", "allow", "error", "allow"]
     lesson = verdicts(aupguard("classify", "--group", "staff", "--at", "2026-11-23T09:30", stdin=urls).stdout)
     assert [v["action"] for v in lesson] == ["block", "allow", "error", "block"]
+
+
+def test_classify_says_how_a_circumvention_attempt_was_caught():
+    urls = [
+        "http://proxy.example/browse.php?u=https%3A%2F%2Fwww.pornhub.com%2F&b=4",  # Glype, carrying a blocked page
+        "https://webcache.googleusercontent.com/search?q=cache:https://www.pornhub.com/",  # a Google cache page
+        "https://croxyproxy.com/",  # a listed web proxy: nothing carried
+        "https://www.google.com/search?q=cache+memory",  # an ordinary search
+    ]
+    glype, cache, listed, search = verdicts(aupguard("classify", "--group", "pupils", stdin="\n".join(urls)).stdout)
+    assert glype == {
+        "url": urls[0],
+        "action": "block",
+        "categories": ["adult", "anonymizers"],
+        "group": "pupils",
+        "rule": "blocklists/adult/domains: pornhub.com",
+        "technique": "signature",
+        "inner_url": "https://www.pornhub.com/",
+    }
+    assert (cache["action"], cache["technique"], cache["inner_url"]) == ("block", "nested", "https://www.pornhub.com/")
+    assert (listed["action"], listed["technique"], listed["categories"]) == ("block", "list", ["anonymizers"])
+    assert "inner_url" not in listed
+    assert search == {"url": urls[3], "action": "allow", "categories": [], "group": "pupils", "rule": None}
+
+
+def test_the_readme_classify_example_is_what_classify_prints():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Asking what the filter would do", 1)[1].split("```console\n", 1)[1].split("```", 1)[0]
+    command, *shown = block.splitlines()
+    stdin = re.search(r"printf '([^']*)' \| aupguard classify --group pupils$", command).group(1).replace("\\n", "\n")
+    printed = verdicts(aupguard("classify", "--group", "pupils", stdin=stdin).stdout)
+    assert len(printed) == len(shown) >= 3
+    for example, real in zip(shown, printed):
+        expected = json.loads(example)
+        if expected.get("error") == "...":  # the README abbreviates the reason
+            expected["error"] = real["error"]
+        assert real == expected
 
 
 def test_classify_identifies_by_address_and_user(tmp_path):
@@ -164,3 +203,29 @@ def test_dsl_export_has_only_flagged_incidents_and_is_safe_to_open(recorded, tmp
 def test_purge_keeps_recent_incidents(recorded):
     result = aupguard("purge", "--db", str(recorded.db), "--days", "30")
     assert result.stdout.startswith("deleted 0 incident")
+
+
+@pytest.mark.parametrize("command", ["purge", "report", "dsl-export"])
+def test_a_mistyped_database_is_refused_not_created(tmp_path, command):
+    typo = tmp_path / "incidnets.db"
+    extra = ("--out", str(tmp_path / "out.csv")) if command == "dsl-export" else ()
+    result = aupguard(command, "--db", str(typo), *extra, check=False)
+    assert result.returncode == 1
+    assert f"no incident database at {typo}" in result.stderr and "deleted" not in result.stdout
+    assert not typo.exists()
+
+
+def test_help_teaches_by_example():
+    from click.testing import CliRunner
+
+    from aupguard.cli import main
+
+    top = CliRunner().invoke(main, ["--help"]).output
+    for needed in ("aupguard explain ", "aupguard exempt add ", "aupguard classroom set ", "AUPGUARD_DATA", "AUPGUARD_HOME"):
+        assert needed in top, needed
+    # Every example names a real command.
+    for command, sub in re.findall(r"aupguard ([a-z][a-z-]*)(?: ([a-z]+))?", main.help):
+        group = main.commands[command]
+        assert not hasattr(group, "commands") or sub in group.commands, (command, sub)
+    lists = CliRunner().invoke(main, ["lists", "--help"]).output
+    assert "aupguard lists update ut1" in lists and "aupguard lists compile" in lists and "import" in lists

@@ -90,9 +90,9 @@ def test_exemptions_expire_by_themselves(store):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"group": "pupils", "category": "adult"}, "mandatory"),
-        ({"group": "pupils", "category": "self_harm"}, "mandatory"),
-        ({"group": "pupils", "site": "pornhub.com"}, "mandatory"),
+        ({"group": "pupils", "category": "illegal"}, "mandatory"),
+        ({"group": "pupils", "site": "illegal-feed.example"}, "mandatory"),
+        ({"group": "pupils", "site": "adult-and-illegal.example"}, "mandatory"),
         ({"group": "nobody", "category": "games"}, "unknown group"),
         ({"group": "pupils", "user": "x", "category": "games"}, "exactly one"),
         ({"group": "pupils"}, "either --site or --category"),
@@ -107,10 +107,35 @@ def test_bad_exemptions_are_refused_with_a_reason(store, kwargs, message):
     site = kwargs.pop("site", None)
     if "ip" in kwargs:
         kwargs["network"] = kwargs.pop("ip")
-    categories = {"pornhub.com": ["adult"]}
+    categories = {"illegal-feed.example": ["illegal"], "adult-and-illegal.example": ["adult", "illegal"]}
     with pytest.raises(ex.ExemptionError, match=message):
         add(store, sites=[site] if site else [], site_categories=lambda d: categories.get(d, []), **kwargs)
     assert ex.audit_trail(store) == []
+
+
+@pytest.mark.parametrize("network", ["0.0.0.0/0", "10.0.0.0/8", "10.20.0.0/15", "::/0", "2001:db8::/47"])
+def test_a_classroom_override_wider_than_a_site_range_needs_whole_school(store, network):
+    with pytest.raises(ex.ExemptionError, match="--whole-school"):
+        add(store, kind=ex.BLOCK_ALL, network=network)
+    assert ex.audit_trail(store) == []
+    wide = add(store, kind=ex.BLOCK_ALL, network=network, whole_school=True)
+    assert str(wide.network) == network
+
+
+def test_room_sized_ranges_and_exemptions_need_no_whole_school(store):
+    for network in ("10.20.0.0/16", "10.20.4.0/24", "10.20.4.7", "2001:db8::/48", "2001:db8:0:4::/64"):
+        add(store, kind=ex.BLOCK_ALL, network=network)
+    add(store, network="10.0.0.0/8", category="games")  # an exemption only lets a site through
+
+
+def test_cli_classroom_refuses_the_whole_internet_without_whole_school(tmp_path):
+    env = {"AUPGUARD_DATA": str(tmp_path / "var")}
+    args = ("classroom", "set", "--ip", "0.0.0.0/0", "--mode", "block-all", "--until", "+1h", "--by", "Mr Jones",
+            "--reason", "exam")  # fmt: skip
+    refused = aupguard(*args, env=env, check=False)
+    assert refused.returncode != 0 and "wider than a /16" in refused.stderr and "--whole-school" in refused.stderr
+    assert aupguard("classroom", "list", env=env).stdout.strip() == "none"
+    assert "classroom override #1" in aupguard(*args, "--whole-school", env=env).stdout
 
 
 # -- the decision ------------------------------------------------------------------------------------
@@ -152,8 +177,23 @@ def test_nothing_lets_a_mandatory_category_through():
         item(group="pupils", sites=("games-and-worse.example",)),
         item(kind=ex.ALLOW_ONLY, network=ex.ipaddress.ip_network("10.20.4.0/24"), sites=("games-and-worse.example",)),
     ):
-        decision = decided([exemption], PUPIL, mixed, "games", "adult")
-        assert decision.action == "block" and decision.category == "adult"
+        decision = decided([exemption], PUPIL, mixed, "games", "illegal")
+        assert decision.action == "block" and decision.category == "illegal"
+
+
+def test_the_heads_permission_can_lift_an_adult_block(store):
+    # Only the illegal-content tier is mandatory: an adult-list false positive (or material a lesson
+    # needs, with the Head's written permission) can be exempted like any other block.
+    categories = {"art-history.example": ["adult"]}
+    added = add(store, group="pupils", sites=["art-history.example"], site_categories=lambda d: categories.get(d, []))
+    assert added.sites == ("art-history.example",)
+    assert add(store, user="a.pupil", category="adult").category == "adult"
+    snapshot = ex.ExemptionSet(ex.listing(store, now=NOW))
+    assert decided([], PUPIL, "https://art-history.example/", "adult").action == "block"
+    assert decided(snapshot.items, PUPIL, "https://art-history.example/", "adult").action == "allow"
+    assert decided(snapshot.items, OTHER_PUPIL, "https://other.example/", "adult").action == "block"
+    # ... but not when the page is also in the mandatory tier.
+    assert decided(snapshot.items, PUPIL, "https://art-history.example/", "adult", "illegal").category == "illegal"
 
 
 def test_classroom_block_all_and_allow_only():
@@ -213,15 +253,18 @@ def test_cli_add_list_revoke(tmp_path):
     (row,) = [json.loads(line) for line in aupguard("exempt", "list", "--format", "json", env=env).stdout.splitlines()]
     assert row["who"] == "group pupils" and row["by"] == "Ms Khan" and row["reason"] == "maths games lesson"
     refused = aupguard(
-        "exempt", "add", "--group", "pupils", "--category", "adult", "--until", "+1h", "--by", "x", "--reason", "y",
+        "exempt", "add", "--group", "pupils", "--category", "illegal", "--until", "+1h", "--by", "x", "--reason", "y",
         env=env, check=False,
     )  # fmt: skip
     assert refused.returncode != 0 and "mandatory" in refused.stderr
+    feed = tmp_path / "feed.txt"
+    feed.write_text("illegal-feed.example\n")
+    aupguard("lists", "import", "domains", str(feed), "--category", "illegal", "--name", "mandatory", env=env)
     refused = aupguard(
-        "exempt", "add", "--group", "pupils", "--site", "pornhub.com", "--until", "+1h", "--by", "x", "--reason", "y",
-        env=env, check=False,
+        "exempt", "add", "--group", "pupils", "--site", "www.illegal-feed.example", "--until", "+1h", "--by", "x",
+        "--reason", "y", env=env, check=False,
     )  # fmt: skip
-    assert refused.returncode != 0 and "mandatory" in refused.stderr
+    assert refused.returncode != 0 and "mandatory category illegal" in refused.stderr
     assert "revoked" in aupguard("exempt", "revoke", "1", "--by", "Mr Head", env=env).stdout
     assert aupguard("exempt", "list", env=env).stdout.strip() == "none"
     assert len(aupguard("exempt", "list", "--all", "--format", "json", env=env).stdout.splitlines()) == 1

@@ -62,7 +62,12 @@ def test_explain_names_the_mis_line_and_the_walled_garden(tmp_path):
     assert out["group_why"] == f"user 'Little.One' is listed at {tmp_path / 'mis.csv'}:2 (identity.user_files)"
     assert (out["action"], out["category"], out["matches"]) == ("block", "not_in_walled_garden", [])
     adult = explained("https://www.pornhub.com/", "--config", str(policy), "--user", "little.one", env=env)
-    assert adult["category"] == "adult" and adult["matches"][0]["effect"] == "mandatory: blocked for everyone"
+    assert adult["category"] == "adult" and adult["matches"][0]["effect"] == "blocked for this group"
+    # A licensed illegal-content feed, where the bundled policy's `mandatory` list root reads it.
+    (tmp_path / "lists" / "mandatory" / "illegal").mkdir(parents=True)
+    (tmp_path / "lists" / "mandatory" / "illegal" / "domains").write_text("illegal-feed.example\n")
+    illegal = explained("https://illegal-feed.example/x", "--config", str(policy), "--user", "little.one", env=env)
+    assert illegal["category"] == "illegal" and illegal["matches"][0]["effect"] == "mandatory: blocked for everyone"
 
 
 def test_explain_lists_the_exemptions_considered(tmp_path):
@@ -81,8 +86,12 @@ def test_explain_lists_the_exemptions_considered(tmp_path):
     assert "exemptions: considered:" in text and "decision:   ALLOW" in text
 
 
-def test_explain_text_for_a_person():
-    engine = Engine.from_policy_file(BUNDLED_POLICY)
+def test_explain_text_for_a_person(tmp_path):
+    feed = tmp_path / "feeds" / "illegal"
+    feed.mkdir(parents=True)
+    (feed / "domains").write_text("illegal-feed.example\n")
+    policy = write_policy(tmp_path / "policy.yaml", lambda d: d["lists"].append({"name": "feeds", "path": str(tmp_path / "feeds")}))
+    engine = Engine.from_policy_file(policy)
     identity = engine.identify("nobody", "10.9.8.7")
     when = datetime(2026, 11, 23, 9, 30, tzinfo=timezone.utc)
     text = render_text(explain(engine, "http://www.pornhub.com/<script>", identity, when))
@@ -94,13 +103,69 @@ def test_explain_text_for_a_person():
         "group:      pupils",
         "  because   user 'nobody' is not listed in identity.users; no user or address rule matched: identity.default_group",
         "matched:",
-        "  adult: blocklists/adult/domains: pornhub.com (domain) -> mandatory: blocked for everyone",
+        "  adult: blocklists/adult/domains: pornhub.com (domain) -> blocked for this group",
         "exemptions: none active",
         "decision:   BLOCK (adult, severity high)",
-        "  because   category adult is mandatory: blocked for everyone",
+        "  because   category adult is blocked for group pupils during lessons",
+    ]
+    text = render_text(explain(engine, "http://www.illegal-feed.example/<script>", identity, when))
+    assert text.splitlines()[6:] == [
+        "matched:",
+        "  illegal: feeds/illegal/domains: illegal-feed.example (domain) -> mandatory: blocked for everyone",
+        "exemptions: none active",
+        "decision:   BLOCK (illegal, severity critical)",
+        "  because   category illegal is mandatory: blocked for everyone",
     ]
 
 
 def test_explain_refuses_what_is_not_a_url(tmp_path):
     result = aupguard("explain", "http://[::1", env={"AUPGUARD_DATA": str(tmp_path)}, check=False)
     assert result.returncode == 2 and "URL" in result.stderr
+
+
+GLYPE_TO_PORNHUB = "https://x.example/browse.php?u=aHR0cHM6Ly93d3cucG9ybmh1Yi5jb20v&b=4"  # base64 of pornhub
+
+
+def test_explain_shows_a_web_proxys_target_and_the_entry_that_blocked_it(tmp_path):
+    """Each match's effect comes from the decision that used it: the proxy page's own, or its target's."""
+    env = {"AUPGUARD_DATA": str(tmp_path)}
+    out = explained(GLYPE_TO_PORNHUB, "--group", "pupils", "--at", "2026-11-23T09:30", env=env)
+    assert out["matches"] == [
+        {"category": "anonymizers", "kind": "signature", "rule": "aupguard/signatures: glype", "effect": "blocked for this group"}
+    ]
+    assert (out["technique"], out["inner_url"]) == ("signature", "https://www.pornhub.com/")
+    assert out["carried"] == [
+        {
+            "url": "https://www.pornhub.com/",
+            "decides": True,
+            "action": "block",
+            "category": "adult",
+            "matches": [
+                {"category": "adult", "kind": "domain", "rule": "blocklists/adult/domains: pornhub.com", "effect": "blocked for this group"}
+            ],
+        }
+    ]
+    assert (out["action"], out["category"]) == ("block", "adult")
+    text = aupguard("explain", GLYPE_TO_PORNHUB, "--group", "pupils", "--at", "2026-11-23T09:30", env=env).stdout
+    assert text.splitlines()[6:12] == [
+        "matched:",
+        "  anonymizers: aupguard/signatures: glype (signature) -> blocked for this group",
+        "carries:    https://www.pornhub.com/ -> BLOCK (adult) (this decides)",
+        "  adult: blocklists/adult/domains: pornhub.com (domain) -> blocked for this group",
+        "technique:  signature (an attempt to get round the filter)",
+        "exemptions: none active",
+    ]
+
+
+def test_explain_shows_a_nested_url_that_decides_for_an_allowed_page(tmp_path):
+    env = {"AUPGUARD_DATA": str(tmp_path)}
+    url = "https://www.google.com/url?q=https://www.pornhub.com/"
+    out = explained(url, "--group", "pupils", "--at", "2026-11-23T09:30", env=env)
+    assert out["matches"] == [] and (out["technique"], out["action"], out["category"]) == ("nested", "block", "adult")
+    ((carried),) = out["carried"]
+    assert carried["decides"] and carried["matches"][0]["effect"] == "blocked for this group"
+    # Where the carried site is allowed, it is shown and does not decide.
+    fine = explained("https://www.google.com/url?q=https://www.bbc.co.uk/bitesize", "--group", "pupils", env=env)
+    (carried,) = fine["carried"]
+    assert (carried["url"], carried["action"], carried["decides"]) == ("https://www.bbc.co.uk/bitesize", "allow", False)
+    assert (fine["action"], fine["technique"], fine["inner_url"]) == ("allow", None, None)

@@ -34,7 +34,6 @@ def make_policy(users: dict[str, str] | None = None, networks: dict[str, str] | 
         no_decrypt_hosts=frozenset(),
         accidental_text="",
         retention_days=30,
-        log_allowed=False,
     )
 
 

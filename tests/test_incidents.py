@@ -119,8 +119,9 @@ def test_open_db_creates_private_files_wal_and_schema(tmp_path, open_umask):
     assert db["incidents"].pks == ["ref"]
     assert not [c for c in columns if any(word in c.lower() for word in SECRETISH)]
     indexed = {tuple(index.columns) for index in db["incidents"].indexes}
-    assert {("ts_utc",), ("category",), ("username",), ("client_ip",), ("severity",)} <= indexed
-    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
+    pairs = {("username", "ts_utc"), ("client_ip", "ts_utc")}  # the repeat count's lookups
+    assert indexed == {("ref",), ("ts_utc",), ("category",), ("severity",), *pairs}
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
 
     # SQLite gives the WAL the database file's mode
     db["incidents"].insert(incidents._row(make_incident()))
@@ -146,6 +147,46 @@ def test_open_db_leaves_an_existing_directory_alone(tmp_path):
     open_db(tmp_path / "incidents.db").close()
     assert mode(tmp_path) == 0o755
     assert mode(tmp_path / "incidents.db") == 0o600
+
+
+def test_a_version_1_database_gains_the_repeat_indexes_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "incidents.db"
+    with sqlite3.connect(path) as conn:  # what aupguard with schema version 1 made
+        db = incidents.sqlite_utils.Database(conn)
+        incidents._create_v1(db)
+        db["meta"].create({"key": str, "value": str}, pk="key")
+        db["meta"].insert({"key": "schema_version", "value": "1"})
+        db["incidents"].insert(incidents._row(make_incident(ref="AG-AAAA-AAAA")))
+    db = open_db(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    indexed = {tuple(index.columns) for index in db["incidents"].indexes}
+    assert ("username", "ts_utc") in indexed and ("client_ip", "ts_utc") in indexed
+    assert ("username",) not in indexed and ("client_ip",) not in indexed  # covered by the pairs
+    assert [r["ref"] for r in db["incidents"].rows] == ["AG-AAAA-AAAA"]
+    plan = db.execute(
+        "EXPLAIN QUERY PLAN SELECT count(*) FROM incidents WHERE client_ip = ? AND ts_utc > ? AND ts_utc <= ?",
+        ["10.0.0.5", "a", "b"],
+    ).fetchall()
+    assert "idx_incidents_client_ip_ts_utc" in str(plan)
+    db.close()
+
+
+def test_opening_the_database_again_keeps_the_writers_locks(tmp_path):
+    """The feedback app opens the database in the proxy process. Opening (and closing) a second descriptor on
+    the file used to drop the writer's POSIX locks: the next outside connection then unlinked the WAL
+    the writer went on appending to, and its incidents were lost."""
+    path = tmp_path / "incidents.db"
+    with IncidentWriter(path) as writer:
+        writer.submit(make_incident())
+        writer.flush()
+        open_db(path).close()
+        outside = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('SELECT * FROM meta'); c.close()"
+        subprocess.run([sys.executable, "-c", outside, str(path)], check=True, timeout=60)  # checkpoints on close
+        later = make_incident()
+        writer.submit(later)
+        writer.flush()
+        assert later.ref in refs(path)
+        assert path.with_name("incidents.db-wal").exists()
 
 
 def test_open_db_refuses_a_newer_schema(tmp_path):
@@ -383,6 +424,77 @@ def test_two_writers_share_one_database(tmp_path):
         for n, incident in enumerate(made):
             (one if n % 2 else two).submit(incident)
     assert sorted(refs(path)) == sorted(i.ref for i in made)
+
+
+# -- repeated attempts: raised as they are recorded -----------------------------------------------
+
+REPEATS = incidents.RepeatRule("circumvention", timedelta(minutes=10), 3)
+
+
+def attempt(minute: float, **fields) -> Incident:
+    """A circumvention attempt `minute` minutes after NOW, by alice at 10.0.0.5 unless `fields` say otherwise."""
+    values = dict(ts_utc=NOW + timedelta(minutes=minute), categories=("circumvention", "anonymizers"))
+    return make_incident(**{"severity": "medium", **values, **fields})
+
+
+def severities(path: Path, made: list[Incident]) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        stored = dict(conn.execute("SELECT ref, severity FROM incidents"))
+    return [stored[incident.ref] for incident in made]
+
+
+@pytest.mark.parametrize("one_batch", [True, False], ids=["one-batch", "batch-each"])
+def test_the_attempt_reaching_the_threshold_and_later_ones_become_high(tmp_path, one_batch):
+    path = tmp_path / "incidents.db"
+    made = [
+        attempt(0),
+        attempt(1, username="bob"),  # another user on the same device: counted for bob
+        attempt(2),
+        make_incident(ts_utc=NOW + timedelta(minutes=3)),  # no circumvention: not counted
+        attempt(4),  # alice's third within 10 minutes
+        attempt(5, severity="critical"),  # never lowered
+        attempt(13),  # 0 has left the window; 2, 4, 5 and 13 are in it
+        attempt(30),  # alone in its window
+    ]
+    with IncidentWriter(path, repeat_rule=REPEATS, batch_size=1 if not one_batch else 100) as writer:
+        for incident in reversed(made) if one_batch else made:  # a batch's order is not time order
+            writer.submit(incident)
+            if not one_batch:
+                writer.flush()
+    assert severities(path, made) == ["medium", "medium", "medium", "medium", "high", "critical", "high", "medium"]
+
+
+def test_without_a_user_the_attempts_of_one_address_are_counted(tmp_path):
+    path = tmp_path / "incidents.db"
+    made = [attempt(0, username=None), attempt(1, username=None, client_ip="10.0.0.6"), attempt(2, username=None)]
+    made.append(attempt(3, username=None))
+    with IncidentWriter(path, repeat_rule=REPEATS) as writer:
+        for incident in made:
+            writer.submit(incident)
+    assert severities(path, made) == ["medium", "medium", "medium", "high"]
+
+
+def test_writers_sharing_one_database_count_each_others_attempts(tmp_path):
+    """Proxy workers each have a writer: one pupil's attempts spread over them still add up."""
+    path = tmp_path / "incidents.db"
+    made = [attempt(minute) for minute in range(4)]
+    with IncidentWriter(path, repeat_rule=REPEATS) as one, IncidentWriter(path, repeat_rule=REPEATS) as two:
+        for writer, incident in zip((one, two, one, two), made):
+            writer.submit(incident)
+            writer.flush()
+    assert severities(path, made) == ["medium", "medium", "high", "high"]
+
+
+def test_a_new_rule_applies_from_the_next_batch_and_no_rule_raises_nothing(tmp_path):
+    path = tmp_path / "incidents.db"
+    made = [attempt(minute) for minute in range(4)]
+    with IncidentWriter(path) as writer:
+        for incident in made[:3]:
+            writer.submit(incident)
+        writer.flush()
+        writer.repeat_rule = REPEATS  # a policy reload: the attempts already recorded still count
+        writer.submit(made[3])
+    assert severities(path, made) == ["medium", "medium", "medium", "high"]
 
 
 def test_a_program_that_forgets_close_still_writes_and_exits(tmp_path):

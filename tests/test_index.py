@@ -19,8 +19,9 @@ from aupguard.index import (
     compile_list_data,
     key_hash,
     load_index,
+    why_recompile,
 )
-from aupguard.lists import ListData, ListRoot, ListSource, load_lists
+from aupguard.lists import ListData, ListRoot, ListSource, MappedFolder, load_lists
 
 
 def make_sources(n: int) -> list[ListSource]:
@@ -162,9 +163,13 @@ def test_compiling_folders_gives_what_loading_them_gives(tmp_path):
     write_list(ut1 / "redirector", "domains", "proxy.example\nexample.com\n")
     write_list(ut1 / "redirector", "urls", "proxy.example/browse\n")
     write_list(ut1 / "astrology", "domains", "stars.example\n")  # mapped to null: ignored
+    write_list(ut1 / "strict_redirector", "domains", "proxy.example\nstrict.example\n")
+    write_list(ut1 / "strict_redirector", "urls", "strict.example/anonymiser\n")
+    write_list(ut1 / "strict_redirector", "expressions", "google\\..*/search.q=cache\n")  # skipped: not read
+    strict = MappedFolder("anonymizers", frozenset({"expressions"}))
     roots = [
         ListRoot(local, "blocklists"),
-        ListRoot(ut1, "ut1", mapping={"redirector": "anonymizers", "astrology": None}),
+        ListRoot(ut1, "ut1", mapping={"redirector": "anonymizers", "astrology": None, "strict_redirector": strict}),
         ListRoot(tmp_path / "absent", "local", optional=True),
     ]
     calls = []
@@ -172,6 +177,12 @@ def test_compiling_folders_gives_what_loading_them_gives(tmp_path):
     data = load_lists(roots)
     assert_index_answers_as(data, summary.path)
     assert summary.problems == tuple(data.problems)
+    assert [pattern for _sid, pattern in data.expressions] == ["(porn|xxx) #not a comment"]
+    assert data.sources[-1].skip == {"expressions"} and "strict.example/anonymiser" in data.urls
+    # Which files a mapping skips is part of what the index was compiled from.
+    assert why_recompile(summary.path, roots) is None
+    plain = [roots[0], ListRoot(ut1, "ut1", mapping={**roots[1].mapping, "strict_redirector": "anonymizers"}), roots[2]]
+    assert "category mappings changed" in why_recompile(summary.path, plain)
     assert [p.rpartition("/")[2] for p in summary.problems] == [
         "Not A Category: folder name is not a category name (a-z, 0-9, _); folder skipped",
         "domains:4: invalid host: 'bad..host'",

@@ -14,7 +14,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from aupguard import lists
-from aupguard.lists import ListError, ListRoot, import_ut1, load_lists, load_mapping
+from aupguard.lists import ListError, ListRoot, MappedFolder, import_ut1, load_lists, load_mapping, mapped
 from aupguard.urlnorm import normalize_host, normalize_url
 
 REPO = Path(__file__).resolve().parents[1]
@@ -242,6 +242,33 @@ def test_mapping_picks_and_renames_folders(tmp_path):
     assert set(data.domains) == {"proxy.test", "vpn.test"}
 
 
+def test_a_mapping_can_leave_some_list_files_of_a_folder_unread(tmp_path):
+    root = write_tree(
+        tmp_path / "ut1",
+        {
+            "strict_redirector/domains": "proxy.test\n",
+            "strict_redirector/urls": "example.org/anonymiser\n",
+            "strict_redirector/expressions": "google\\..*/search.q=cache\n",
+            "adult/domains": "a.test\n",
+            "adult/expressions": "(porn|xxx)\n",
+        },
+    )
+    mapping = {
+        "strict_redirector": MappedFolder("anonymizers", frozenset({"expressions"})),
+        "adult": MappedFolder("adult", frozenset({"domains", "urls"})),
+    }
+    data = load_lists([ListRoot(root, "ut1", mapping=mapping)])
+    assert [(s.name, s.category, s.skip) for s in data.sources] == [
+        ("ut1/adult", "adult", frozenset({"domains", "urls"})),
+        ("ut1/strict_redirector", "anonymizers", frozenset({"expressions"})),
+    ]
+    assert data.domains == {"proxy.test": 0b10} and data.urls == {"example.org/anonymiser": 0b10}
+    assert data.expressions == [(0, "(porn|xxx)")] and data.problems == []
+    # The plain form reads every file.
+    plain = load_lists([ListRoot(root, "ut1", mapping={"strict_redirector": "anonymizers"})])
+    assert plain.expressions == [(0, "google\\..*/search.q=cache")]
+
+
 def test_folders_that_do_not_count(tmp_path):
     root = write_tree(
         tmp_path / "lists",
@@ -275,10 +302,18 @@ def test_an_empty_category_folder_is_still_a_source(tmp_path):
 
 def test_load_mapping_reads_names_and_nulls(tmp_path):
     path = tmp_path / "m.yaml"
-    path.write_text("# comment\nadult: adult\naudio-video: streaming\nliste_blanche: null\nchild: ~\nempty:\n")
+    path.write_text(
+        "# comment\nadult: adult\naudio-video: streaming\nliste_blanche: null\nchild: ~\nempty:\n"
+        "strict_redirector: {category: anonymizers, skip: [expressions]}\n"
+        "two:\n  category: adult\n  skip:\n    - urls\n    - expressions\n"
+    )
     assert load_mapping(path) == {
         "adult": "adult", "audio-video": "streaming", "liste_blanche": None, "child": None, "empty": None,
+        "strict_redirector": MappedFolder("anonymizers", frozenset({"expressions"})),
+        "two": MappedFolder("adult", frozenset({"urls", "expressions"})),
     }  # fmt: skip
+    assert mapped(load_mapping(path)["two"]) == ("adult", frozenset({"urls", "expressions"}))
+    assert mapped("adult") == ("adult", frozenset()) and mapped(None) == (None, frozenset())
 
 
 @pytest.mark.parametrize(
@@ -293,6 +328,16 @@ def test_load_mapping_reads_names_and_nulls(tmp_path):
         ("- adult\n- games\n", r":1: expected `ut1_category: aupguard_category` lines"),
         ("adult: adult\n  games: games\n", r":2: not valid YAML"),
         ("# nothing\n", r": the category mapping is empty"),
+        # the long form
+        ("a: adult\nsr: {category: anonymizers, skip: [expression]}\n", r":2: sr.skip: 'expression' is not a list file \(one of domains, urls, expressions\)"),
+        ("sr:\n  category: anonymizers\n  skip:\n    - urls\n    - 3\n", r":5: sr.skip: '3' is not a list file"),
+        ("sr: {category: anonymizers, skip: expressions}\n", r":1: sr.skip: expected a list such as \[expressions\]"),
+        ("sr: {category: anonymizers, skip: []}\n", r":1: sr.skip: name one or two of domains, urls, expressions \(to skip the whole folder, map it to null\)"),
+        ("sr: {category: anonymizers, skip: [domains, urls, expressions]}\n", r":1: sr.skip: name one or two"),
+        ("sr: {category: Anonymizers, skip: [urls]}\n", r":1: sr.category: expected an aupguard category name .* not 'Anonymizers'"),
+        ("a: adult\nsr:\n  skip: [urls]\n", r":3: sr: the long form needs both category and skip"),
+        ("sr: {category: anonymizers, skip: [urls], files: [domains]}\n", r":1: sr: unknown key 'files' \(expected category and skip\)"),
+        ("sr:\n  category: anonymizers\n  category: vpn\n  skip: [urls]\n", r":3: sr: category is given twice"),
     ],
 )
 def test_load_mapping_errors_name_file_and_line(tmp_path, text, message):
@@ -309,11 +354,15 @@ def test_load_mapping_missing_file(tmp_path):
 
 def test_the_bundled_mapping_targets_only_known_categories():
     mapping = load_mapping(MAPPING)
-    assert {c for c in mapping.values() if c is not None} <= CATEGORIES - {"circumvention", "school_allow"}
+    targets = {mapped(value)[0] for value in mapping.values()} - {None}
+    assert targets <= CATEGORIES - {"circumvention", "school_allow", "illegal"}
     # Choices made on purpose (see the comments in the file).
     assert mapping["redirector"] == "anonymizers" and mapping["agressif"] == "hate"
     assert mapping["liste_blanche"] is None and mapping["sexual_education"] is None
-    assert mapping["strict_redirector"] is None and mapping["tricheur_pix"] is None
+    assert mapping["tricheur_pix"] is None
+    # UT1's web-proxy sites, without the expressions that block ordinary searches.
+    without_expressions = MappedFolder("anonymizers", frozenset({"expressions"}))
+    assert mapping["strict_redirector"] == mapping["strong_redirector"] == without_expressions
 
 
 def test_the_bundled_mapping_covers_every_ut1_folder(shared_dir):
@@ -353,10 +402,76 @@ def test_real_ut1_entries_land_in_their_aupguard_category(ut1_loaded, entry, kin
     assert category in categories_of(ut1_loaded, table[entry])
 
 
+def test_real_ut1_redirector_variants_block_their_sites_but_not_with_their_expressions(ut1_loaded, shared_dir):
+    for folder in ("strict_redirector", "strong_redirector"):
+        source = next(s for s in ut1_loaded.sources if s.name == f"ut1/{folder}")
+        assert (source.category, source.skip) == ("anonymizers", frozenset({"expressions"}))
+        entries = (shared_dir / "blocklists-ut1" / folder / "domains").read_text().split()
+        assert len(entries) > 100_000
+        assert all(ut1_loaded.domains[lists.domain_key(e)] >> source.id & 1 for e in entries)
+        assert ut1_loaded.urls[f"cri.univ-tlse1.fr/tools/test_filtrage/{folder}"] >> source.id & 1
+        # UT1 ships a non-empty expressions file for both; none of it is loaded.
+        assert (shared_dir / "blocklists-ut1" / folder / "expressions").read_text().strip()
+        assert not [sid for sid, _pattern in ut1_loaded.expressions if sid == source.id]
+
+
+def test_ut1_web_proxy_lists_block_proxies_not_searches(shared_dir, tmp_path):
+    """Through `aupguard classify` (which compiles the index) with the bundled policy and mapping."""
+    import json
+    import shutil
+
+    from conftest import write_policy
+    from test_cli import aupguard
+
+    ut1 = tmp_path / "ut1"
+    for folder in ("redirector", "strict_redirector", "strong_redirector"):
+        shutil.copytree(shared_dir / "blocklists-ut1" / folder, ut1 / folder)
+
+    def with_ut1(mapping: Path):
+        def edit(doc):
+            (root,) = [r for r in doc["lists"] if r["name"] == "ut1"]
+            root.update(path=str(ut1), mapping=str(mapping), optional=False)
+
+        return edit
+
+    strict_domain = (ut1 / "strict_redirector" / "domains").read_text().split()[-1]
+    urls = {
+        f"http://{strict_domain}/": "block",  # UT1 strict_redirector/domains (and redirector's)
+        "http://cri.univ-tlse1.fr/tools/test_filtrage/strict_redirector/": "block",  # strict_redirector/urls only
+        "http://cri.univ-tlse1.fr/tools/test_filtrage/strong_redirector/": "block",  # strong_redirector/urls only
+        "https://www.google.com/search?q=cache+memory": "allow",  # strict_redirector/expressions would block it
+        "https://images.google.com/images?q=photosynthesis": "allow",  # strong_redirector/expressions ("hot")
+        # A real Google cache page of a web-proxy site: nested-URL detection classifies the page inside.
+        "https://webcache.googleusercontent.com/search?q=cache:https://www.croxyproxy.com/": "block",
+    }
+    env = {"AUPGUARD_DATA": str(tmp_path / "var")}
+    policy = write_policy(tmp_path / "policy.yaml", with_ut1(MAPPING))
+    done = aupguard("classify", "--config", str(policy), "--group", "pupils", stdin="\n".join(urls) + "\n", env=env)
+    verdicts = [json.loads(line) for line in done.stdout.splitlines()]
+    assert {v["url"]: v["action"] for v in verdicts} == urls
+    assert all(v["categories"] == ["anonymizers"] for v in verdicts if v["action"] == "block"), verdicts
+    assert verdicts[1]["rule"] == "ut1/strict_redirector/urls: cri.univ-tlse1.fr/tools/test_filtrage/strict_redirector"
+
+    # The plain form reads the expressions too: then the ordinary searches are blocked.
+    plain = tmp_path / "plain-mapping.yaml"
+    plain.write_text(
+        MAPPING.read_text()
+        .replace("strict_redirector: {category: anonymizers, skip: [expressions]}", "strict_redirector: anonymizers")
+        .replace("strong_redirector: {category: anonymizers, skip: [expressions]}", "strong_redirector: anonymizers")
+    )
+    policy = write_policy(tmp_path / "plain.yaml", with_ut1(plain))
+    searches = [url for url in urls if "google.com/" in url]
+    done = aupguard("classify", "--config", str(policy), "--group", "pupils", stdin="\n".join(searches) + "\n", env=env)
+    assert [json.loads(line)["action"] for line in done.stdout.splitlines()] == ["block", "block"]
+
+
 def test_real_ut1_lists_load_cleanly(ut1_loaded, shared_dir):
     mapping = load_mapping(MAPPING)
     assert sorted(s.name for s in ut1_loaded.sources) == sorted(f"ut1/{k}" for k, v in mapping.items() if v)
     assert ut1_loaded.problems == []
+    # UT1 blocks a few whole namespaces on purpose (Brazil's licensed-betting bet.br): a curated
+    # list's bare public suffix is kept; only `lists import hosts|domains|adblock` refuses them.
+    assert ut1_loaded.domains["bet.br"]
     # Every line of a mapped domains file is in, under (at least) that file's source.
     redirector = next(s for s in ut1_loaded.sources if s.name == "ut1/redirector")
     entries = (shared_dir / "blocklists-ut1" / "redirector" / "domains").read_text().split()
@@ -595,3 +710,41 @@ def test_support_services_are_never_in_a_block_list():
         found = categories_of(data, mask)
         if "health" in found or "banking" in found:
             assert found <= {"health", "banking"}, (host, found)
+
+
+# ---------------------------------------------------------------------------- allow entries the mandatory tier overrides
+
+
+def test_an_allow_entry_in_a_mandatory_category_is_warned_of_at_load_and_compile(tmp_path, caplog):
+    import logging
+
+    from conftest import write_policy
+    from test_cli import aupguard
+
+    from aupguard.engine import Engine
+
+    local = write_tree(
+        tmp_path / "local",
+        {
+            "illegal/domains": "illegal-feed.example\n",
+            "school_allow/domains": "homework-help.example\nwww.illegal-feed.example  # a teacher's request\n",
+        },
+    )
+
+    def edit(doc):
+        doc["lists"].append({"name": "local", "path": str(local)})
+
+    policy = write_policy(tmp_path / "policy.yaml", edit)
+    expected = (
+        f"{local / 'school_allow' / 'domains'}:2: allow entry 'www.illegal-feed.example' (school_allow) is in the "
+        "mandatory category illegal: it stays blocked for everyone and the allow entry is ignored"
+    )
+    with caplog.at_level(logging.WARNING, logger="aupguard.engine"):
+        Engine.from_policy_file(policy)
+    assert [r.getMessage() for r in caplog.records if "allow entry" in r.getMessage()] == [expected]
+    done = aupguard(
+        "lists", "compile", "--config", str(policy), "--index", str(tmp_path / "lists.idx"),
+        env={"AUPGUARD_DATA": str(tmp_path / "var")},
+    )  # fmt: skip
+    assert f"warning: {expected}" in done.stderr
+    assert done.stderr.count("warning:") == 1  # homework-help.example is in no mandatory category

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from aupguard import paths
 from aupguard.identify import identify
+from aupguard.lists import mapped
 from aupguard.policy import (
     CATEGORIES,
     MAX_POLICY_BYTES,
@@ -21,6 +22,8 @@ from aupguard.policy import (
     load_policy,
     severity_rank,
 )
+
+from policy_cases import assert_refused, edit_once, line_of, write
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "config" / "policy.yaml"
@@ -65,24 +68,11 @@ block_page:
   accidental: It's OK.
 records:
   retention_days: 30
-  log_allowed: false
 """
 
 
-def write(tmp_path: Path, text: str, name: str = "policy.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
 def edited(old: str, new: str) -> str:
-    assert BASE.count(old) == 1, f"the case must edit one place: {old!r}"
-    return BASE.replace(old, new)
-
-
-def line_of(text: str, marker: str) -> int:
-    assert text.count(marker) == 1, f"marker {marker!r} must be unique"
-    return text[: text.index(marker)].count("\n") + 1
+    return edit_once(BASE, old, new)
 
 
 # -- the bundled policy -------------------------------------------------------------------------
@@ -119,10 +109,19 @@ def test_bundled_early_years_is_a_walled_garden(bundled):
 
 
 def test_bundled_mandatory_tier(bundled):
-    assert bundled.mandatory == {"adult", "hate", "self_harm", "extremism", "malware", "phishing"}
+    # Only the illegal-content feeds (IWF, CTIRU) are beyond the school's own allow list and exemptions.
+    assert bundled.mandatory == {"illegal"}
     for group in bundled.groups.values():
         assert bundled.mandatory <= group.block
         assert not bundled.mandatory & group.allow
+    illegal = bundled.categories["illegal"]
+    assert illegal.severity == "critical" and illegal.label == "Illegal content"
+    # The block page stays calm and never describes the content it stops.
+    assert not re.search(r"abuse|sexual|terror|\bchild\b|imag", illegal.reason, re.IGNORECASE)
+    # The harmful categories are still blocked for every group, but the school can correct their
+    # false positives with its allow list or the Head's written permission.
+    for name in HARMFUL:
+        assert not bundled.categories[name].mandatory, name
 
 
 def test_bundled_timetable(bundled):
@@ -169,14 +168,14 @@ def test_bundled_policy_settings(bundled):
     assert str(bundled.timezone) == "Europe/London"
     assert bundled.no_decrypt_categories == {"banking", "health"}
     assert bundled.tls_intercept is True
-    assert bundled.retention_days == 90 and bundled.log_allowed is False
+    assert bundled.retention_days == 90
     assert bundled.users == {} and bundled.networks == ()  # examples only: nobody is staff by accident
 
 
 def test_bundled_list_paths(monkeypatch, tmp_path):
     monkeypatch.setattr(paths, "DATA_DIR", tmp_path / "data")
     policy = load_policy(BUNDLED)
-    blocklists, ut1, doh, vpn = policy.lists
+    blocklists, ut1, doh, vpn, mandatory = policy.lists
     assert (blocklists.name, blocklists.path, blocklists.mapping, blocklists.optional) == (
         "blocklists",
         REPO / "blocklists",
@@ -184,12 +183,20 @@ def test_bundled_list_paths(monkeypatch, tmp_path):
         False,
     )
     assert (ut1.name, ut1.path, ut1.optional) == ("ut1", tmp_path / "data" / "lists" / "ut1", True)
-    assert ut1.mapping and set(ut1.mapping.values()) - {None} <= set(policy.categories)
+    assert ut1.mapping and {mapped(value)[0] for value in ut1.mapping.values()} - {None} <= set(policy.categories)
+    assert mapped(ut1.mapping["strict_redirector"]) == ("anonymizers", frozenset({"expressions"}))
     # `aupguard lists import doh|vpn` folders: category folders named as aupguard's, no mapping.
     assert [(r.name, r.path, r.mapping, r.optional) for r in (doh, vpn)] == [
         ("doh", tmp_path / "data" / "lists" / "doh", None, True),
         ("vpn", tmp_path / "data" / "lists" / "vpn", None, True),
     ]
+    # Licensed illegal-content feeds: aupguard category folders (`illegal/domains`), no mapping.
+    assert (mandatory.name, mandatory.path, mandatory.mapping, mandatory.optional) == (
+        "mandatory",
+        tmp_path / "data" / "lists" / "mandatory",
+        None,
+        True,
+    )
 
 
 # -- a valid policy, read in detail -------------------------------------------------------------
@@ -260,6 +267,8 @@ BROKEN = [
     ("version-type", "version: 1", "version: one  # v", "# v", r"^version: expected a whole number, got text"),
     ("int-type", "  retention_days: 30", "  retention_days: ninety", "ninety", r"^records.retention_days: expected a whole number, got text"),
     ("int-range", "  retention_days: 30", "  retention_days: 0", "retention_days", r"records.retention_days must be between 1 and 3650"),
+    # aupguard records blocked attempts only (minimum personal data): there is no switch to log allowed browsing.
+    ("no-log-allowed", "  retention_days: 30", "  retention_days: 30\n  log_allowed: true", "log_allowed", r"^records: unknown key 'log_allowed' \(expected retention_days\)"),
     ("bool-type", "  intercept: true", "  intercept: maybe", "maybe", r"^tls.intercept: expected true or false, got text"),
     ("text-type", "  name: Test School", "  name: 1234", "1234", r"^school.name: expected text, got a number \(put it in quotes to mean the text '1234'\)"),
     ("text-empty", "  it_contact: it@example.sch.uk", "  it_contact: ''", "it_contact", r"^school.it_contact: must not be empty"),
@@ -312,14 +321,7 @@ BROKEN = [
 
 @pytest.mark.parametrize(("old", "new", "marker", "reason"), [case[1:] for case in BROKEN], ids=[case[0] for case in BROKEN])
 def test_broken_policy_names_line_and_reason(tmp_path, old, new, marker, reason):
-    text = edited(old, new)
-    path = write(tmp_path, text)
-    with pytest.raises(PolicyError) as caught:
-        load_policy(path)
-    error = caught.value
-    assert (error.file, error.line) == (str(path), line_of(text, marker)), error.reason
-    assert re.search(reason, error.reason), error.reason
-    assert str(error) == f"{path}:{error.line}: {error.reason}"
+    assert_refused(tmp_path, edited(old, new), marker, reason)
 
 
 def test_mapping_to_an_unknown_category(tmp_path):
@@ -329,6 +331,14 @@ def test_mapping_to_an_unknown_category(tmp_path):
         load_policy(write(tmp_path, text))
     assert caught.value.line == line_of(text, "map.yaml")
     assert re.search(r"^lists.ut1.mapping: .*map.yaml maps 'warez' to unknown category 'warez'", caught.value.reason)
+    # The long form's category is checked the same way.
+    (tmp_path / "map.yaml").write_text("agressif: violence\nstrict_redirector: {category: anonymisers, skip: [expressions]}\n")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(write(tmp_path, text))
+    assert caught.value.line == line_of(text, "map.yaml")
+    assert re.search(
+        r"maps 'strict_redirector' to unknown category 'anonymisers' \(did you mean 'anonymizers'\?\)", caught.value.reason
+    )
 
 
 def test_broken_mapping_file_is_reported_at_its_policy_line(tmp_path):
@@ -488,7 +498,8 @@ def test_bundled_walled_garden_holds_childrens_sites(bundled):
         return decide(bundled, child, classifier.classify(normalize_url(url))).action
 
     pornography = decide(bundled, child, classifier.classify(normalize_url("https://www.pornhub.com/")))
-    assert pornography.category == "adult"  # the mandatory reason, not "not in the walled garden", is recorded
+    # Recorded (and sent to the DSL) as what it is, not as "not in the walled garden".
+    assert pornography.category == "adult" and pornography.severity == "high"
 
     assert action("https://www.topmarks.co.uk/maths-games") == "allow"
     assert action("https://www.bbc.co.uk/cbeebies/games") == "allow"

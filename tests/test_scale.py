@@ -7,6 +7,7 @@ import hashlib
 import http.client
 import http.server
 import io
+import json
 import os
 import re
 import sqlite3
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 
 from aupguard import lists
 from aupguard.index import compile_from_folders, load_index, why_recompile
-from aupguard.lists import ListError, ListRoot, domain_list_entries, import_domain_list, load_lists
+from aupguard.lists import ListError, ListRoot, NarrowedRule, domain_list_entries, import_domain_list, load_lists
 from aupguard.policy import load_policy
 from conftest import start_proxy, write_policy
 
@@ -129,7 +130,11 @@ def test_the_index_is_recompiled_when_lists_or_mappings_change(tmp_path):
         ("domains", "Bücher.example", ["xn--bcher-kva.example"]),
         ("domains", "*.wild.example  # note", ["wild.example"]),
         ("adblock", "||ads.example.com^", ["ads.example.com"]),
-        ("adblock", "||ads.example.com^$third-party", ["ads.example.com"]),
+        ("adblock", "||ads.example.com^$important", ["ads.example.com"]),
+        ("adblock", "||ads.example.com^$all,important", ["ads.example.com"]),
+        ("hosts", "0.0.0.0 one.example", ["one.example"]),
+        ("domains", "co.uk.example", ["co.uk.example"]),
+        ("domains", "blogspot.com", ["blogspot.com"]),
         ("adblock", "@@||good.example.com^", []),
         ("adblock", "! comment", []),
         ("adblock", "[Adblock Plus 2.0]", []),
@@ -145,6 +150,63 @@ def test_domain_list_lines(fmt, line, expected):
 def test_lines_that_name_no_domain_are_refused(fmt, line):
     with pytest.raises(ValueError):
         domain_list_entries(fmt, line)
+
+
+@pytest.mark.parametrize(
+    "fmt, line, reason",
+    [
+        ("domains", "not a domain", "exactly one name"),
+        ("domains", "uk", "single label"),
+        ("domains", "not", "single label"),
+        ("domains", "co.uk", "public suffix"),
+        ("domains", "*.co.uk", "public suffix"),
+        ("domains", "xn--p1ai", "single label"),
+        ("domains", "gov.uk", "public suffix"),
+        ("hosts", "0.0.0.0 uk", "single label"),
+        ("hosts", "0.0.0.0 ads.example.com co.uk", "public suffix"),
+        ("hosts", "0.0.0.0", "no name"),
+        ("adblock", "||co.uk^", "public suffix"),
+    ],
+)
+def test_lines_that_would_block_a_whole_namespace_are_refused(fmt, line, reason):
+    with pytest.raises(ValueError, match=reason):
+        domain_list_entries(fmt, line)
+
+
+@pytest.mark.parametrize(
+    "option", ["third-party", "domain=example.org", "script", "~third-party", "important,third-party", "popup"]
+)
+def test_adblock_rules_narrowed_by_options_are_not_whole_domain_blocks(option):
+    with pytest.raises(NarrowedRule, match="narrows"):
+        domain_list_entries("adblock", f"||ads.example.com^${option}")
+
+
+def test_an_import_counts_and_reports_the_lines_it_refuses(tmp_path):
+    src = tmp_path / "feed.txt"
+    src.write_text("||good.example^\n||narrow.example^$third-party\n||co.uk^\n||script.example^$script\n")
+    result = import_domain_list("adblock", src, tmp_path / "lists" / "feeds", "ads")
+    assert result.categories == {"ads": {"domains": 1}} and (result.skipped, result.narrowed) == (3, 2)
+    assert [p.split(": ", 1)[0] for p in result.problems] == [f"{src}:2", f"{src}:3", f"{src}:4"]
+    assert "3 lines skipped, 2 of them Adblock rules narrowed by $options" in str(result)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("not a domain\nuk\nfine.example\n")
+    result = import_domain_list("domains", plain, tmp_path / "lists" / "feeds", "ads")
+    assert (tmp_path / "lists" / "feeds" / "ads" / "domains").read_text().splitlines()[1:] == ["fine.example"]
+    assert result.skipped == 2
+
+
+def test_cli_import_names_refused_lines_and_unknown_categories(tmp_path):
+    data = tmp_path / "var"
+    feed = tmp_path / "domains.txt"
+    feed.write_text("not a domain\nuk\nfine.example\n")
+    done = aupguard("lists", "import", "domains", str(feed), "--category", "gambling", data=data)
+    assert done.returncode == 0, done.stderr
+    assert "2 lines skipped" in done.stdout
+    assert f"skipped {feed}:1:" in done.stderr and f"skipped {feed}:2: 'uk' is a single label" in done.stderr
+    unknown = aupguard("lists", "import", "domains", str(feed), "--category", "gamblnig", data=data)
+    assert unknown.returncode == 2
+    assert "unknown category 'gamblnig'" in unknown.stderr and "gambling" in unknown.stderr
+    assert not (data / "lists" / "imported" / "gamblnig").exists()
 
 
 def test_an_imported_list_replaces_only_its_category(tmp_path):
@@ -168,23 +230,47 @@ def test_local_deny_and_allow_lists_override_imports_but_never_the_mandatory_tie
     feed.write_text("||imported-bet.example^\n||homework-help.example^\n")
     done = aupguard("lists", "import", "adblock", str(feed), "--category", "gambling", "--name", "feeds", data=data)
     assert done.returncode == 0, done.stderr
+    # A licensed illegal-content feed, imported where the bundled policy's `mandatory` list root reads it.
+    iwf = tmp_path / "iwf-domains.txt"
+    iwf.write_text("illegal-feed.example\n")
+    done = aupguard("lists", "import", "domains", str(iwf), "--category", "illegal", "--name", "mandatory", data=data)
+    assert done.returncode == 0, done.stderr
+    assert (data / "lists" / "mandatory" / "illegal" / "domains").read_text().splitlines()[1:] == ["illegal-feed.example"]
     local = tmp_path / "local"
     write_list(local, "games", ["local-deny.example"])  # a local deny list: a folder of the school's own
-    write_list(local, "school_allow", ["homework-help.example", "pornhub.com"])  # the local allow list
+    # The local allow list: a site, an adult-list false positive (in the bundled adult list here), and a
+    # site in the illegal feed, which no allow list may let through.
+    write_list(local, "school_allow", ["homework-help.example", "pornhub.com", "illegal-feed.example"])
 
     def edit(doc):
         doc["lists"].append({"name": "feeds", "path": "{data}/lists/feeds", "optional": True})
         doc["lists"].append({"name": "local", "path": str(local)})
 
     policy_path = write_policy(tmp_path / "policy.yaml", edit)
-    urls = "http://imported-bet.example/\nhttp://homework-help.example/\nhttp://local-deny.example/\nhttp://pornhub.com/\n"
-    done = aupguard("classify", "--config", str(policy_path), "--group", "pupils", data=data, stdin=urls)
-    assert done.returncode == 0, done.stderr
-    actions = [re.search(r'"action": "(\w+)"', line).group(1) for line in done.stdout.splitlines()]
-    # imported block; local allow beats an imported block; local deny; allow never beats mandatory adult
-    assert actions == ["block", "allow", "block", "block"]
+    urls = [
+        "http://imported-bet.example/", "http://homework-help.example/", "http://local-deny.example/",
+        "http://pornhub.com/", "http://www.illegal-feed.example/page", "http://xvideos.com/",
+    ]  # fmt: skip
+    for group in ("pupils", "visitors", "early_years"):
+        done = aupguard("classify", "--config", str(policy_path), "--group", group, data=data, stdin="\n".join(urls) + "\n")
+        assert done.returncode == 0, done.stderr
+        verdicts = [json.loads(line) for line in done.stdout.splitlines()]
+        assert [v["url"] for v in verdicts] == urls
+        actions = [v["action"] for v in verdicts]
+        # imported block; local allow beats an imported block; local deny (games: visitors may play); the
+        # allow list corrects an adult false positive; it never beats the mandatory tier; adult without
+        # an allow is blocked. The early years' walled garden does not take school_allow at all.
+        expected = {
+            "pupils": ["block", "allow", "block", "allow", "block", "block"],
+            "visitors": ["block", "allow", "allow", "allow", "block", "block"],
+            "early_years": ["block"] * 6,
+        }
+        assert actions == expected[group], group
+        assert verdicts[4]["categories"] == ["illegal", "school_allow"]
+        assert verdicts[4]["rule"] == "mandatory/illegal/domains: illegal-feed.example"
+        assert "adult" in verdicts[5]["categories"]
     policy = load_policy(policy_path)
-    assert "adult" in policy.mandatory
+    assert policy.mandatory == {"illegal"} and "adult" not in policy.mandatory
 
 
 def test_import_refuses_the_allow_category_and_needs_one(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import date, datetime, timezone
 from zoneinfo import ZoneInfo
 
@@ -10,10 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aupguard.policy import PolicyError, load_policy
+from aupguard.policy import load_policy
 from aupguard.timetable import HOLIDAYS, Span, Timetable
 
-from test_policy import BASE, line_of, write
+from policy_cases import assert_refused, edit_once, write
+from test_policy import BASE
 
 LONDON = ZoneInfo("Europe/London")
 UTC = timezone.utc
@@ -46,8 +46,7 @@ TIMED = (
 
 
 def timed_edit(old: str, new: str) -> str:
-    assert TIMED.count(old) == 1, f"the case must edit one place: {old!r}"
-    return TIMED.replace(old, new)
+    return edit_once(TIMED, old, new)
 
 
 @pytest.fixture(scope="module")
@@ -191,13 +190,7 @@ BROKEN = [
 
 @pytest.mark.parametrize(("old", "new", "marker", "reason"), [c[1:] for c in BROKEN], ids=[c[0] for c in BROKEN])
 def test_broken_timetable_names_line_and_reason(tmp_path, old, new, marker, reason):
-    text = timed_edit(old, new)
-    path = write(tmp_path, text)
-    with pytest.raises(PolicyError) as caught:
-        load_policy(path)
-    error = caught.value
-    assert (error.file, error.line) == (str(path), line_of(text, marker)), error.reason
-    assert re.search(reason, error.reason), error.reason
+    assert_refused(tmp_path, timed_edit(old, new), marker, reason)
 
 
 def test_spans_are_sorted_and_disjoint_after_load(table):

@@ -23,7 +23,7 @@ from OpenSSL import SSL
 from mitmproxy.proxy import commands, layer
 from mitmproxy.proxy.layers import HttpLayer, ServerTLSLayer, TCPLayer
 
-from . import blockpage, downloads, feedback, paths
+from . import blockpage, downloads, feedback, lean, paths
 from .classify import Match
 from .decide import Decision
 from .engine import Engine, Verdict
@@ -68,6 +68,7 @@ class AupGuard:
         # keeps only the password-bearing pair); forgotten with the connection.
         self._tunnel_users: weakref.WeakKeyDictionary[connection.Client, str] = weakref.WeakKeyDictionary()
         self._refused_tls: weakref.WeakSet[connection.Client] = weakref.WeakSet()  # TLS without SNI, refused
+        self._pruned_options: frozenset[str] = frozenset()  # options of idle mitmproxy addons removed at start
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -96,6 +97,9 @@ class AupGuard:
         )
 
     def configure(self, updated: set[str]) -> None:
+        if updated & self._pruned_options:  # their addons were left out at start (lean.prune_idle)
+            changed = ", ".join(sorted(updated & self._pruned_options))
+            log.warning("aupguard: %s changed while running: restart the proxy for it to apply", changed)
         if "aupguard_policy" in updated:
             try:
                 index = Path(ctx.options.aupguard_index) if ctx.options.aupguard_index else None
@@ -123,6 +127,8 @@ class AupGuard:
             self.watcher.start()
         if self.engine is not None:
             self.engine.exemptions = self.exemptions
+            if self.writer:
+                self.writer.repeat_rule = self.engine.repeat_rule
 
     def _set_exemptions(self, exemptions: ExemptionSet) -> None:
         """Called from the watcher's thread: one reference swap each, so requests never see half a change."""
@@ -134,9 +140,13 @@ class AupGuard:
     def running(self) -> None:
         self.reloader.start()
         self.index_watcher.start()
+        self._pruned_options = lean.options_of(lean.prune_idle(ctx.master))
+        lean.freeze_startup_objects()
 
     def _install(self, engine: Engine) -> None:
         engine.exemptions = self.exemptions
+        if self.writer:
+            self.writer.repeat_rule = engine.repeat_rule
         self.engine = engine
 
     def done(self) -> None:
@@ -187,9 +197,11 @@ class AupGuard:
                 nextlayer.layer = CutTunnel(context)
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
-        """Decide per TLS connection whether to decrypt: never for no_decrypt hosts, unless the SNI is blocked.
+        """Decide per TLS connection whether to decrypt: never for no_decrypt hosts.
 
         TLS that names no server follows the group's `circumvention.no_sni` rule: refused, its handshake fails.
+        A no_decrypt (sensitive) host blocked by its SNI is refused the same way: it cannot get a
+        block page without being decrypted, and it never is.
         """
         if self.engine is None:
             return
@@ -199,17 +211,26 @@ class AupGuard:
         if not data.client_hello.sni and identity.group not in self.engine.policy.circumvention.no_sni_allowed:
             host, port = server or ("", 0)
             verdict = self.engine.tunnel(host, port, identity, "no-sni", "TLS without a server name (SNI)")
-            self._submit(verdict, method="CONNECT", user_agent=None, action="refuse", when=datetime.now(timezone.utc))
-            self._refused_tls.add(client)
+            self._refuse_tls(client, verdict)
             return
         host = data.client_hello.sni or (server[0] if server else None)
         if not host:
             return  # no name to go by: decrypt, and the request hooks decide
         verdict = self.engine.check_host(host, server[1] if server else 443, identity)
-        # A blocked name is decrypted whatever the settings, so that the request is blocked and
-        # recorded; a client without the school's CA then simply fails to connect.
-        if not verdict.blocked and not self._will_decrypt(verdict):
+        if self._never_decrypted(verdict):
+            if verdict.blocked:
+                self._refuse_tls(client, verdict)
+            else:
+                data.ignore_connection = True
+        # Any other blocked name is decrypted whatever the settings, so that the request is blocked
+        # and recorded; a client without the school's CA then simply fails to connect.
+        elif not verdict.blocked and not self.engine.policy.tls_intercept:
             data.ignore_connection = True
+
+    def _refuse_tls(self, client: connection.Client, verdict: Verdict) -> None:
+        """Record the refusal; tls_start_client then makes the connection's handshake fail."""
+        self._submit(verdict, method="CONNECT", user_agent=None, action="refuse", when=datetime.now(timezone.utc))
+        self._refused_tls.add(client)
 
     def tls_start_client(self, data: tls.TlsData) -> None:
         """Refuse the handshake of a connection refused in tls_clienthello (before TlsConfig sets one up)."""
@@ -217,12 +238,17 @@ class AupGuard:
             data.ssl_conn = _refusing_tls()
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response or self.engine is None or self._is_feedback(flow):
+        if flow.response or self.engine is None:
+            return
+        host = flow.request.pretty_host  # parses the Host header: once per request
+        if self._is_feedback(flow, host):
             return
         identity = self._identity(flow)
+        # Kept for responseheaders (plain values: mitmproxy may save flow metadata to a file).
+        flow.metadata[_IDENTITY] = (identity.user, identity.client_ip, identity.group, identity.why)
         try:
             request = flow.request
-            url = from_parts(request.scheme, request.pretty_host, request.port, request.path)
+            url = from_parts(request.scheme, host, request.port, request.path)
             verdict = self.engine.check(
                 url,
                 identity,
@@ -242,9 +268,14 @@ class AupGuard:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Downloads the group may not make: by type and Content-Length now, by bytes counted as they stream."""
-        if self.engine is None or flow.response is None or self._is_feedback(flow):
+        if self.engine is None or flow.response is None or _BLOCKED in flow.metadata:
+            return  # (mitmproxy calls this for aupguard's own block page too: nothing to check there)
+        known = flow.metadata.get(_IDENTITY)  # set by requestheaders, which skips the feedback host
+        if known is None and self._is_feedback(flow):
             return
-        identity = self._identity(flow)
+        # (A policy reloaded in between may have dropped the group: identify again then.)
+        fresh = known is not None and known[2] in self.engine.policy.groups
+        identity = Identity(*known) if fresh else self._identity(flow)
         try:
             group = self.engine.policy.groups[identity.group]
             if not group.download_block_types and group.max_download_bytes is None:
@@ -278,9 +309,9 @@ class AupGuard:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _is_feedback(self, flow: http.HTTPFlow) -> bool:
+    def _is_feedback(self, flow: http.HTTPFlow, host: str | None = None) -> bool:
         """Requests to the reserved host are the block page's own forms: feedback.FeedbackApp answers them."""
-        return flow.request.pretty_host == ctx.options.aupguard_feedback_host
+        return (host or flow.request.pretty_host) == ctx.options.aupguard_feedback_host
 
     def _download_verdict(self, flow: http.HTTPFlow, identity: Identity, refused: downloads.DownloadBlock) -> Verdict:
         policy = self.engine.policy
@@ -321,12 +352,14 @@ class AupGuard:
         log.info("aupguard: cut a tunnel from %s to %s:%s (%s)", identity.client_ip, host, port, why)
 
     def _will_decrypt(self, verdict: Verdict) -> bool:
+        return self.engine.policy.tls_intercept and not self._never_decrypted(verdict)
+
+    def _never_decrypted(self, verdict: Verdict) -> bool:
+        """Whether the host is sensitive (`tls.no_decrypt`, by name or category): never decrypted, blocked or not."""
         policy = self.engine.policy
-        if not policy.tls_intercept:
-            return False
         if verdict.url and policy.no_decrypt_hosts.intersection(verdict.url.domain_candidates()):
-            return False
-        return not policy.no_decrypt_categories.intersection(verdict.categories)
+            return True
+        return bool(policy.no_decrypt_categories.intersection(verdict.categories))
 
     def _block(self, flow: http.HTTPFlow, verdict: Verdict, replacing: bool = False) -> None:
         """Answer `flow` with the block page. Whatever fails on the way, the request stays blocked.
@@ -336,7 +369,7 @@ class AupGuard:
         """
         if not verdict.blocked:  # a failure in a group that fails open
             return
-        headers = {"Cache-Control": "no-store"}
+        headers = {"Cache-Control": "no-store", **blockpage.security_headers(self._report_url())}
         try:
             incident = self._record(flow, verdict, "block")
             page = self._page(flow, verdict, incident.ref, incident.local_date, incident.local_time)
@@ -345,6 +378,7 @@ class AupGuard:
             log.exception("aupguard: the block page for %s failed; sending the plain one", flow.request.pretty_url[:200])
             page = blockpage.MINIMAL
         flow.response = http.Response.make(page.status, page.body, {"Content-Type": page.content_type, **headers})
+        flow.metadata[_BLOCKED] = True
         if replacing:
             flow.metadata["aupguard_page"] = page.body
             flow.response.stream = _Replacement(page.body)
@@ -354,9 +388,8 @@ class AupGuard:
             return
         incident = self._record(flow, verdict, action)
         page = self._page(flow, verdict, incident.ref, incident.local_date, incident.local_time, text_only=True)
-        flow.response = http.Response.make(
-            page.status, page.body, {"Content-Type": page.content_type, "X-Aupguard-Incident": incident.ref}
-        )
+        headers = {"Content-Type": page.content_type, "X-Aupguard-Incident": incident.ref}
+        flow.response = http.Response.make(page.status, page.body, {**headers, **blockpage.security_headers(None)})
 
     def _record(self, flow: http.HTTPFlow, verdict: Verdict, action: str):
         return self._submit(
@@ -392,9 +425,13 @@ class AupGuard:
             it_contact=policy.it_contact,
             accidental=policy.accidental_text,
             circumvention_note=policy.circumvention_text if verdict.technique else None,
-            report_url=f"http://{ctx.options.aupguard_feedback_host}{feedback.PATH}" if self.feedback_key else None,
+            report_url=self._report_url(),
             report_token=feedback.token(self.feedback_key, ref) if self.feedback_key else None,
         )
+
+    def _report_url(self) -> str | None:
+        """Where the block page's "report a mistake" forms post (feedback.FeedbackApp), if they are offered."""
+        return f"http://{ctx.options.aupguard_feedback_host}{feedback.PATH}" if self.feedback_key else None
 
 
 class _Replacement:
@@ -406,6 +443,10 @@ class _Replacement:
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
         body, self.body = self.body, b""
         return body or []  # not b"": an empty chunk would end a chunked body
+
+
+_BLOCKED = "aupguard_blocked"  # flow.metadata key: the response is aupguard's block page
+_IDENTITY = "aupguard_identity"  # flow.metadata key: (user, client_ip, group, why) of the request
 
 
 def _in_connect_tunnel(context) -> bool:

@@ -26,6 +26,8 @@ class BlockPage:
 
 # Sent when the block page itself cannot be made: the request must stay blocked all the same.
 MINIMAL = BlockPage(403, "text/plain; charset=utf-8", b"Blocked by the school's web filter.\n")
+# A form action that can stand in a CSP source list as it is (no space, quote, comma or semicolon).
+_CSP_URL = re.compile(r"https?://[A-Za-z0-9.\-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~/\-]*)?")
 
 
 @lru_cache(maxsize=1)
@@ -35,7 +37,27 @@ def _environment() -> jinja2.Environment:
         autoescape=jinja2.select_autoescape(["html"]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=False,
+        # The templates are bundled: no stat() of the file on every block to see whether it changed.
+        auto_reload=False,
     )
+
+
+@lru_cache(maxsize=4)
+def security_headers(report_url: str | None) -> dict[str, str]:
+    """Headers every block page is sent with, so that nothing in it can run or load whatever it reflects.
+
+    The page is static HTML with inline CSS: no scripts, images, frames or
+    base; its forms may post only to `report_url` (feedback.py's app), and the
+    browser must not sniff it into another type. Do not change the returned dict.
+    """
+    form_action = report_url if report_url and _CSP_URL.fullmatch(report_url) else "'none'"
+    return {
+        "Content-Security-Policy": (
+            f"default-src 'none'; style-src 'unsafe-inline'; form-action {form_action}; "
+            "base-uri 'none'; frame-ancestors 'none'"
+        ),
+        "X-Content-Type-Options": "nosniff",
+    }
 
 
 def wants_html(accept: str | None) -> bool:

@@ -34,9 +34,7 @@ import struct
 from dataclasses import dataclass
 from urllib.parse import unquote, unquote_plus
 
-import tldextract
-
-from aupguard.urlnorm import NormalizedURL, URLError, normalize_url
+from aupguard.urlnorm import NormalizedURL, URLError, normalize_url, suffix_parts
 
 __all__ = ["Finding", "HEURISTIC_THRESHOLD", "inspect_url", "inspect_request"]
 
@@ -58,8 +56,6 @@ ENTRY_SCRIPT = 0.1  # ... sent to the site root or a single script (/, /index.ph
 PROXY_FLAGS = 0.2  # proxy option parameters beside it (Glype b=<bits>, PHProxy hl=<hex>, f=frame)
 REDIRECT_CONTEXT = -0.3  # ... but named or placed like a login return, redirect or share link
 HEURISTIC_THRESHOLD = 0.7
-
-_TLD = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +200,7 @@ def _with_query(url: str, query: str) -> str:
 @functools.lru_cache(maxsize=8192)
 def _site(host: str) -> tuple[str, tuple[str, ...]]:
     """(registrable domain, labels left of the public suffix) of a host."""
-    parts = _TLD(host)
+    parts = suffix_parts(host)
     if not parts.suffix or not parts.domain:
         return host, tuple(host.split("."))
     labels = tuple(label for label in (*parts.subdomain.split("."), parts.domain) if label)
@@ -528,10 +524,15 @@ def _nested_service(url: NormalizedURL, params) -> Finding | None:
 
 # --- heuristic ----------------------------------------------------------------------------------
 
-_HOST_WORDS = re.compile(
-    r"proxy|unblock|anonymi|anonymouse|bypass|unfilter|hidemy|hideme|hideip|croxy|proxfree|hidester"
-)
-_HOST_WEAK_WORDS = re.compile(r"(?:^|[-0-9])(?:hide|anon|vpn|tunnel|surf|mask|incognito|stealth|unban|unlock)")
+_HOST_WORD_LIST = (
+    "proxy", "unblock", "anonymi", "anonymouse", "bypass", "unfilter", "hidemy", "hideme", "hideip", "croxy",
+    "proxfree", "hidester",
+)  # fmt: skip
+_HOST_WEAK_WORD_LIST = ("hide", "anon", "vpn", "tunnel", "surf", "mask", "incognito", "stealth", "unban", "unlock")
+_HOST_WORDS = re.compile("|".join(_HOST_WORD_LIST))
+_HOST_WEAK_WORDS = re.compile(rf"(?:^|[-0-9])(?:{'|'.join(_HOST_WEAK_WORD_LIST)})")
+# Every word above anywhere in the host: most hosts have none, and skip the public-suffix lookup.
+_ANY_HOST_WORD = re.compile("|".join(_HOST_WORD_LIST + _HOST_WEAK_WORD_LIST))
 _PATH_WORDS = frozenset(
     {
         "proxy", "proxy.php", "webproxy", "browse.php", "unblock", "unblocker", "unblock.php",
@@ -562,6 +563,17 @@ _SCRIPT_NAME = re.compile(r"\.(?:php[0-9]?|cgi|pl|aspx?|jsp)\Z")
 _FLAG_PARAMS = re.compile(r"(?:b=[0-9]{1,5}|hl=[0-9a-f]{1,3}|f=(?:frame|norefer))\Z")
 
 
+@functools.lru_cache(maxsize=4096)
+def _host_weight(host: str) -> float:
+    """HOST_WORD, HOST_WEAK_WORD or 0 for a host's labels left of its public suffix."""
+    labels = _site(host)[1]
+    if any(_HOST_WORDS.search(label) for label in labels):
+        return HOST_WORD
+    if any(_HOST_WEAK_WORDS.search(label) for label in labels):
+        return HOST_WEAK_WORD
+    return 0.0
+
+
 def _segments(path: str) -> list[str]:
     return [segment for segment in path.lower().split("/", 16)[:16] if segment]
 
@@ -570,15 +582,9 @@ def _heuristic_score(
     url: NormalizedURL, params, carried: tuple[str, str, str] | None, path_carried: bool
 ) -> float:
     """Sum of heuristic weights; `carried` is the strongest (param name, URL, encoding) of another site."""
-    score = 0.0
-    if not url.is_ip:
-        labels = _site(url.host)[1]
-        if any(_HOST_WORDS.search(label) for label in labels):
-            score += HOST_WORD
-        elif any(_HOST_WEAK_WORDS.search(label) for label in labels):
-            score += HOST_WEAK_WORD
+    score = 0.0 if url.is_ip or not _ANY_HOST_WORD.search(url.host) else _host_weight(url.host)
     segments = _segments(url.path)
-    if any(segment in _PATH_WORDS for segment in segments):
+    if not _PATH_WORDS.isdisjoint(segments):
         score += PATH_WORD
     if carried is not None:
         name, _, encoding = carried
@@ -589,11 +595,11 @@ def _heuristic_score(
             score += PROXY_PARAM
         if not segments or (len(segments) == 1 and _SCRIPT_NAME.search(segments[0])):
             score += ENTRY_SCRIPT
-        if name in _REDIRECT_PARAMS or any(segment in _REDIRECT_SEGMENTS for segment in segments):
+        if name in _REDIRECT_PARAMS or not _REDIRECT_SEGMENTS.isdisjoint(segments):
             score += REDIRECT_CONTEXT
         if any(_FLAG_PARAMS.match(f"{key}={value}") for key, value in params if key in ("b", "hl", "f")):
             score += PROXY_FLAGS
-    return round(min(1.0, max(0.0, score)), 3)
+    return round(min(1.0, max(0.0, score)), 3) if score else 0.0
 
 
 # --- inspection ---------------------------------------------------------------------------------
@@ -650,14 +656,18 @@ def _inspect_one(url: NormalizedURL) -> list[Finding]:
 def inspect_url(url: NormalizedURL) -> tuple[Finding, ...]:
     """Signatures, nested URLs and heuristic for one URL and, to depth MAX_DEPTH, the URLs inside it."""
     findings: list[Finding] = []
-    seen = {url.url}
+    seen: set[str] | None = None  # URLs already inspected; built when the first carried URL turns up
     pending = [(url, 0)]
     while pending:
         current, depth = pending.pop(0)
         for finding in _inspect_one(current):
             findings.append(finding)
             inner = finding.inner_url
-            if inner is None or depth + 1 >= MAX_DEPTH or inner in seen:
+            if inner is None or depth + 1 >= MAX_DEPTH:
+                continue
+            if seen is None:
+                seen = {url.url}
+            if inner in seen:
                 continue
             seen.add(inner)
             try:

@@ -16,7 +16,7 @@ from typing import Protocol
 import re2
 
 from .lists import ListSource
-from .urlnorm import NormalizedURL, normalize_url
+from .urlnorm import NormalizedURL
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Classification:
 
     @property
     def categories(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(m.category for m in self.matches))
+        return tuple(dict.fromkeys(m.category for m in self.matches)) if self.matches else ()
 
 
 class Classifier:
@@ -69,13 +69,14 @@ class Classifier:
 
     def matches(self, url: NormalizedURL) -> list[Match]:
         found: list[Match] = []
+        domain_mask, url_mask = self.lookup.domain_mask, self.lookup.url_mask
         for candidate in url.domain_candidates():
-            mask = self.lookup.domain_mask(candidate)
+            mask = domain_mask(candidate)
             if mask:
                 found.extend(self._expand(mask, "domain", candidate, "domains"))
         key = url.squid_key()
         for prefix in url_prefixes(key):
-            mask = self.lookup.url_mask(prefix)
+            mask = url_mask(prefix)
             if mask:
                 found.extend(self._expand(mask, "url", prefix, "urls"))
         if self._expression_set is not None:
@@ -85,10 +86,6 @@ class Classifier:
                 source_id, pattern = self._expression_owner[index]
                 found.extend(self._expand(1 << source_id, "expression", pattern, "expressions"))
         return found
-
-    def classify_host(self, host: str) -> tuple[Match, ...]:
-        """Matches for a bare host (CONNECT target or TLS SNI), where no path is known."""
-        return tuple(self.matches(normalize_url(f"https://{host}/")))
 
     def _expand(self, mask: int, kind: str, entry: str, filename: str) -> list[Match]:
         out = []

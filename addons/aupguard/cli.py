@@ -78,8 +78,20 @@ def main() -> None:
     \b
     Start the proxy:            aupguard run
     Ask what it would do:       echo https://example.com/ | aupguard classify --group pupils
+    ... and why:                aupguard explain https://www.instagram.com/ --group pupils --at 2026-11-23T10:15
+    Let a group reach a site:   aupguard exempt add --group pupils --site scratch.mit.edu \\
+                                    --until +1h --by "Ms Khan" --reason "coding lesson"
+    Lock one room for an exam:  aupguard classroom set --ip 10.20.4.0/24 --mode block-all \\
+                                    --until 10:30 --by "Mr Jones" --reason "mock exam"
+    Update the UT1 lists:       aupguard lists update ut1
     Summarise blocked attempts: aupguard report --since 2026-11-01
     Hand flagged ones to DSL:   aupguard dsl-export --out reports/dsl.csv
+
+    \b
+    Environment:
+      AUPGUARD_DATA  where incidents, exemptions, imported lists and the index go [default: var/]
+      AUPGUARD_HOME  where the bundled config/ and blocklists/ are [default: the checkout]
+    Run `aupguard COMMAND --help` for a command's options and examples.
     """
 
 
@@ -146,6 +158,15 @@ def run(listen_host, listen_port, policy_path, db, confdir, proxyauth, extra, sc
         raise click.ClickException(f"cannot listen on {listen_host}:{listen_port}: {exc.strerror or exc}") from exc
 
 
+# mitmproxy options `aupguard run` sets (benchmarks/proxy_overhead.py measures them without aupguard too).
+MITMPROXY_OPTIONS = [
+    # Blocked sites are answered without contacting them: connect upstream only when needed.
+    "--set", "connection_strategy=lazy",
+    # One line per flow would flood the terminal of a school gateway; incidents go to the DB.
+    "--set", "flow_detail=0",
+]  # fmt: skip
+
+
 def mitmdump_args(listen_host, listen_port, policy_path, db, confdir, proxyauth, extra, scripts=()) -> list[str]:
     args = [
         "--listen-host", listen_host,
@@ -153,10 +174,7 @@ def mitmdump_args(listen_host, listen_port, policy_path, db, confdir, proxyauth,
         "-s", str(WEBFILTER_SCRIPT),
         "--set", f"aupguard_policy={Path(policy_path).resolve()}",
         "--set", f"aupguard_db={Path(db).resolve()}",
-        # Blocked sites are answered without contacting them: connect upstream only when needed.
-        "--set", "connection_strategy=lazy",
-        # One line per flow would flood the terminal of a school gateway; incidents go to the DB.
-        "--set", "flow_detail=0",
+        *MITMPROXY_OPTIONS,
     ]  # fmt: skip
     if confdir:
         args += ["--set", f"confdir={confdir}"]
@@ -224,12 +242,19 @@ def classify(policy_path, group, user, client_ip, at, index_path) -> None:
 
     \b
     {"url": ..., "action": "block"|"allow", "categories": [...], "group": ..., "rule": ...}
+    A circumvention attempt adds "technique" (list, signature, nested, heuristic, doh
+    or tunnel) and, when one URL carried another, "inner_url".
     A line that is not a URL gets "action": "error" with a reason, and reading goes on.
     """
     from .urlnorm import URLError, normalize_url
 
     engine, identity, when = _decider(policy_path, group, user, client_ip, at, index_path)
     dumps = json.dumps
+    # The line json.dumps would write, built from json's own C string encoder: half the cost
+    # of dumps() on a dict, which matters at tens of thousands of URLs a second.
+    quote = json.encoder.encode_basestring_ascii
+    group_json = dumps(identity.group)
+    categories_json: dict[tuple[str, ...], str] = {}  # few distinct combinations: each encoded once
 
     def answer(line: str) -> str:
         try:
@@ -238,15 +263,21 @@ def classify(policy_path, group, user, client_ip, at, index_path) -> None:
             return dumps({"url": line[:2048], "action": "error", "error": str(exc)}) + "\n"
         verdict = engine.check(url, identity, when=when)
         decision = verdict.decision
-        return dumps(
-            {
-                "url": line[:2048],
-                "action": decision.action,
-                "categories": list(verdict.categories),
-                "group": identity.group,
-                "rule": decision.rule or None,
-            }
-        ) + "\n"
+        categories = verdict.categories
+        encoded = categories_json.get(categories)
+        if encoded is None:
+            encoded = dumps(list(categories))
+            if len(categories_json) < 4096:
+                categories_json[categories] = encoded
+        rule = decision.rule
+        # A circumvention attempt also says how (list|signature|nested|heuristic|doh|tunnel) and what it carried.
+        extra = f', "technique": {quote(verdict.technique)}' if verdict.technique else ""
+        if verdict.inner_url:
+            extra += f', "inner_url": {quote(verdict.inner_url[:2048])}'
+        return (
+            f'{{"url": {quote(line[:2048])}, "action": {quote(decision.action)}, "categories": {encoded}, '
+            f'"group": {group_json}, "rule": {quote(rule) if rule else "null"}{extra}}}\n'
+        )
 
     # Every line already read is answered in one write: a piped million URLs go out in a few
     # thousand writes, while a person typing, or a program waiting for each answer, gets it at once.
@@ -277,14 +308,11 @@ def report(db, policy_path, since, until, fmt, out, requests) -> None:
     """
     from rich.console import Console
 
-    from .incidents import open_db
     from .report import build_report, build_requests_report, render_csv, render_json, render_table, private_text_file
 
     zone = _load_policy_or_exit(policy_path).timezone
-    if not db.exists():
-        raise click.ClickException(f"no incident database at {db} (has the proxy run? see --db)")
     build = build_requests_report if requests else build_report
-    summary = build(open_db(db), _aware(since, zone), _aware(until, zone))
+    summary = build(_open_existing_db(db), _aware(since, zone), _aware(until, zone))
     if out is None:
         if fmt == "table":
             render_table(summary, Console())
@@ -312,13 +340,10 @@ def dsl_export_command(db, policy_path, since, until, out, min_severity) -> None
     Cells a spreadsheet would run as formulas are neutralised; the file is
     readable by its owner only. Hand it over securely and delete it after use.
     """
-    from .incidents import open_db
     from .report import dsl_export
 
     zone = _load_policy_or_exit(policy_path).timezone
-    if not db.exists():
-        raise click.ClickException(f"no incident database at {db}")
-    count = dsl_export(open_db(db), out, _aware(since, zone), _aware(until, zone), min_severity=min_severity)
+    count = dsl_export(_open_existing_db(db), out, _aware(since, zone), _aware(until, zone), min_severity=min_severity)
     click.echo(f"wrote {count} flagged incident(s) to {out}")
 
 
@@ -328,16 +353,36 @@ def dsl_export_command(db, policy_path, since, until, out, min_severity) -> None
 @click.option("--days", type=click.IntRange(1), default=None, help="Keep this many days [default: the policy's records.retention_days].")
 def purge(db, policy_path, days) -> None:
     """Delete incidents older than the retention period (UK GDPR: no longer than necessary)."""
-    from .incidents import open_db, purge as purge_incidents
+    from .incidents import purge as purge_incidents
 
     days = days or _load_policy_or_exit(policy_path).retention_days
-    removed = purge_incidents(open_db(db), days, now=datetime.now(timezone.utc))
+    removed = purge_incidents(_open_existing_db(db), days, now=datetime.now(timezone.utc))
     click.echo(f"deleted {removed} incident(s) older than {days} days")
+
+
+def _open_existing_db(db: Path):
+    """The incident database at `db`; a mistyped --db is an error, not a new empty database."""
+    from .incidents import open_db
+
+    if not db.is_file():
+        raise click.ClickException(f"no incident database at {db} (has the proxy run? see --db)")
+    return open_db(db)
 
 
 @main.group()
 def lists() -> None:
-    """Import block lists (UT1 / squidGuard format)."""
+    """Block lists: import, compile into the proxy's index, update UT1.
+
+    \b
+    Fetch, check, import, compile and switch to UT1's newest lists, all or nothing:
+        aupguard lists update ut1
+    Import lists from a file or folder (see `aupguard lists import --help`):
+        aupguard lists import ut1 blacklists.tar.gz
+        aupguard lists import adblock feed.txt --category ads --name feeds
+    Recompile after editing a list file or the policy's `lists:`:
+        aupguard lists compile
+    A running proxy switches to a newly compiled index by itself.
+    """
 
 
 @lists.command("import")
@@ -351,7 +396,8 @@ def lists() -> None:
 )
 @click.option("--category", default=None, help="hosts/domains/adblock: the aupguard category the entries are.")
 @click.option("--name", default="imported", show_default=True, help="hosts/domains/adblock: the list root, DATA/lists/<name>.")
-def import_lists(source, path, dest, category, name) -> None:
+@policy_option
+def import_lists(source, path, dest, category, name, policy_path) -> None:
     """Import block lists from a folder or file.
 
     \b
@@ -372,6 +418,14 @@ def import_lists(source, path, dest, category, name) -> None:
             raise click.UsageError(f"`lists import {source}` needs --category (the aupguard category of its entries)")
         if category == "school_allow":
             raise click.UsageError("the allow list is local: add entries to blocklists/school_allow/domains instead")
+        from .policy import INCIDENT_CATEGORIES
+
+        known = [c for c in _load_policy_or_exit(policy_path).categories if c not in INCIDENT_CATEGORIES]
+        if category not in known:
+            raise click.BadParameter(
+                f"unknown category {category!r}; the policy ({policy_path}) has {', '.join(known)}",
+                param_hint="--category",
+            )
     elif category:
         raise click.UsageError(f"--category is for hosts, domains and adblock lists, not {source}")
     dest = dest or paths.IMPORTED_LISTS / (name if source in DOMAIN_LIST_FORMATS else source)
@@ -385,6 +439,10 @@ def import_lists(source, path, dest, category, name) -> None:
     except (ListError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"imported {result} into {dest}")
+    for problem in result.problems[:10]:
+        click.echo(f"skipped {problem}", err=True)
+    if len(result.problems) > 10:
+        click.echo(f"... and {result.skipped - 10:,} more lines skipped", err=True)
 
 
 def _with_progress(compile_call):
@@ -398,13 +456,20 @@ def _with_progress(compile_call):
         return compile_call(lambda done, total: bar.update(task, completed=done, total=total))
 
 
-def _say_compiled(summary) -> None:
+def _say_compiled(summary, policy=None) -> None:
+    """Say what was compiled; with `policy`, warn of allow entries its mandatory categories override."""
+    from .decide import overridden_allows
+    from .indexwatch import index_classifier
+
     click.echo(
         f"compiled {summary.domains:,} domains, {summary.urls:,} urls and {summary.expressions:,} expressions "
         f"from {summary.sources} list folders into {summary.path} ({summary.size / 1e6:.1f} MB)"
     )
     if summary.problems:
         click.echo(f"skipped list lines, e.g. {summary.problems[0]} ({len(summary.problems)} shown in the log)", err=True)
+    if policy is not None:  # `run` leaves this to the proxy, which warns when it loads the policy
+        for warning in overridden_allows(policy, index_classifier(policy.lists, summary.path)):
+            click.echo(f"warning: {warning}", err=True)
 
 
 @lists.command("compile")
@@ -425,7 +490,7 @@ def compile_lists(policy_path, index_path) -> None:
         summary = _with_progress(lambda progress: compile_from_folders(policy.lists, index_path, progress))
     except (ListError, OSError) as exc:
         raise click.ClickException(f"{exc}; the index in place is unchanged") from exc
-    _say_compiled(summary)
+    _say_compiled(summary, policy)
 
 
 @lists.command("update")
@@ -466,7 +531,7 @@ def update_lists(source, url, tarball, sha256, policy_path, index_path) -> None:
     except (ListError, OSError) as exc:
         raise click.ClickException(f"{exc}; the lists in service are unchanged") from exc
     click.echo(f"imported {result.imported} into {result.imported.dest} (sha256 {result.sha256})")
-    _say_compiled(result.compiled)
+    _say_compiled(result.compiled, policy)
 
 
 # -- exemptions and classroom overrides -----------------------------------------------------------
@@ -640,8 +705,17 @@ def classroom() -> None:
 @until_option
 @by_option
 @click.option("--reason", required=True, help="Why (recorded; e.g. the lesson or exam).")
-def classroom_set(policy_path, store, network, mode, sites, until, by, reason) -> None:
-    """Put a room into allow-only or block-all mode until a time."""
+@click.option(
+    "--whole-school",
+    is_flag=True,
+    help="Allow a range wider than a /16 (IPv6: /48), such as 0.0.0.0/0: refused without it.",
+)
+def classroom_set(policy_path, store, network, mode, sites, until, by, reason, whole_school) -> None:
+    """Put a room into allow-only or block-all mode until a time.
+
+    A range wider than a /16 (IPv6: /48) is refused unless --whole-school is given,
+    so that one mistyped command cannot lock every room.
+    """
     from . import exemptions
 
     policy = _load_policy_or_exit(policy_path)
@@ -653,7 +727,8 @@ def classroom_set(policy_path, store, network, mode, sites, until, by, reason) -
     db = _store(store)
     _record_change(
         lambda: exemptions.add(
-            db, policy, kind=kind, network=network, sites=sites, until=deadline, by=by, reason=reason
+            db, policy, kind=kind, network=network, sites=sites, until=deadline, by=by, reason=reason,
+            whole_school=whole_school,
         )
     )
 

@@ -13,12 +13,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from .classify import Classification, Match
+from .classify import Classification, Classifier, Match
 from .identify import Identity
+from .lists import Problems, domain_key, read_entries, url_key
 from .policy import Policy, severity_rank
+from .urlnorm import normalize_url
 
 if TYPE_CHECKING:
     from .exemptions import Exemption
+
+# Allow-list lines looked up by `overridden_allows`: a local allow list is short; a big list
+# mapped onto an allow category is not read to its end at every load.
+MAX_ALLOW_ENTRIES_CHECKED = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,3 +97,42 @@ def filter_error(policy: Policy, identity: Identity) -> Decision:
         (),
         "filter error; failing closed",
     )
+
+
+def overridden_allows(policy: Policy, classifier: Classifier) -> list[str]:
+    """Allow-list entries that a mandatory category overrides, as "file:line: ..." warnings.
+
+    Such an entry is never applied (the mandatory tier is blocked whatever allows
+    it), so the school is told at load instead of finding out from a block page.
+    Cheap: only the allow categories' own `domains` and `urls` files are read, and
+    each entry is looked up once in the classifier (no scan of the block lists).
+    """
+    allow = frozenset().union(*(group.allow for group in policy.groups.values()))
+    if not allow or not policy.mandatory:
+        return []
+    warnings: list[str] = []
+    checked = 0
+    for source in classifier.lookup.sources:
+        if source.category not in allow:
+            continue
+        for kind in ("domains", "urls"):
+            if kind in source.skip:
+                continue
+            path = source.path / kind
+            for number, entry in read_entries(path, Problems(), strip_comments=True):
+                checked += 1
+                if checked > MAX_ALLOW_ENTRIES_CHECKED:
+                    return warnings
+                try:
+                    key = domain_key(entry) if kind == "domains" else url_key(entry)
+                    bracketed = f"[{key}]" if kind == "domains" and ":" in key else key  # an IPv6 address
+                    url = normalize_url(f"http://{bracketed}")
+                except ValueError:
+                    continue  # the list loader reports the line
+                forced = sorted({m.category for m in classifier.matches(url) if m.category in policy.mandatory})
+                if forced:
+                    warnings.append(
+                        f"{path}:{number}: allow entry {entry!r} ({source.category}) is in the mandatory category "
+                        f"{', '.join(forced)}: it stays blocked for everyone and the allow entry is ignored"
+                    )
+    return warnings

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from . import circumvention
 from .classify import Classification, Classifier, Match
-from .decide import Decision, decide, filter_error
+from .decide import Decision, decide, filter_error, overridden_allows
 from .exemptions import ExemptionSet
 from .identify import Identity, identify
-from .incidents import Incident, new_ref
+from .incidents import Incident, RepeatRule, new_ref
 from .lists import load_lists
 from .indexwatch import index_classifier
 from .policy import Policy, load_policy, severity_rank
@@ -44,8 +43,15 @@ _FINDING_MATCHES = {
     "doh": ("doh", "aupguard/doh"),
 }
 MAX_INNER_URLS = 4  # carried URLs classified per request (inspect_url bounds their depth)
-# Users and devices whose recent attempts are remembered; the least recently seen are forgotten first.
-MAX_REPEAT_KEYS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class CarriedURL:
+    """A URL carried inside the request (a nested URL, or a web proxy's target), as `check` decided it."""
+
+    url: str
+    classification: Classification | None  # None: not a URL (then it decided nothing)
+    decision: Decision | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,10 @@ class Verdict:
     error: str | None = None  # set when aupguard itself failed and the group's failure rule decided
     technique: str | None = None  # blocked as a circumvention attempt: list|signature|nested|heuristic|doh|tunnel
     inner_url: str | None = None  # the URL carried inside `url` (nested URL or a web proxy's target)
+    # When `url` carried other URLs: its own decision (`decision` is the strictest of it and
+    # theirs) and each carried URL's, so `aupguard explain` shows what check used, no second opinion.
+    own_decision: Decision | None = None
+    carried: tuple[CarriedURL, ...] = ()
 
     @property
     def blocked(self) -> bool:
@@ -65,37 +75,10 @@ class Verdict:
     @property
     def categories(self) -> tuple[str, ...]:
         """Every category matched, the deciding one first (the incident's primary category)."""
-        matched = self.classification.categories if self.classification else ()
-        return tuple(dict.fromkeys(c for c in (self.decision.category, *matched) if c))
-
-
-class RepeatCounter:
-    """Recent circumvention attempts per user and per device, in memory only (no I/O on the hot path).
-
-    Bounded: at most `threshold` timestamps per key and MAX_REPEAT_KEYS keys.
-    """
-
-    def __init__(self, window_seconds: float, threshold: int, max_keys: int = MAX_REPEAT_KEYS):
-        self.window = window_seconds
-        self.threshold = threshold
-        self.max_keys = max_keys
-        self._seen: dict[str, deque[float]] = {}
-
-    def add(self, keys: tuple[str, ...], when: float) -> int:
-        """Count one attempt under each key; return the most attempts any key had within the window."""
-        most = 0
-        for key in keys:
-            times = self._seen.pop(key, None)  # re-inserted below: dict order is least recently seen first
-            if times is None:
-                times = deque(maxlen=self.threshold)
-            while times and times[0] <= when - self.window:
-                times.popleft()
-            times.append(when)
-            self._seen[key] = times
-            most = max(most, len(times))
-        while len(self._seen) > self.max_keys:
-            del self._seen[next(iter(self._seen))]
-        return most
+        first = self.decision.category
+        if self.classification is None or not self.classification.matches:  # most requests: no list matched
+            return (first,) if first else ()
+        return tuple(dict.fromkeys(c for c in (first, *self.classification.categories) if c))
 
 
 class Engine:
@@ -105,8 +88,13 @@ class Engine:
         self.index_path: Path | None = None  # the compiled index the classifier serves, if any
         # Replaced whole (never mutated) by whoever watches the exemption store: the proxy's ExemptionWatcher.
         self.exemptions = ExemptionSet()
-        rules = policy.circumvention
-        self.repeats = RepeatCounter(rules.repeat_window_minutes * 60.0, rules.repeat_threshold)
+
+    @property
+    def repeat_rule(self) -> RepeatRule:
+        """Repeated circumvention attempts become "high": the incident writer applies it as it records,
+        counting in the shared database, so every worker's attempts count and a reload forgets none."""
+        rules = self.policy.circumvention
+        return RepeatRule(CIRCUMVENTION, timedelta(minutes=rules.repeat_window_minutes), rules.repeat_threshold)
 
     @classmethod
     def from_policy_file(cls, path: Path, previous: Engine | None = None, index_path: Path | None = None) -> Engine:
@@ -129,6 +117,8 @@ class Engine:
             for problem in lists.problems[:20]:
                 log.warning("list line skipped: %s", problem)
             classifier = Classifier(lists)
+        for warning in overridden_allows(policy, classifier):
+            log.warning("%s", warning)
         engine = cls(policy, classifier)
         engine.index_path = index_path
         if previous is not None:
@@ -164,29 +154,36 @@ class Engine:
             normalized = normalized or normalize_url(url)
             listed = self.classifier.matches(normalized)
             findings = circumvention.inspect_request(normalized, method, content_type, accept)
+            if not findings:  # the common case: nothing to add, no carried URL to decide
+                classification = Classification(normalized, tuple(listed))
+                outer = self._decide(identity, classification, when)
+                technique = _technique(outer, outer, None)
+                return Verdict(identity, normalized, classification, outer, None, technique, None, outer)
             classification = Classification(normalized, (*listed, *_finding_matches(findings)))
             outer = self._decide(identity, classification, when)
             decision, deciding_inner = outer, None
-            for inner_url in _inner_urls(findings):
-                inner = self._decide_inner(inner_url, identity, when)
-                if inner is not None and _stricter(inner, decision):
-                    decision, deciding_inner = inner, inner_url
+            carried = tuple(self._decide_inner(inner_url, identity, when) for inner_url in _inner_urls(findings))
+            for inner in carried:
+                if inner.decision is not None and _stricter(inner.decision, decision):
+                    decision, deciding_inner = inner.decision, inner.url
             technique = _technique(outer, decision, deciding_inner)
             inner_url = deciding_inner or next((f.inner_url for f in findings if f.inner_url), None)
             return Verdict(
-                identity, normalized, classification, decision, None, technique, inner_url if technique else None
-            )
+                identity, normalized, classification, decision, None, technique, inner_url if technique else None,
+                outer, carried,
+            )  # fmt: skip
         except Exception as exc:
             log.exception("deciding %r for %s failed", str(url)[:200], identity.group)
             return self.failed(identity, normalized, f"{type(exc).__name__}: {exc}")
 
-    def _decide_inner(self, inner_url: str, identity: Identity, when: datetime) -> Decision | None:
+    def _decide_inner(self, inner_url: str, identity: Identity, when: datetime) -> CarriedURL:
         """The list decision for a carried URL (its own findings are already among the outer URL's)."""
         try:
             inner = normalize_url(inner_url)
         except URLError:
-            return None
-        return self._decide(identity, self.classifier.classify(inner), when)
+            return CarriedURL(inner_url, None, None)
+        classification = self.classifier.classify(inner)
+        return CarriedURL(inner_url, classification, self._decide(identity, classification, when))
 
     def _decide(self, identity: Identity, classification: Classification, when: datetime | None = None) -> Decision:
         """The policy's decision, as the active exemptions and classroom overrides change it."""
@@ -242,11 +239,7 @@ class Engine:
         severity = verdict.decision.severity or "low"
         if verdict.technique:
             categories = tuple(dict.fromkeys((CIRCUMVENTION, *categories)))
-            severity = max(severity, CIRCUMVENTION_SEVERITY, key=severity_rank)
-            identity = verdict.identity
-            keys = (f"ip:{identity.client_ip}", *((f"user:{identity.user.casefold()}",) if identity.user else ()))
-            if self.repeats.add(keys, when.timestamp()) >= self.repeats.threshold:
-                severity = max(severity, "high", key=severity_rank)
+            severity = max(severity, CIRCUMVENTION_SEVERITY, key=severity_rank)  # repeats: see repeat_rule
         return Incident(
             ref=new_ref(),
             ts_utc=when,

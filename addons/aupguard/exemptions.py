@@ -46,6 +46,9 @@ LOCK_CATEGORY = "classroom_lock"  # the incident category of a request a classro
 MAX_TEXT = 500  # reasons; names are bounded tighter
 MAX_NAME = 128
 MAX_SITES = 200
+# The widest range a classroom override takes without `whole_school`: one teacher's command
+# must not lock (or wall-garden) the whole school by a typo such as 0.0.0.0/0.
+CLASSROOM_MIN_PREFIX = {4: 16, 6: 48}
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -289,12 +292,14 @@ def add(
     reason: str,
     now: datetime | None = None,
     site_categories: Callable[[str], Iterable[str]] | None = None,
+    whole_school: bool = False,
 ) -> Exemption:
     """Record an exemption or classroom override and its audit line; raise ExemptionError if it is not allowed.
 
     `site_categories(domain)` names the categories a site is listed in, so that an
     exemption for a site in a mandatory category is refused at once rather than
-    silently never applying.
+    silently never applying. A classroom override's range may be wider than
+    CLASSROOM_MIN_PREFIX (a /16, or /48 for IPv6) only with `whole_school`.
     """
     now = now or datetime.now(timezone.utc)
     if kind not in KINDS:
@@ -314,6 +319,13 @@ def add(
         raise ExemptionError(f"unknown group {group!r}; the policy has {', '.join(policy.groups)}")
     user = _text(user, "--user", MAX_NAME, required=False)
     parsed_network = _network(network) if network else None
+    if kind != EXEMPTION and parsed_network is not None and not whole_school:
+        widest = CLASSROOM_MIN_PREFIX[parsed_network.version]
+        if parsed_network.prefixlen < widest:
+            raise ExemptionError(
+                f"--ip {parsed_network} is wider than a /{widest}: a classroom override is for one room's range; "
+                "give --whole-school if you mean to cover more"
+            )
     domains = tuple(dict.fromkeys(_domain(site) for site in sites))
     if len(domains) > MAX_SITES:
         raise ExemptionError(f"at most {MAX_SITES} sites")

@@ -3,7 +3,10 @@
 It is built from the Verdict of `Engine.check`, the call the proxy makes, so an
 explanation can never disagree with what the filter does: the group and why,
 every list entry that matched and what the group does with its category, the
-timetable window in force, the exemptions considered, and the final action.
+URLs carried inside it (a web proxy's target, a nested URL) with their own
+matches, the timetable window in force, the exemptions considered, and the final
+action. Each match's effect is read from the decision that used it: the URL's
+own, or its carried URL's.
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from .engine import Engine, Verdict
+from .classify import Classification, Match
+from .decide import Decision
+from .engine import Engine
 from .identify import Identity
+from .policy import Policy
 
 
 def explain(engine: Engine, url: str, identity: Identity, when: datetime) -> dict[str, Any]:
@@ -23,6 +29,7 @@ def explain(engine: Engine, url: str, identity: Identity, when: datetime) -> dic
     group = policy.groups.get(identity.group)
     local = when.astimezone(policy.timezone)
     considered = engine.exemptions.active_for(identity, verdict.url, when) if verdict.url else ()
+    own = verdict.own_decision or decision
     return {
         "url": verdict.url.url if verdict.url else url,
         "time": local.isoformat(timespec="minutes"),
@@ -33,7 +40,19 @@ def explain(engine: Engine, url: str, identity: Identity, when: datetime) -> dic
         "group": identity.group,
         "group_why": identity.why,
         "walled_garden": bool(group and group.walled_garden),
-        "matches": [_match(engine, verdict, m) for m in (verdict.classification.matches if verdict.classification else ())],
+        "matches": _matches(policy, verdict.classification, own),
+        "technique": verdict.technique,
+        "inner_url": verdict.inner_url,
+        "carried": [
+            {
+                "url": inner.url,
+                "decides": inner.decision is decision,
+                "action": inner.decision.action if inner.decision else None,
+                "category": inner.decision.category if inner.decision else None,
+                "matches": _matches(policy, inner.classification, inner.decision),
+            }
+            for inner in verdict.carried
+        ],
         "exemptions": [item.describe() for item in considered],
         "exemption_applied": decision.exemption.describe() if decision.exemption is not None else None,
         "action": decision.action,
@@ -44,9 +63,15 @@ def explain(engine: Engine, url: str, identity: Identity, when: datetime) -> dic
     }
 
 
-def _match(engine: Engine, verdict: Verdict, match) -> dict[str, Any]:
-    decision = verdict.decision
-    category = engine.policy.categories.get(match.category)
+def _matches(policy: Policy, classification: Classification | None, decision: Decision | None) -> list[dict[str, Any]]:
+    """The classification's matches, each with its effect in `decision`, the decision made from them."""
+    if classification is None or decision is None:
+        return []
+    return [_match(policy, decision, m) for m in classification.matches]
+
+
+def _match(policy: Policy, decision: Decision, match: Match) -> dict[str, Any]:
+    category = policy.categories.get(match.category)
     if match in decision.allowed_by:
         effect = "allows"
     elif match in decision.blocked_by:
@@ -71,6 +96,15 @@ def render_text(explanation: dict[str, Any]) -> str:
         "matched:" if e["matches"] else "matched:    no list entry",
     ]
     lines += [f"  {m['category']}: {m['rule']} ({m['kind']}) -> {m['effect']}" for m in e["matches"]]
+    for inner in e["carried"]:
+        action = (inner["action"] or "not a URL: nothing decided").upper()
+        shown = action + (f" ({inner['category']})" if inner["category"] else "")
+        lines.append(f"carries:    {inner['url']} -> {shown}{' (this decides)' if inner['decides'] else ''}")
+        lines += [f"  {m['category']}: {m['rule']} ({m['kind']}) -> {m['effect']}" for m in inner["matches"]]
+        if inner["action"] and not inner["matches"]:
+            lines.append("  no list entry")
+    if e["technique"]:
+        lines.append(f"technique:  {e['technique']} (an attempt to get round the filter)")
     lines.append("exemptions: " + ("none active" if not e["exemptions"] else "considered:"))
     lines += [f"  {item}" for item in e["exemptions"]]
     if e["error"]:

@@ -5,7 +5,8 @@ be reviewed" (with an optional short reason). The forms post to a reserved
 host name that the proxy answers itself (mitmproxy's WSGI app support), so
 nothing goes upstream and it works for plain HTTP and decrypted HTTPS pages.
 Each request is stored with its incident (table `incident_requests`, deleted
-with the incident when it is purged) and listed by `aupguard report --requests`.
+with the incident when it is purged) and listed by `aupguard report --requests`,
+through one connection kept for the proxy's life (`RequestStore`).
 
 Forgery: the form carries a token, an HMAC of the incident reference under a
 key only the proxy knows (DATA_DIR/feedback.key, 0600), so nobody can file
@@ -98,10 +99,9 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
 
 
 def record(db: sqlite_utils.Database, ref: str, kind: str, reason: str, when: datetime | None = None) -> None:
-    """Store one request; asking twice for the same incident keeps the latest reason."""
+    """Store one request (ensure_schema first); asking twice for the same incident keeps the latest reason."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")
-    ensure_schema(db)
     with db.conn:
         db.execute(
             "INSERT OR REPLACE INTO incident_requests (ref, kind, reason, ts_utc) VALUES (?, ?, ?, ?)",
@@ -111,6 +111,40 @@ def record(db: sqlite_utils.Database, ref: str, kind: str, reason: str, when: da
 
 def clean_reason(reason: str) -> str:
     return _CONTROL.sub(" ", reason.replace("\r\n", "\n")).strip()[:MAX_REASON]
+
+
+class RequestStore:
+    """The incident database as the app writes to it: one connection, opened at the first post, kept until close().
+
+    Not a connection per post: the proxy's incident writer holds the same file
+    open, and every open beside it is one more chance to disturb its locks
+    (a stray descriptor closed on the file drops them all: see
+    incidents.connect_private). The app may be called from more than one
+    thread, so a lock serialises the connection's use.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._db: sqlite_utils.Database | None = None
+
+    def record(self, ref: str, kind: str, reason: str) -> None:
+        with self._lock:
+            if self._db is None:
+                db = open_db(self.path, check_same_thread=False)
+                try:
+                    ensure_schema(db)
+                except BaseException:
+                    db.close()
+                    raise
+                self._db = db
+            record(self._db, ref, kind, reason)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
 
 # -- rate limit --------------------------------------------------------------------------------------
@@ -142,7 +176,7 @@ class RateLimiter:
 # -- the web app -------------------------------------------------------------------------------------
 
 
-def make_app(key: bytes, db_path: Path, limiter: RateLimiter):
+def make_app(key: bytes, store: RequestStore, limiter: RateLimiter):
     """The WSGI app answering the reserved host: POST /report stores a request, anything else is refused."""
 
     def app(environ, start_response):
@@ -182,11 +216,7 @@ def make_app(key: bytes, db_path: Path, limiter: RateLimiter):
         if not limiter.allow(environ.get("REMOTE_ADDR") or "?"):
             return reply("429 Too Many Requests", "Please wait", "Too many reports from this device; try again later.")
         try:
-            db = open_db(db_path)
-            try:
-                record(db, ref, kind, _one(form, "reason"))
-            finally:
-                db.close()
+            store.record(ref, kind, _one(form, "reason"))
         except Exception:
             log.exception("storing the report for %s failed", ref)
             return reply("503 Service Unavailable", "Not sent", "The report could not be saved; please tell IT.")
@@ -221,6 +251,7 @@ class FeedbackApp(WSGIApp):
     def __init__(self) -> None:
         super().__init__(self._not_ready, DEFAULT_HOST, None)
         self.limiter = RateLimiter()
+        self.store: RequestStore | None = None
 
     @property
     def name(self) -> str:
@@ -231,7 +262,14 @@ class FeedbackApp(WSGIApp):
             db_path = Path(ctx.options.aupguard_db)
             key = load_key(db_path.parent / KEY_FILE)
             self.host = ctx.options.aupguard_feedback_host
-            super().__init__(make_app(key, db_path, self.limiter), self.host, None)
+            if self.store is None or self.store.path != db_path:
+                self.done()
+                self.store = RequestStore(db_path)
+            super().__init__(make_app(key, self.store, self.limiter), self.host, None)
+
+    def done(self) -> None:
+        if self.store is not None:
+            self.store.close()
 
     @staticmethod
     def _not_ready(environ, start_response):  # replaced in configure, before any request

@@ -10,6 +10,7 @@ job of whatever outputs them (report.py).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
@@ -27,13 +28,13 @@ from typing import Any
 
 import sqlite_utils
 
-from .paths import private_dir
+from .paths import make_dir
 
 log = logging.getLogger(__name__)
 
 ACTIONS = ("block", "refuse", "allow")
 SEVERITIES = ("low", "medium", "high", "critical")  # in increasing order
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0  # several proxy workers may write to one file; a batch commit takes milliseconds
 
 # Crockford-like: 32 symbols (5 bits each) without 0/O and 1/I, which pupils and IT confuse.
@@ -98,6 +99,21 @@ class Incident:
         self.categories = tuple(self.categories)
 
 
+@dataclass(frozen=True, slots=True)
+class RepeatRule:
+    """Repeated attempts: the `threshold`th incident in `category` within `window`, counting this one, by one
+    user (or, for a request without one, one client address) is recorded with at least `severity`.
+
+    The writer counts in the database when it records, so the attempts every
+    proxy worker recorded count, and a policy reload loses nothing.
+    """
+
+    category: str
+    window: timedelta
+    threshold: int
+    severity: str = "high"
+
+
 def new_ref() -> str:
     """A random incident reference a pupil can read out to IT, e.g. "AG-7F3K-2Q9M" (40 bits)."""
     bits = secrets.randbits(40)
@@ -116,11 +132,10 @@ def private_parent(path: Path) -> None:
     """Create the missing directory `path` goes in, mode 0700.
 
     An existing directory is left as it is: the user may have named a file in
-    /tmp or their home, and chmod-ing that would break it. aupguard's own data
-    and reports directories are made private where they are created.
+    /tmp or their home, and chmod-ing that would break it. DATA_DIR itself is
+    always made 0700 (paths.make_dir).
     """
-    if not path.parent.is_dir():
-        private_dir(path.parent)
+    make_dir(Path(path).parent, private=True)
 
 
 # -- schema --------------------------------------------------------------------------------------
@@ -166,8 +181,16 @@ def _create_v1(db: sqlite_utils.Database) -> None:
         incidents.create_index([column], if_not_exists=True)
 
 
+def _index_recent_by_user_and_address(db: sqlite_utils.Database) -> None:
+    """v2: the repeat count (RepeatRule) looks up one user's or one address's recent incidents."""
+    incidents = db["incidents"]
+    for column in ("username", "client_ip"):
+        db.execute(f"DROP INDEX IF EXISTS idx_incidents_{column}")  # the pair's index serves these lookups too
+        incidents.create_index([column, "ts_utc"], if_not_exists=True)
+
+
 # _MIGRATIONS[n] brings a database from schema version n to n + 1.
-_MIGRATIONS = (_create_v1,)
+_MIGRATIONS = (_create_v1, _index_recent_by_user_and_address)
 
 
 def _schema_version(db: sqlite_utils.Database) -> int:
@@ -200,9 +223,9 @@ def _migrate(db: sqlite_utils.Database) -> None:
         raise
 
 
-def open_db(path: Path) -> sqlite_utils.Database:
+def open_db(path: Path, *, check_same_thread: bool = True) -> sqlite_utils.Database:
     """Open (creating or migrating as needed) the incident database at `path`."""
-    db = connect_private(path)
+    db = connect_private(path, check_same_thread=check_same_thread)
     try:
         _migrate(db)
     except BaseException:
@@ -211,21 +234,29 @@ def open_db(path: Path) -> sqlite_utils.Database:
     return db
 
 
-def connect_private(path: Path) -> sqlite_utils.Database:
+def connect_private(path: Path, *, check_same_thread: bool = True) -> sqlite_utils.Database:
     """Open (creating if needed) an SQLite file holding personal data, readable by its owner only.
 
-    The file is created 0600 before SQLite touches it, so it is never readable
-    by others, even for a moment; SQLite gives its -wal and -shm files the same
-    mode. WAL with synchronous=NORMAL lets reports read while the proxy writes,
-    and a busy timeout lets several writer processes share the file.
+    A missing file is created 0600 before SQLite touches it, so it is never
+    readable by others, even for a moment; SQLite gives its -wal and -shm files
+    the same mode. An existing file is only chmod-ed by path, never opened here:
+    closing any descriptor on a database file drops every POSIX lock this
+    process holds on it, the incident writer's too, and another process would
+    then checkpoint and unlink the WAL the writer still appends to.
+    WAL with synchronous=NORMAL lets reports read while the proxy writes, and a
+    busy timeout lets several writer processes share the file.
+    `check_same_thread=False` is for a connection its owner serialises with a lock.
     """
     path = Path(path)
     private_parent(path)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
     for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         if part.exists():
             os.chmod(part, 0o600)
-    db = sqlite_utils.Database(sqlite3.connect(path, timeout=BUSY_TIMEOUT_S))
+    db = sqlite_utils.Database(sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=check_same_thread))
     try:
         db.enable_wal()
         db.execute("PRAGMA synchronous = NORMAL")
@@ -312,18 +343,23 @@ class IncidentWriter:
     Lifecycle: start(), submit()..., close(). close() returns once every
     submitted incident is written. If the program ends without close(), the
     thread notices the main thread has finished, writes what is queued and stops.
+
+    With a `repeat_rule`, repeated attempts are raised to its severity as they
+    are written (RepeatRule). It may be replaced while running (a policy reload).
     """
 
     def __init__(
         self,
         path: Path,
         *,
+        repeat_rule: RepeatRule | None = None,
         batch_size: int = 500,
         flush_interval: float = 0.25,
         max_queued: int = 100_000,
         retries: int = 5,
     ) -> None:
         self.path = Path(path)
+        self.repeat_rule = repeat_rule
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.retries = retries
@@ -507,6 +543,9 @@ class IncidentWriter:
         inserted = len(rows)
         db.execute("BEGIN IMMEDIATE")  # take the write lock now: a deferred upgrade can fail without waiting
         try:
+            # Inside the write lock: no other writer can add an attempt between the count and the insert.
+            if self.repeat_rule is not None:
+                _raise_repeats(db, rows, self.repeat_rule)
             try:
                 with db.atomic():  # a savepoint: a failed insert_all leaves nothing behind
                     table.insert_all(rows)
@@ -552,3 +591,40 @@ class IncidentWriter:
                 dropped,
             )
             self._dropped_logged = dropped
+
+
+def _raise_repeats(db: sqlite_utils.Database, rows: list[dict[str, Any]], rule: RepeatRule) -> None:
+    """Give each row in `rows` that is a repeated attempt under `rule` at least the rule's severity.
+
+    An attempt is counted with the attempts already in the database (any
+    writer's, by an index on (username, ts_utc) or (client_ip, ts_utc)) and
+    those earlier in this batch; attempts are rare, so this costs nothing for
+    the ordinary blocked request.
+    """
+    attempts = [row for row in rows if rule.category in json.loads(row["categories"])]
+    in_batch: dict[tuple[str, str], list[str]] = {}
+    for row in attempts:
+        in_batch.setdefault(_repeat_key(row), []).append(row["ts_utc"])
+    for times in in_batch.values():
+        times.sort()
+    least = SEVERITIES.index(rule.severity)
+    for row in attempts:
+        if SEVERITIES.index(row["severity"]) >= least:
+            continue
+        column, key = _repeat_key(row)
+        until = row["ts_utc"]
+        since = utc_iso(datetime.fromisoformat(until) - rule.window)
+        times = in_batch[column, key]
+        count = bisect.bisect_right(times, until) - bisect.bisect_right(times, since)
+        count += db.execute(
+            f"""SELECT count(*) FROM incidents WHERE {column} = ? AND ts_utc > ? AND ts_utc <= ?
+                AND EXISTS (SELECT 1 FROM json_each(incidents.categories) WHERE value = ?)""",
+            [key, since, until, rule.category],
+        ).fetchone()[0]
+        if count >= rule.threshold:
+            row["severity"] = rule.severity
+
+
+def _repeat_key(row: dict[str, Any]) -> tuple[str, str]:
+    """Whose attempts a row's are counted with: its user's, or for a request without one its address's."""
+    return ("username", row["username"]) if row["username"] is not None else ("client_ip", row["client_ip"])

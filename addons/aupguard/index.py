@@ -61,6 +61,7 @@ from pathlib import Path
 from xxhash import xxh3_64, xxh3_64_intdigest
 
 from . import lists
+from .paths import make_dir
 from .lists import ListData, ListRoot, ListSource
 
 MAGIC = b"AUPGIDX\x00"
@@ -224,7 +225,8 @@ class IndexWriter:
         width = next(w for w in (1, 2, 4) if len(self._combo_masks) <= 1 << (8 * w))
         meta = {
             "sources": [
-                {"id": s.id, "category": s.category, "name": s.name, "path": str(s.path)} for s in self.sources
+                {"id": s.id, "category": s.category, "name": s.name, "path": str(s.path), "skip": sorted(s.skip)}
+                for s in self.sources
             ],
             "expressions": [[sid, pattern] for sid, pattern in self.expressions],
             "combos": [_bits(mask) for mask in self._combo_masks],
@@ -260,7 +262,7 @@ class IndexWriter:
         header += _HEADER_CHECKSUM.pack(xxh3_64_intdigest(header))
         header += bytes(HEADER_SIZE - len(header))
 
-        out_path.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(out_path.parent)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -321,7 +323,11 @@ def compile_from_folders(
     read_roots = [replace(root, path=staged[root.name]) if root.name in staged else root for root in roots]
     sources = lists.list_sources(read_roots, problems)
     # Line counts first (a fast pass over cached files): they size the tables and the progress bar.
-    lines = {(source.id, kind): _count_lines(source.path / kind) for source in sources for kind in KINDS}
+    lines = {
+        (source.id, kind): 0 if kind in source.skip else _count_lines(source.path / kind)
+        for source in sources
+        for kind in KINDS
+    }
     expected = {kind: sum(n for (_sid, k), n in lines.items() if k == kind) for kind in KINDS}
     total = sum(expected.values())
     real_path = {root.name: Path(root.path) for root in roots}
@@ -351,11 +357,18 @@ def roots_fingerprint(roots: Sequence[ListRoot]) -> list[dict]:
         {
             "name": root.name,
             "path": str(Path(root.path).absolute()),
-            "mapping": dict(sorted(root.mapping.items())) if root.mapping is not None else None,
+            "mapping": {folder: _mapping_json(value) for folder, value in sorted(root.mapping.items())}
+            if root.mapping is not None
+            else None,
             "optional": root.optional,
         }
         for root in roots
     ]
+
+
+def _mapping_json(value: str | lists.MappedFolder | None) -> str | dict | None:
+    category, skip = lists.mapped(value)
+    return {"category": category, "skip": sorted(skip)} if skip else category
 
 
 def why_recompile(index_path: Path, roots: Sequence[ListRoot]) -> str | None:
@@ -391,7 +404,7 @@ def _list_paths(root: ListRoot) -> Iterator[Path]:
         folders = lists.category_folders(root, lists.Problems())
     except lists.ListError:
         return
-    for folder, _category in folders:
+    for folder, _category, _skip in folders:
         yield folder
         for name in lists.LIST_FILES:
             yield folder / name
@@ -488,7 +501,7 @@ class CompiledIndex:
         self._mapping = mapping
         self._file_id = file_id
         self.sources = [
-            ListSource(id=s["id"], category=s["category"], name=s["name"], path=Path(s["path"]))
+            ListSource(s["id"], s["category"], s["name"], Path(s["path"]), frozenset(s.get("skip", ())))
             for s in meta["sources"]
         ]
         self.expressions = [(sid, pattern) for sid, pattern in meta["expressions"]]
@@ -611,7 +624,7 @@ def _parse_meta(raw: bytes, header: dict, path: Path) -> dict:
         meta = json.loads(raw.decode("utf-8", "surrogatepass"))
         ids = set()
         for source in meta["sources"]:
-            texts = (source["category"], source["name"], source["path"])
+            texts = (source["category"], source["name"], source["path"], *source.get("skip", ()))
             if not (isinstance(source["id"], int) and source["id"] >= 0 and all(isinstance(t, str) for t in texts)):
                 raise ValueError(f"bad source {source!r}")
             ids.add(source["id"])

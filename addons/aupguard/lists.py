@@ -41,9 +41,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 import yaml
-from yaml.nodes import MappingNode, ScalarNode
+from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
-from .urlnorm import normalize_host, normalize_url
+from .paths import make_dir
+from .urlnorm import is_public_suffix, normalize_host, normalize_url
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,26 @@ class ListSource:
     category: str  # aupguard category
     name: str  # how a rule is shown, e.g. "blocklists/adult" or "ut1/redirector"
     path: Path
+    skip: frozenset[str] = frozenset()  # list files (of LIST_FILES) of the folder that are not read
+
+
+@dataclass(frozen=True, slots=True)
+class MappedFolder:
+    """A category mapping's long form: the folder counts as `category`, but its `skip` files are not read.
+
+    `strict_redirector: {category: anonymizers, skip: [expressions]}` takes UT1's web-proxy
+    sites without the expressions that would block ordinary searches.
+    """
+
+    category: str
+    skip: frozenset[str]  # names from LIST_FILES, never all of them (that is `null`)
+
+
+def mapped(value: str | MappedFolder | None) -> tuple[str | None, frozenset[str]]:
+    """(category, list files not read) of a mapping value in either form; category None: not loaded."""
+    if isinstance(value, MappedFolder):
+        return value.category, value.skip
+    return value, frozenset()
 
 
 @dataclass
@@ -113,9 +134,10 @@ class ListRoot:
 
     path: Path
     name: str  # prefixes rule sources: "blocklists/adult/domains"
-    # Folder name -> aupguard category (None or absent: the folder is ignored);
-    # without a mapping the folder name is the category.
-    mapping: Mapping[str, str | None] | None = None
+    # Folder name -> aupguard category, or a MappedFolder that also skips some of its
+    # files (None or absent: the folder is ignored); without a mapping the folder name
+    # is the category.
+    mapping: Mapping[str, str | MappedFolder | None] | None = None
     optional: bool = False  # a missing folder is skipped instead of an error
 
 
@@ -125,15 +147,18 @@ class ImportResult:
     categories: dict[str, dict[str, int]]  # category folder -> list file -> line count
     origin: str = "UT1"  # whose lists, for the summary
     skipped: int = 0  # lines that named no entry
+    narrowed: int = 0  # of them, Adblock rules whose $options block less than the whole domain
+    problems: tuple[str, ...] = ()  # the first skipped lines, "file:line: reason"
 
     def total(self, filename: str) -> int:
         return sum(counts.get(filename, 0) for counts in self.categories.values())
 
     def __str__(self) -> str:
+        narrowed = f", {self.narrowed:,} of them Adblock rules narrowed by $options" if self.narrowed else ""
         return (
             f"{len(self.categories)} {self.origin} categories ({self.total('domains'):,} domain, "
             f"{self.total('urls'):,} url and {self.total('expressions'):,} expression lines)"
-        ) + (f"; {self.skipped:,} lines skipped" if self.skipped else "")
+        ) + (f"; {self.skipped:,} lines skipped{narrowed}" if self.skipped else "")
 
 
 # ---------------------------------------------------------------------------- reading
@@ -168,15 +193,20 @@ def list_sources(roots: Sequence[ListRoot], problems: Problems) -> list[ListSour
     """One `ListSource` per category folder of every root, ids in order. Raises ListError for a missing root."""
     sources: list[ListSource] = []
     for root in roots:
-        for folder, category in category_folders(root, problems):
-            sources.append(ListSource(len(sources), category, f"{root.name}/{folder.name}", folder))
+        for folder, category, skip in category_folders(root, problems):
+            sources.append(ListSource(len(sources), category, f"{root.name}/{folder.name}", folder, skip))
     return sources
 
 
 def source_keys(source: ListSource, kind: str, problems: Problems) -> Iterator[str]:
     """The lookup key of each entry of the source's `domains` or `urls` file; bad lines go to `problems`."""
+    if kind in source.skip:
+        return
     path = source.path / kind
     key_of = domain_key if kind == "domains" else url_key
+    # Bare public suffixes are kept here: curated lists block whole namespaces on purpose
+    # (the bundled adult list's `xxx` and `porn`, health's `nhs.uk`, UT1's `bet.br`).
+    # Third-party lists imported by `aupguard lists import` get no such trust (`list_host`).
     for number, entry in read_entries(path, problems, strip_comments=True):
         try:
             yield key_of(entry)
@@ -186,6 +216,8 @@ def source_keys(source: ListSource, kind: str, problems: Problems) -> Iterator[s
 
 def source_expressions(source: ListSource, problems: Problems) -> Iterator[str]:
     """The patterns of the source's `expressions` file (compiled by the classifier, with RE2)."""
+    if "expressions" in source.skip:
+        return
     for _number, pattern in read_entries(source.path / "expressions", problems, strip_comments=False):
         yield pattern
 
@@ -213,8 +245,8 @@ def load_lists(roots: Sequence[ListRoot]) -> ListData:
     )
 
 
-def category_folders(root: ListRoot, problems: Problems) -> list[tuple[Path, str]]:
-    """(folder, aupguard category) for each folder of `root` that counts, in name order."""
+def category_folders(root: ListRoot, problems: Problems) -> list[tuple[Path, str, frozenset[str]]]:
+    """(folder, aupguard category, list files not read) for each folder of `root` that counts, in name order."""
     try:
         entries = sorted(os.scandir(root.path), key=lambda entry: entry.name)
     except FileNotFoundError:
@@ -228,8 +260,9 @@ def category_folders(root: ListRoot, problems: Problems) -> list[tuple[Path, str
         # Symlinked folders are UT1's aliases (porn -> adult): loading them would count lists twice.
         if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
             continue
+        skip: frozenset[str] = frozenset()
         if root.mapping is not None:
-            category = root.mapping.get(entry.name)
+            category, skip = mapped(root.mapping.get(entry.name))
             if category is None:
                 continue
         elif CATEGORY_NAME.fullmatch(entry.name):
@@ -237,7 +270,7 @@ def category_folders(root: ListRoot, problems: Problems) -> list[tuple[Path, str
         else:
             problems.add(entry.path, "folder name is not a category name (a-z, 0-9, _); folder skipped")
             continue
-        folders.append((Path(entry.path), category))
+        folders.append((Path(entry.path), category, skip))
     return folders
 
 
@@ -322,6 +355,21 @@ def domain_key(entry: str) -> str:
     return normalize_host(entry)
 
 
+def list_host(name: str) -> str:
+    """A host name or address from an imported third-party list, as a `domains` key.
+
+    Raises ValueError (URLError) for anything that is not one site: an invalid host,
+    a single label (`uk`, `not`) or a bare public suffix (`co.uk`), any of which
+    would match every site under it.
+    """
+    host = domain_key(name)
+    if "." not in host and ":" not in host:
+        raise ValueError(f"{host!r} is a single label, not a host name: it would match every site under it")
+    if is_public_suffix(host):
+        raise ValueError(f"{host!r} is a public suffix, not one site: it would match every site under it")
+    return host
+
+
 def url_key(entry: str) -> str:
     """The squid key of a `urls` entry, as the classifier builds it for a request."""
     # The format has no scheme, but a pasted "https://..." means the same page.
@@ -334,8 +382,12 @@ def url_key(entry: str) -> str:
 # ---------------------------------------------------------------------------- mapping
 
 
-def load_mapping(path: Path) -> dict[str, str | None]:
-    """Read a `ut1_category: aupguard_category` YAML file (null: ignore that UT1 folder)."""
+def load_mapping(path: Path) -> dict[str, str | MappedFolder | None]:
+    """Read a `ut1_category: aupguard_category` YAML file (null: ignore that UT1 folder).
+
+    The long form `ut1_category: {category: aupguard_category, skip: [expressions]}` maps
+    the folder but leaves the named list files unread (a MappedFolder).
+    """
     try:
         with open(path, "rb") as file:
             raw = file.read(MAX_MAPPING_BYTES + 1)
@@ -355,7 +407,7 @@ def load_mapping(path: Path) -> dict[str, str | None]:
         raise ListError(f"{path}: the category mapping is empty")
     if not isinstance(root, MappingNode):
         raise ListError(f"{path}:{root.start_mark.line + 1}: expected `ut1_category: aupguard_category` lines")
-    mapping: dict[str, str | None] = {}
+    mapping: dict[str, str | MappedFolder | None] = {}
     for key_node, value_node in root.value:
         where = f"{path}:{key_node.start_mark.line + 1}"
         if not (_is_text(key_node) and UT1_CATEGORY.fullmatch(key_node.value)):
@@ -367,13 +419,53 @@ def load_mapping(path: Path) -> dict[str, str | None]:
             mapping[key] = None
         elif _is_text(value_node) and CATEGORY_NAME.fullmatch(value_node.value):
             mapping[key] = value_node.value
+        elif isinstance(value_node, MappingNode):
+            mapping[key] = _mapped_folder(path, key, value_node)
         else:
             where = f"{path}:{value_node.start_mark.line + 1}"
             raise ListError(
-                f"{where}: {key}: expected an aupguard category name (a-z, 0-9, _) or null, "
-                f"not {_shown(value_node)}"
+                f"{where}: {key}: expected an aupguard category name (a-z, 0-9, _), null, or "
+                f"{{category: NAME, skip: [FILE, ...]}}, not {_shown(value_node)}"
             )
     return mapping
+
+
+def _mapped_folder(path: Path, folder: str, node: MappingNode) -> MappedFolder:
+    """The long form `{category: NAME, skip: [FILE, ...]}` of a mapping entry, checked field by field."""
+    fields: dict[str, yaml.Node] = {}
+    for key_node, value_node in node.value:
+        where = f"{path}:{key_node.start_mark.line + 1}"
+        name = key_node.value if _is_text(key_node) else None
+        if name not in ("category", "skip"):
+            raise ListError(f"{where}: {folder}: unknown key {_shown(key_node)} (expected category and skip)")
+        if name in fields:
+            raise ListError(f"{where}: {folder}: {name} is given twice")
+        fields[name] = value_node
+    category, skip = fields.get("category"), fields.get("skip")
+    where = f"{path}:{node.start_mark.line + 1}"
+    if category is None or skip is None:
+        raise ListError(f"{where}: {folder}: the long form needs both category and skip")
+    if not (_is_text(category) and CATEGORY_NAME.fullmatch(category.value)):
+        raise ListError(
+            f"{path}:{category.start_mark.line + 1}: {folder}.category: expected an aupguard category name "
+            f"(a-z, 0-9, _), not {_shown(category)}"
+        )
+    if not isinstance(skip, SequenceNode):
+        raise ListError(f"{path}:{skip.start_mark.line + 1}: {folder}.skip: expected a list such as [expressions]")
+    names = []
+    for item in skip.value:
+        if not (_is_text(item) and item.value in LIST_FILES):
+            raise ListError(
+                f"{path}:{item.start_mark.line + 1}: {folder}.skip: {_shown(item)} is not a list file "
+                f"(one of {', '.join(LIST_FILES)})"
+            )
+        names.append(item.value)
+    if not names or set(names) == set(LIST_FILES):
+        raise ListError(
+            f"{path}:{skip.start_mark.line + 1}: {folder}.skip: name one or two of {', '.join(LIST_FILES)} "
+            "(to skip the whole folder, map it to null)"
+        )
+    return MappedFolder(category.value, frozenset(names))
 
 
 def _is_text(node: yaml.Node) -> bool:
@@ -398,7 +490,7 @@ def import_ut1(src: Path, dest: Path) -> ImportResult:
     absolute or `..` names and anything else in an archive are ignored.
     """
     src, dest = Path(src), Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(dest.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.new-", dir=dest.parent))
     try:
         try:
@@ -612,10 +704,7 @@ def host_entry(line: str) -> str | None:
         line = rule.group(1)
     if len(line.split()) != 1:
         raise ValueError(f"{line[:80]!r} is not one host name or address")
-    host = domain_key(line)
-    if "." not in host and ":" not in host:  # a bare "com" would block a whole top-level domain
-        raise ValueError(f"{host!r} is a single label, not a host name")
-    return host
+    return list_host(line)
 
 
 def import_host_list(kind: str, src: Path, dest: Path) -> ImportResult:
@@ -641,7 +730,7 @@ def import_host_list(kind: str, src: Path, dest: Path) -> ImportResult:
         raise ListError(f"{src}: not a {form.origin} checkout (expected one of {expected})")
 
     problems = Problems()
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(dest.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.new-", dir=dest.parent))
     try:
         categories: dict[str, dict[str, int]] = {}
@@ -742,16 +831,25 @@ DOMAIN_LIST_FORMATS = ("hosts", "domains", "adblock")
 _HOSTS_SELF = frozenset({"localhost", "localhost.localdomain", "local", "broadcasthost", "ip6-localhost",
                          "ip6-loopback", "ip6-localnet", "ip6-mcastprefix", "ip6-allnodes", "ip6-allrouters",
                          "ip6-allhosts", "0.0.0.0"})  # fmt: skip
-_ADBLOCK_DOMAIN_RULE = re.compile(r"\|\|([^\^/$|*]+)\^(?:\$.*)?")
+_ADBLOCK_DOMAIN_RULE = re.compile(r"\|\|([^\^/$|*]+)\^(?:\$(.*))?")
+# Adblock options that leave a `||domain^` rule blocking the whole domain; any other
+# ($third-party, $domain=, $script, ...) blocks only some requests to it.
+_ADBLOCK_WHOLE_DOMAIN_OPTIONS = frozenset({"important", "all"})
+
+
+class NarrowedRule(ValueError):
+    """An Adblock `||domain^$options` rule whose options block only some requests: not a domain entry."""
 
 
 def domain_list_entries(fmt: str, line: str) -> list[str]:
     """The entries (as `domains` keys) on one line of a hosts, plain domain or Adblock-style list.
 
-    hosts: `0.0.0.0 ads.example.com tracker.example.net`; domains: `example.com`;
-    adblock: `||example.com^` (with or without `$options`). Comments, exception
-    rules (`@@`) and cosmetic or path rules name no domain: []. Raises ValueError
-    for a line that should name a host and does not.
+    hosts: `0.0.0.0 ads.example.com tracker.example.net`; domains: `example.com`,
+    exactly one name; adblock: `||example.com^`, bare or with options that do not
+    narrow it ($important, $all). Comments, exception rules (`@@`) and hosts lines
+    for the machine itself name no domain: []. Raises ValueError for a line that
+    names no valid host, or a single label or bare public suffix (`uk`, `co.uk`),
+    and NarrowedRule for an Adblock rule its options narrow ($third-party, ...).
     """
     if fmt == "adblock":
         line = line.strip()
@@ -760,18 +858,25 @@ def domain_list_entries(fmt: str, line: str) -> list[str]:
         rule = _ADBLOCK_DOMAIN_RULE.fullmatch(line)
         if rule is None:
             raise ValueError("not a `||domain^` rule (element-hiding and path rules are not domain lists)")
-        return [domain_key(rule.group(1))]
+        options = {o.strip().lower() for o in rule.group(2).split(",")} if rule.group(2) is not None else set()
+        if options - _ADBLOCK_WHOLE_DOMAIN_OPTIONS:
+            raise NarrowedRule(f"${rule.group(2)[:80]} narrows the rule to some requests: not a whole-domain block")
+        return [list_host(rule.group(1))]
     text = line.split("#", 1)[0].split()
     if not text:
         return []
     if fmt == "domains":
-        return [domain_key(text[0])]
+        if len(text) != 1:
+            raise ValueError(f"{line.strip()[:80]!r} is not one domain: a domains line holds exactly one name")
+        return [list_host(text[0])]
     address, names = text[0], text[1:]
     try:
         ipaddress.ip_address(address)
     except ValueError:
         raise ValueError(f"{address[:80]!r} is not an address: a hosts line is `0.0.0.0 name...`") from None
-    return [domain_key(name) for name in names if name.lower() not in _HOSTS_SELF]
+    if not names:
+        raise ValueError(f"{address!r} with no name: a hosts line is `0.0.0.0 name...`")
+    return [list_host(name) for name in names if name.lower() not in _HOSTS_SELF]
 
 
 def import_domain_list(fmt: str, src: Path, dest: Path, category: str) -> ImportResult:
@@ -779,7 +884,8 @@ def import_domain_list(fmt: str, src: Path, dest: Path, category: str) -> Import
 
     `dest` is a list root (DATA_DIR/lists/<name>); its other category folders stay
     as they are. The new `domains` file replaces the old one in one rename, only
-    once it is complete. Lines naming no domain are skipped and counted.
+    once it is complete. Lines naming no single site (see `domain_list_entries`)
+    are skipped, counted and the first of them returned in the result.
     """
     if fmt not in DOMAIN_LIST_FORMATS:
         raise ListError(f"unknown list format {fmt!r}; expected one of {', '.join(DOMAIN_LIST_FORMATS)}")
@@ -790,17 +896,18 @@ def import_domain_list(fmt: str, src: Path, dest: Path, category: str) -> Import
         raise ListError(f"{src}: no such file")
     problems = Problems()
     entries: set[str] = set()
+    narrowed = 0
     for number, line in read_lines(src, problems):
         try:
             entries.update(domain_list_entries(fmt, line))
-        except ValueError as exc:  # URLError, or a codec's UnicodeError
+        except ValueError as exc:  # URLError, NarrowedRule, or a codec's UnicodeError
+            narrowed += isinstance(exc, NarrowedRule)
             problems.add(f"{src}:{number}", str(exc))
     if problems.unreadable:
         raise ListError("; ".join(problems.unreadable))
     if not entries:
         raise ListError(f"{src}: no {fmt} entries found ({problems.count} lines skipped); nothing imported")
-    folder = Path(dest) / category
-    folder.mkdir(parents=True, exist_ok=True, mode=0o755)
+    folder = make_dir(Path(dest) / category)
     fd, tmp_name = tempfile.mkstemp(prefix=".domains.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
@@ -811,4 +918,7 @@ def import_domain_list(fmt: str, src: Path, dest: Path, category: str) -> Import
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    return ImportResult(Path(dest), {category: {"domains": len(entries)}}, f"{src.name} ({fmt})", problems.count)
+    return ImportResult(
+        Path(dest), {category: {"domains": len(entries)}}, f"{src.name} ({fmt})", problems.count, narrowed,
+        tuple(problems.as_list()),
+    )

@@ -24,7 +24,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from . import paths
-from .lists import ListError, ListRoot, load_mapping
+from .lists import ListError, ListRoot, MappedFolder, load_mapping, mapped
 from .timetable import Timetable, read_timetable
 from .userfiles import Member, UserFile, UserFileError, read_user_file
 from .urlnorm import URLError, normalize_host
@@ -42,6 +42,8 @@ DOWNLOAD_TYPES = ("executable", "installer", "disk_image", "apk", "torrent", "ar
 # a policy must give each a label, severity and reason, so a block page or
 # incident never meets a category it cannot explain. Schools may add their own.
 CATEGORIES = (
+    # illegal content (IWF/CTIRU-style feeds a school is licensed to receive): the mandatory tier
+    "illegal",
     # harmful
     "adult", "adult_mixed", "gambling", "hate", "violence", "drugs", "self_harm", "extremism",
     "malware", "phishing", "piracy", "hacking", "cheating",
@@ -186,7 +188,6 @@ class Policy:
     no_decrypt_hosts: frozenset[str]  # normalised; each covers its subdomains
     accidental_text: str
     retention_days: int
-    log_allowed: bool
     circumvention: CircumventionRules = CircumventionRules()
     circumvention_text: str = DEFAULT_CIRCUMVENTION_TEXT  # the block page's note on a circumvention attempt
     network_index: NetworkIndex = field(init=False, repr=False, compare=False)
@@ -231,7 +232,7 @@ def load_policy(path: Path) -> Policy:
     default_group, users, networks, user_files, members = _read_identity(doc, top["identity"], groups)
     no_decrypt_categories, no_decrypt_hosts, intercept = _read_tls(doc, top["tls"], categories)
     block_page = doc.fields(top["block_page"], "block_page", required=("accidental",), optional=("circumvention",))
-    records = doc.fields(top["records"], "records", required=("retention_days",), optional=("log_allowed",))
+    records = doc.fields(top["records"], "records", required=("retention_days",))
     retention_days = doc.integer(records["retention_days"], "records.retention_days")
     if not 1 <= retention_days <= MAX_RETENTION_DAYS:
         doc.fail(records["retention_days"], f"records.retention_days must be between 1 and {MAX_RETENTION_DAYS}")
@@ -252,7 +253,6 @@ def load_policy(path: Path) -> Policy:
         no_decrypt_hosts=no_decrypt_hosts,
         accidental_text=doc.text(block_page["accidental"], "block_page.accidental"),
         retention_days=retention_days,
-        log_allowed=doc.boolean(records.get("log_allowed"), "records.log_allowed", default=False),
         circumvention=_read_circumvention(doc, top.get("circumvention"), groups),
         timetable=timetable,
         user_files=user_files,
@@ -630,13 +630,14 @@ def _policy_path(text: str, folder: Path) -> Path:
 
 def _read_mapping(
     doc: _Document, node: Node, where: str, folder: Path, categories: Mapping[str, Category]
-) -> dict[str, str | None]:
+) -> dict[str, str | MappedFolder | None]:
     mapping_path = _policy_path(doc.text(node, where), folder)
     try:
         mapping = load_mapping(mapping_path)
     except ListError as exc:  # its message names the mapping file and line
         doc.fail(node, f"{where}: {exc}")
-    for source, target in mapping.items():
+    for source, value in mapping.items():
+        target, _skip = mapped(value)
         if target is not None and target not in categories:
             doc.fail(
                 node,

@@ -31,6 +31,7 @@ WINDOW_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 MINUTES_PER_DAY = 24 * 60
 MAX_HOLIDAY_ENTRIES = 1000
 MAX_HOLIDAY_DAYS = 366  # one entry; a longer range is a typo in a year
+_ONE_MINUTE = dt.timedelta(minutes=1)
 _CLOCK = re.compile(r"([01]\d|2[0-3]):([0-5]\d)|24:00")
 
 
@@ -57,14 +58,33 @@ class Timetable:
         self.spans: tuple[tuple[Span, ...], ...] = tuple(tuple(day) for day in by_day)
         self._starts = tuple(tuple(s.start for s in day) for day in self.spans)
         self.windows = frozenset(s.window for day in self.spans for s in day) | {HOLIDAYS}
+        self._minute: tuple[float, float, str | None] = (0.0, 0.0, None)  # (start, end, window) last answered
 
     @classmethod
     def empty(cls, zone: zoneinfo.ZoneInfo | None = None) -> Timetable:
         return cls(zone or zoneinfo.ZoneInfo("UTC"), ())
 
     def window_at(self, when: dt.datetime) -> str | None:
-        """The window in force at `when` (a naive time is school-local), or None outside every window."""
-        local = when.replace(tzinfo=self.zone) if when.tzinfo is None else when.astimezone(self.zone)
+        """The window in force at `when` (a naive time is school-local), or None outside every window.
+
+        The answer holds for a whole minute, so the last minute's is remembered: every request
+        decided within it then costs a timestamp comparison instead of a time-zone conversion.
+        """
+        if when.tzinfo is None:
+            return self._window_at_local(when.replace(tzinfo=self.zone))
+        stamp = when.timestamp()
+        start, end, window = self._minute
+        if start <= stamp < end:
+            return window
+        local = when.astimezone(self.zone)
+        window = self._window_at_local(local)
+        # With a whole-minute UTC offset (every zone since the 1970s), local minutes are UTC minutes.
+        if local.utcoffset() % _ONE_MINUTE == dt.timedelta(0):
+            start = stamp // 60 * 60
+            self._minute = (start, start + 60, window)
+        return window
+
+    def _window_at_local(self, local: dt.datetime) -> str | None:
         if local.date() in self.holidays:
             return HOLIDAYS
         day = local.weekday()

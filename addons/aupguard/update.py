@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .index import CompileSummary, Progress, compile_from_folders
 from .lists import ImportResult, ListError, _swap_into_place, import_ut1
+from .paths import make_dir
 from .policy import Policy
 
 UT1_URL = "https://dsi.ut-capitole.fr/blacklists/download/blacklists.tar.gz"
@@ -81,9 +82,9 @@ def update_ut1(
     if root is None:
         raise ListError(f"the policy has no `{UT1_ROOT}` list root to update (see `lists:` in the policy)")
     dest = Path(root.path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(dest.parent)
     index_path = Path(index_path)
-    index_path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(index_path.parent)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.update-", dir=dest.parent))
     new_index = index_path.with_name(f".{index_path.name}.update-{os.getpid()}")
     try:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from urllib.parse import unquote_plus, unquote_to_bytes
 
 import idna
-import tldextract
 
 __all__ = [
     "URLError",
@@ -29,6 +28,8 @@ __all__ = [
     "normalize_host",
     "from_parts",
     "search_term",
+    "suffix_parts",
+    "is_public_suffix",
 ]
 
 MAX_URL_LENGTH = 65536
@@ -90,6 +91,9 @@ class NormalizedURL:
 
 
 _C0_AND_SPACE = "".join(map(chr, range(0x21)))
+# The shape most requests have, which the general parser below would return unchanged but for
+# the host: no userinfo, port, fragment, backslash, '%' or character browsers encode.
+_PLAIN_URL = re.compile(r'(https?)://([A-Za-z0-9._-]+)(/[^%\\#\x00-\x20"<>`{}\x7f-\U0010ffff]*)?')
 _WWW_PREFIX = re.compile(r"www\d*\.")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
 _AUTHORITY_END_SPECIAL = re.compile(r"[/\\?#]")
@@ -249,7 +253,7 @@ def _host_info(raw: str) -> tuple[str, bool]:
         raise URLError(f"invalid host: {raw[:100]!r}")
     if len(host) > MAX_HOST_LENGTH:
         raise URLError("host longer than 253 characters")
-    if any(len(label) > MAX_LABEL_LENGTH for label in host.split(".")):
+    if len(host) > MAX_LABEL_LENGTH and any(len(label) > MAX_LABEL_LENGTH for label in host.split(".")):
         raise URLError("host label longer than 63 characters")
     return host, False
 
@@ -295,6 +299,18 @@ def normalize_url(raw: str) -> NormalizedURL:
     """Parse a URL, or a scheme-less "host/path" (read as http), into its canonical form."""
     if len(raw) > MAX_URL_LENGTH:
         raise URLError("URL longer than 65536 characters")
+    plain = _PLAIN_URL.fullmatch(raw)
+    if plain is not None:
+        scheme, raw_host, rest = plain.groups()
+        path, _, query = (rest or "/").partition("?")
+        if "/." not in path:
+            host, is_ip = _host_info(raw_host)
+            return NormalizedURL(scheme, host, None, path, query, is_ip)
+    return _parse_url(raw)
+
+
+def _parse_url(raw: str) -> NormalizedURL:
+    """normalize_url for any input: the WHATWG-style parser."""
     # As browsers do: trim C0 controls and spaces, drop tabs and newlines anywhere.
     text = raw.strip(_C0_AND_SPACE)
     if "\t" in text or "\n" in text or "\r" in text:
@@ -356,7 +372,44 @@ def from_parts(scheme: str, host: str, port: int, path: str) -> NormalizedURL:
 
 # --- search terms -----------------------------------------------------------
 
-_TLD_EXTRACT = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+@functools.cache
+def _tld_extract():
+    """tldextract with its bundled suffix list only (offline), imported and built on first use:
+    it pulls in `requests`, a tenth of a second that `aupguard classify` would pay at every start."""
+    import tldextract
+
+    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+
+def suffix_parts(host: str):
+    """tldextract's (subdomain, domain, suffix) split of a host, by the bundled public suffix list."""
+    return _tld_extract()(host)
+
+
+@functools.cache
+def _icann_suffixes() -> frozenset[str]:
+    # The ICANN section's explicit rules (com, uk, co.uk, gov.uk): the public suffix list's
+    # private section (blogspot.com, github.io) names companies' own domains, and a
+    # wildcard rule (*.sch.uk) covers names someone registered (myschool.sch.uk).
+    rules = [rule for rule in _tld_extract().tlds if rule[0] not in "*!"]
+    return frozenset(rules).union(_punycode(rule) for rule in rules if not rule.isascii())
+
+
+def _punycode(rule: str) -> str:
+    """A suffix rule as hosts are normalised (рф -> xn--p1ai); the rule itself if idna refuses it."""
+    try:
+        return idna.encode(rule, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        return rule
+
+
+def is_public_suffix(host: str) -> bool:
+    """Whether a normalised host is itself a public suffix (`uk`, `com`, `co.uk`): no one site's name.
+
+    A list entry for one would match every site under it. By the ICANN rules only,
+    so `blogspot.com` (a private-section suffix) and `myschool.sch.uk` stay sites.
+    """
+    return host in _icann_suffixes()
 
 
 def _path_ends_search(path: str) -> bool:
@@ -410,7 +463,7 @@ def search_term(url: NormalizedURL) -> str | None:
     if not url.query:
         return None
     value = None
-    parts = None if url.is_ip else _TLD_EXTRACT(url.host)
+    parts = None if url.is_ip else suffix_parts(url.host)
     engine = _ENGINES.get(parts.domain) if parts is not None and parts.suffix else None
     if engine is not None:
         param, path_matches, subdomain = engine

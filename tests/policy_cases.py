@@ -1,0 +1,42 @@
+"""The broken-policy harness shared by tests of the policy file's sections (policy, timetable, ...).
+
+A case edits one place of a small valid policy; loading it must fail naming the
+file, the line of the case's marker and a reason matching the case's pattern.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from aupguard.policy import PolicyError, load_policy
+
+
+def write(tmp_path: Path, text: str, name: str = "policy.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def edit_once(base: str, old: str, new: str) -> str:
+    assert base.count(old) == 1, f"the case must edit one place: {old!r}"
+    return base.replace(old, new)
+
+
+def line_of(text: str, marker: str) -> int:
+    assert text.count(marker) == 1, f"marker {marker!r} must be unique"
+    return text[: text.index(marker)].count("\n") + 1
+
+
+def assert_refused(tmp_path: Path, text: str, marker: str, reason: str) -> PolicyError:
+    """Load `text` as a policy file: it must fail at the line of `marker`, for a reason matching `reason`."""
+    path = write(tmp_path, text)
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    error = caught.value
+    assert (error.file, error.line) == (str(path), line_of(text, marker)), error.reason
+    assert re.search(reason, error.reason), error.reason
+    assert str(error) == f"{path}:{error.line}: {error.reason}"
+    return error

@@ -1,0 +1,77 @@
+"""The block page: whatever it reflects is escaped, and its headers keep it inert. No proxy needed."""
+
+from __future__ import annotations
+
+import re
+
+import markupsafe
+import pytest
+
+from aupguard import blockpage
+
+# Raw, not percent-encoded: a policy's text, a list's label or a request's parts may hold any of these.
+HOSTILE = "<script>alert(\"x\")</script><img src=x onerror='y'> & co"
+FIELDS = (
+    "school_name", "category_label", "reason", "url", "ref", "it_contact", "accidental", "circumvention_note",
+    "report_url", "report_token", "title", "date", "time",
+)  # fmt: skip
+
+
+def render_hostile(accept: str = "text/html") -> tuple[str, dict[str, str]]:
+    """The page with a distinct hostile value in every field it shows."""
+    values = {name: f"{name}:{HOSTILE}" for name in FIELDS}
+    page = blockpage.render(accept=accept, **values)
+    return page.body.decode("utf-8"), values
+
+
+def test_every_field_is_escaped_in_the_html_page():
+    body, values = render_hostile()
+    assert "<script" not in body and "<img" not in body and "onerror='" not in body and "& co" not in body
+    for name, value in values.items():
+        assert str(markupsafe.escape(value)) in body, f"{name} is missing or not escaped"
+        assert value not in body
+    # Quotes are escaped too, so no value can leave an attribute (the forms' hidden fields and action).
+    assert 'value="ref:&lt;script&gt;alert(&#34;x&#34;)' in body
+    assert 'action="report_url:&lt;script&gt;' in body
+    assert "&#39;y&#39;" in body and "&amp; co" in body
+
+
+def test_the_forms_are_there_with_the_report_url_and_token():
+    page = blockpage.render(
+        accept=None, school_name="S", category_label="L", reason="R", url="http://x.example/", date="d", time="t",
+        ref="AG-2222-3333", it_contact="IT", accidental="A", report_url="http://aupguard.invalid/report",
+        report_token="ab" * 16,
+    )  # fmt: skip
+    body = page.body.decode()
+    assert body.count('<form method="post" action="http://aupguard.invalid/report"') == 2
+    assert body.count(f'name="token" value="{"ab" * 16}"') == 2
+
+
+def test_the_text_form_is_one_line_without_control_characters():
+    page = blockpage.render(
+        accept="application/json", school_name="S\r\nX-Injected: 1", category_label="L\x00", reason="R", url="u",
+        date="d", time="t", ref="AG-2222-3333", it_contact="IT\n", accidental="A",
+    )  # fmt: skip
+    assert page.content_type.startswith("text/plain")
+    text = page.body.decode()
+    assert text.count("\n") == 1 and text.endswith("\n")
+    assert not re.search(r"[\x00-\x09\x0b-\x1f]", text)
+
+
+def test_security_headers_allow_only_inline_style_and_posting_to_the_report_app():
+    headers = blockpage.security_headers("http://aupguard.invalid/report")
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    policy = dict(part.strip().split(" ", 1) for part in headers["Content-Security-Policy"].split(";"))
+    assert policy == {
+        "default-src": "'none'",
+        "style-src": "'unsafe-inline'",
+        "form-action": "http://aupguard.invalid/report",
+        "base-uri": "'none'",
+        "frame-ancestors": "'none'",
+    }
+
+
+@pytest.mark.parametrize("report_url", [None, "", "http://a.invalid/r; script-src *", "javascript:alert(1)", "http://a b/"])
+def test_a_missing_or_odd_report_url_lets_forms_post_nowhere(report_url):
+    csp = blockpage.security_headers(report_url)["Content-Security-Policy"]
+    assert "form-action 'none';" in csp and "script-src" not in csp

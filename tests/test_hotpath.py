@@ -1,0 +1,171 @@
+"""The per-request shortcuts decide exactly what the general code decides.
+
+Each fast path (benchmarks/README.md: "Classifier side by side", "Proxy overhead") is checked
+against the general code it skips, on adversarial input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import zoneinfo
+
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aupguard import circumvention, lean
+from aupguard.cli import main as cli_main
+from aupguard.timetable import Span, Timetable
+from aupguard.urlnorm import URLError, _parse_url, normalize_url
+
+# --- URL normalisation: the plain-URL fast path ------------------------------------------------
+
+_PIECES = ["http", "https", "HTTP", "://", ":/", "a.com", "A.Com", "www.x.co.uk", "0x7f.1", "127.0.0.1", "[::1]",
+           "xn--bcher-kva.de", "bücher.de", ":80", ":8080", "u@", "/", "/a", "/./", "/../", "/%2e%2e/", "%41", "%",
+           "?", "?q=1&u=http://b.org/", "#frag", "\\", " ", "\t", "é", "_", "-", ".", "..", "/x.php/", '"', "<"]  # fmt: skip
+
+
+@settings(max_examples=3000)
+@given(st.lists(st.sampled_from(_PIECES), min_size=1, max_size=8).map("".join))
+def test_normalize_url_fast_path_equals_the_general_parser(raw):
+    try:
+        expected = _parse_url(raw)
+    except URLError:
+        expected = None
+    try:
+        got = normalize_url(raw)
+    except URLError:
+        got = None
+    assert got == expected
+
+
+def test_the_fast_path_leaves_what_needs_work_to_the_general_parser():
+    assert normalize_url("http://A.com/a/./b/../c?x=%7e") == _parse_url("http://A.com/a/./b/../c?x=%7e")
+    assert normalize_url("http://a.com/c").path == "/c"
+    assert normalize_url("http://a.com/a/../c").path == "/c"
+    assert normalize_url("http://a.com").path == "/"
+
+
+# --- circumvention: the host-word gate before the public-suffix lookup --------------------------
+
+
+def _host_weight_reference(host: str) -> float:
+    labels = circumvention._site(host)[1]
+    if any(circumvention._HOST_WORDS.search(label) for label in labels):
+        return circumvention.HOST_WORD
+    if any(circumvention._HOST_WEAK_WORDS.search(label) for label in labels):
+        return circumvention.HOST_WEAK_WORD
+    return 0.0
+
+
+_LABELS = ["proxy", "vpn", "hide", "anon", "surf", "unblock", "mask", "x", "1", "-", "co", "uk", "com", "github",
+           "io", "my", "free", "tunnel", "stealthy", "unlocker", "bypass"]  # fmt: skip
+
+
+@settings(max_examples=2000)
+@given(st.lists(st.lists(st.sampled_from(_LABELS), min_size=1, max_size=3).map("".join), min_size=1, max_size=4))
+def test_host_words_are_found_with_or_without_the_gate(labels):
+    host = ".".join(labels)
+    gated = circumvention._host_weight(host) if circumvention._ANY_HOST_WORD.search(host) else 0.0
+    assert gated == _host_weight_reference(host)
+
+
+def test_the_gate_knows_every_host_word():
+    for word in (*circumvention._HOST_WORD_LIST, *circumvention._HOST_WEAK_WORD_LIST):
+        assert circumvention._ANY_HOST_WORD.search(f"my{word}site.com")
+
+
+def test_a_proxy_named_host_with_a_proxy_path_is_still_flagged():
+    findings = circumvention.inspect_url(normalize_url("http://bestproxy.example.com/browse.php"))
+    assert [f.technique for f in findings] == ["heuristic"]
+    assert circumvention.inspect_url(normalize_url("http://bestfood.example.com/browse.php")) == ()
+
+
+# --- timetable: the answer remembered for the minute ------------------------------------------
+
+
+def _timetable(zone: zoneinfo.ZoneInfo) -> Timetable:
+    spans = [Span("lessons", day, 9 * 60, 12 * 60, 1) for day in range(5)]
+    spans += [Span("lunch", day, 12 * 60, 13 * 60, 2) for day in range(5)]
+    spans += [Span("late", day, 1 * 60 + 30, 2 * 60 + 1, 3) for day in range(7)]  # crosses DST changes
+    return Timetable(zone, spans, holidays=[dt.date(2026, 3, 30)])
+
+
+@settings(max_examples=2000)
+@given(st.integers(0, 3 * 365 * 24 * 3600), st.sampled_from(["Europe/London", "Asia/Kolkata", "America/St_Johns"]))
+def test_window_at_remembered_equals_computed(offset, zone_name):
+    zone = zoneinfo.ZoneInfo(zone_name)
+    cached = _timetable(zone)
+    start = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=offset)
+    for step in (0, 1, 59, 60, 61, 3600):  # the same minute, the next, and a later one
+        when = start + dt.timedelta(seconds=step)
+        assert cached.window_at(when) == _timetable(zone).window_at(when)
+
+
+def test_window_at_across_a_daylight_saving_change():
+    zone = zoneinfo.ZoneInfo("Europe/London")
+    table = _timetable(zone)
+    # 2026-03-29 01:00 UTC: clocks go from 01:00 GMT to 02:00 BST.
+    before = dt.datetime(2026, 3, 29, 0, 59, 30, tzinfo=dt.timezone.utc)  # 00:59 local
+    after = dt.datetime(2026, 3, 29, 1, 0, 30, tzinfo=dt.timezone.utc)  # 02:00 local
+    assert table.window_at(before) is None
+    assert table.window_at(after) == "late"
+    assert table.window_at(before) is None
+
+
+# --- classify: the JSON line is what json.dumps writes ------------------------------------------
+
+
+def test_classify_lines_are_exactly_json_dumps(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUPGUARD_DATA", str(tmp_path / "var"))
+    urls = [
+        "http://www.pornhub.com/",
+        'http://example.com/a"b\\c',
+        "http://bücher.de/ü?q=é",
+        "http://example.com/\x7f",
+        "https://translate.google.com/translate?u=https%3A%2F%2Fwww.pornhub.com%2F",
+        "not a url at all /",
+    ]
+    result = CliRunner().invoke(
+        cli_main, ["classify", "--group", "pupils", "--index", str(tmp_path / "idx")], input="\n".join(urls) + "\n"
+    )
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == len(urls)
+    for line in lines:
+        assert json.dumps(json.loads(line)) == line
+    assert json.loads(lines[0])["action"] == "block"
+
+
+# --- mitmproxy: idle default addons left out ------------------------------------------------------
+
+
+def _master(**options):
+    from mitmproxy import options as mitm_options
+    from mitmproxy.tools.dump import DumpMaster
+
+    async def make():
+        opts = mitm_options.Options()
+        master = DumpMaster(opts, with_termlog=False, with_dumper=True)
+        opts.update(**options)
+        return master
+
+    return asyncio.run(make())
+
+
+def test_idle_addons_are_left_out_and_used_ones_stay():
+    master = _master(flow_detail=0)
+    removed = lean.prune_idle(master)
+    assert {"anticache", "modifyheaders", "stickycookie", "save", "dumper", "upstreamauth"} <= set(removed)
+    for needed in ("proxyserver", "nextlayer", "tlsconfig", "proxyauth", "onboarding", "disableh2c", "block"):
+        assert master.addons.get(needed) is not None
+
+
+def test_an_addon_whose_option_is_set_is_kept():
+    master = _master(flow_detail=1, anticache=True, modify_headers=["/~q/Host/example.org"], mode=["reverse:http://a"])
+    removed = lean.prune_idle(master)
+    assert not {"anticache", "modifyheaders", "dumper", "updatealtsvc"} & set(removed)
+    assert master.addons.get("anticache") is not None
+    assert "anticache" in lean.options_of(["anticache"])
