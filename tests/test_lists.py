@@ -715,13 +715,12 @@ def test_support_services_are_never_in_a_block_list():
 # ---------------------------------------------------------------------------- allow entries the mandatory tier overrides
 
 
-def test_an_allow_entry_in_a_mandatory_category_is_warned_of_at_load_and_compile(tmp_path, caplog):
-    import logging
-
+def test_an_allow_entry_in_a_mandatory_category_is_refused_at_load_and_reported_by_compile(tmp_path):
     from conftest import write_policy
     from test_cli import aupguard
 
     from aupguard.engine import Engine
+    from aupguard.lists import ListError
 
     local = write_tree(
         tmp_path / "local",
@@ -737,14 +736,14 @@ def test_an_allow_entry_in_a_mandatory_category_is_warned_of_at_load_and_compile
     policy = write_policy(tmp_path / "policy.yaml", edit)
     expected = (
         f"{local / 'school_allow' / 'domains'}:2: allow entry 'www.illegal-feed.example' (school_allow) is in the "
-        "mandatory category illegal: it stays blocked for everyone and the allow entry is ignored"
+        "mandatory category illegal, which nothing may allow: remove the entry"
     )
-    with caplog.at_level(logging.WARNING, logger="aupguard.engine"):
+    with pytest.raises(ListError) as refused:
         Engine.from_policy_file(policy)
-    assert [r.getMessage() for r in caplog.records if "allow entry" in r.getMessage()] == [expected]
+    assert str(refused.value) == expected
     done = aupguard(
         "lists", "compile", "--config", str(policy), "--index", str(tmp_path / "lists.idx"),
         env={"AUPGUARD_DATA": str(tmp_path / "var")},
     )  # fmt: skip
-    assert f"warning: {expected}" in done.stderr
-    assert done.stderr.count("warning:") == 1  # homework-help.example is in no mandatory category
+    assert f"error: {expected} (aupguard run refuses this policy until it is removed)" in done.stderr
+    assert done.stderr.count("error:") == 1  # homework-help.example is in no mandatory category

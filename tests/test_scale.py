@@ -238,8 +238,7 @@ def test_local_deny_and_allow_lists_override_imports_but_never_the_mandatory_tie
     assert (data / "lists" / "mandatory" / "illegal" / "domains").read_text().splitlines()[1:] == ["illegal-feed.example"]
     local = tmp_path / "local"
     write_list(local, "games", ["local-deny.example"])  # a local deny list: a folder of the school's own
-    # The local allow list: a site, an adult-list false positive (in the bundled adult list here), and a
-    # site in the illegal feed, which no allow list may let through.
+    # The local allow list: a site and an adult-list false positive (in the bundled adult list here).
     write_list(local, "school_allow", ["homework-help.example", "pornhub.com", "illegal-feed.example"])
 
     def edit(doc):
@@ -251,6 +250,11 @@ def test_local_deny_and_allow_lists_override_imports_but_never_the_mandatory_tie
         "http://imported-bet.example/", "http://homework-help.example/", "http://local-deny.example/",
         "http://pornhub.com/", "http://www.illegal-feed.example/page", "http://xvideos.com/",
     ]  # fmt: skip
+    # An allow entry for a site in the illegal feed would let the mandatory tier through: refused at load.
+    refused = aupguard("classify", "--config", str(policy_path), "--group", "pupils", data=data, stdin=urls[0] + "\n")
+    assert refused.returncode != 0
+    assert "allow entry 'illegal-feed.example' (school_allow) is in the mandatory category illegal" in refused.stderr
+    write_list(local, "school_allow", ["homework-help.example", "pornhub.com"])
     for group in ("pupils", "visitors", "early_years"):
         done = aupguard("classify", "--config", str(policy_path), "--group", group, data=data, stdin="\n".join(urls) + "\n")
         assert done.returncode == 0, done.stderr
@@ -258,7 +262,7 @@ def test_local_deny_and_allow_lists_override_imports_but_never_the_mandatory_tie
         assert [v["url"] for v in verdicts] == urls
         actions = [v["action"] for v in verdicts]
         # imported block; local allow beats an imported block; local deny (games: visitors may play); the
-        # allow list corrects an adult false positive; it never beats the mandatory tier; adult without
+        # allow list corrects an adult false positive; the mandatory tier is blocked; adult without
         # an allow is blocked. The early years' walled garden does not take school_allow at all.
         expected = {
             "pupils": ["block", "allow", "block", "allow", "block", "block"],
@@ -266,7 +270,7 @@ def test_local_deny_and_allow_lists_override_imports_but_never_the_mandatory_tie
             "early_years": ["block"] * 6,
         }
         assert actions == expected[group], group
-        assert verdicts[4]["categories"] == ["illegal", "school_allow"]
+        assert verdicts[4]["categories"] == ["illegal"]
         assert verdicts[4]["rule"] == "mandatory/illegal/domains: illegal-feed.example"
         assert "adult" in verdicts[5]["categories"]
     policy = load_policy(policy_path)

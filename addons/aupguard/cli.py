@@ -469,7 +469,7 @@ def _say_compiled(summary, policy=None) -> None:
         click.echo(f"skipped list lines, e.g. {summary.problems[0]} ({len(summary.problems)} shown in the log)", err=True)
     if policy is not None:  # `run` leaves this to the proxy, which warns when it loads the policy
         for warning in overridden_allows(policy, index_classifier(policy.lists, summary.path)):
-            click.echo(f"warning: {warning}", err=True)
+            click.echo(f"error: {warning} (aupguard run refuses this policy until it is removed)", err=True)
 
 
 @lists.command("compile")

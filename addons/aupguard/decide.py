@@ -100,10 +100,11 @@ def filter_error(policy: Policy, identity: Identity) -> Decision:
 
 
 def overridden_allows(policy: Policy, classifier: Classifier) -> list[str]:
-    """Allow-list entries that a mandatory category overrides, as "file:line: ..." warnings.
+    """Allow-list entries that a mandatory category would override, as "file:line: ..." messages.
 
-    Such an entry is never applied (the mandatory tier is blocked whatever allows
-    it), so the school is told at load instead of finding out from a block page.
+    The mandatory tier is blocked whatever allows it, so a policy whose allow lists
+    name such a site is refused at load (Engine.from_policy_file) rather than
+    silently not applied.
     Cheap: only the allow categories' own `domains` and `urls` files are read, and
     each entry is looked up once in the classifier (no scan of the block lists).
     """
@@ -133,6 +134,6 @@ def overridden_allows(policy: Policy, classifier: Classifier) -> list[str]:
                 if forced:
                     warnings.append(
                         f"{path}:{number}: allow entry {entry!r} ({source.category}) is in the mandatory category "
-                        f"{', '.join(forced)}: it stays blocked for everyone and the allow entry is ignored"
+                        f"{', '.join(forced)}, which nothing may allow: remove the entry"
                     )
     return warnings

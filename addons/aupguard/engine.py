@@ -24,7 +24,7 @@ from .decide import Decision, decide, filter_error, overridden_allows
 from .exemptions import ExemptionSet
 from .identify import Identity, identify
 from .incidents import Incident, RepeatRule, new_ref
-from .lists import load_lists
+from .lists import ListError, load_lists
 from .indexwatch import index_classifier
 from .policy import Policy, load_policy, severity_rank
 from .urlnorm import NormalizedURL, URLError, normalize_url, search_term
@@ -117,8 +117,10 @@ class Engine:
             for problem in lists.problems[:20]:
                 log.warning("list line skipped: %s", problem)
             classifier = Classifier(lists)
-        for warning in overridden_allows(policy, classifier):
-            log.warning("%s", warning)
+        refused = overridden_allows(policy, classifier)
+        if refused:
+            # Issue 4's mandatory tier: an allow list that would let it through is refused, not ignored.
+            raise ListError("; ".join(refused[:10]) + (f" (and {len(refused) - 10} more)" if len(refused) > 10 else ""))
         engine = cls(policy, classifier)
         engine.index_path = index_path
         if previous is not None:
