@@ -6,6 +6,8 @@ import re
 
 import markupsafe
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aupguard import blockpage
 
@@ -75,3 +77,31 @@ def test_security_headers_allow_only_inline_style_and_posting_to_the_report_app(
 def test_a_missing_or_odd_report_url_lets_forms_post_nowhere(report_url):
     csp = blockpage.security_headers(report_url)["Content-Security-Policy"]
     assert "form-action 'none';" in csp and "script-src" not in csp
+
+
+field_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.fixed_dictionaries({name: field_text for name in (*FIELDS, "accent")}),
+    st.sampled_from(FIELDS),  # one field absent (None or "") at a time: the template's conditional parts
+    st.sampled_from([None, "", "text/html", "application/json"]),
+)
+def test_the_pre_rendered_page_is_exactly_what_jinja_renders(values, absent, accept):
+    """render() fills a once-rendered skeleton: byte for byte what rendering the template each time gives."""
+    if absent in ("ref", "report_url", "report_token", "circumvention_note"):
+        values[absent] = None if len(values[absent]) % 2 else ""
+    page = blockpage.render(accept=accept, **values)
+    jinja_values = {
+        **values,
+        "url": blockpage._shown_url(values["url"]),
+        "report_url": values["report_url"] if values["ref"] and values["report_token"] else None,
+    }
+    environment = blockpage._environment()
+    if blockpage.wants_html(accept):
+        expected = environment.get_template("block.html").render(jinja_values).encode()
+    else:
+        text = blockpage._CONTROL.sub(" ", environment.get_template("block.txt").render(jinja_values)).strip()
+        expected = (text + "\n").encode()
+    assert page.body == expected

@@ -11,7 +11,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aupguard.circumvention import HEURISTIC_THRESHOLD, MAX_DEPTH, Finding, inspect_request, inspect_url
+from aupguard.circumvention import (
+    HEURISTIC_THRESHOLD,
+    MAX_DEPTH,
+    MAX_REQUEST_LINE,
+    Finding,
+    FirstLine,
+    first_line,
+    inspect_request,
+    inspect_url,
+)
 from aupguard.urlnorm import URLError, normalize_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -176,3 +185,58 @@ def test_false_positives_on_the_benign_set_stay_within_half_a_percent(shared_dir
     result = measure_benign(shared_dir / "blocklists-ut1")
     assert result["total"] >= 20_000
     assert result["rate"] <= 0.005, result["examples"]
+
+
+# -- tunnels: is the first line an HTTP request line? ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", FirstLine.REQUEST),
+        (b"GET http://example.com/a?b=c HTTP/1.0\n", FirstLine.REQUEST),  # a bare LF ends a line too
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", FirstLine.REQUEST),  # HTTP/2 with prior knowledge
+        (b"GET /caf\xc3\xa9 HTTP/1.1\r\n", FirstLine.REQUEST),  # a raw UTF-8 path, as mitmproxy takes it
+        (b"", FirstLine.PARTIAL),
+        (b"abc", FirstLine.PARTIAL),
+        (b"GET", FirstLine.PARTIAL),
+        (b"GET /", FirstLine.PARTIAL),
+        (b"GET / HTTP/1.", FirstLine.PARTIAL),
+        (b"GET / HTTP/1.1\r", FirstLine.PARTIAL),
+        (b"hello there\n", FirstLine.NOT_HTTP),  # a line, but no request line
+        (b"HELLO\r\n", FirstLine.NOT_HTTP),
+        (b"SSH-2.0-OpenSSH_9.6p1 Ubuntu-3ubuntu13\r\n", FirstLine.NOT_HTTP),
+        (b"\x00\x0e\x38\xa1\xb2", FirstLine.NOT_HTTP),  # OpenVPN over TCP
+        (b"GET  / HTTP/1.1\r\n", FirstLine.NOT_HTTP),  # RFC 9112: single spaces
+        (b"GET / HTTPS", FirstLine.NOT_HTTP),
+        (b"G(T", FirstLine.NOT_HTTP),  # "(" is no token character
+        (b"GET /" + b"a" * MAX_REQUEST_LINE, FirstLine.NOT_HTTP),  # too long to wait for
+    ],
+)
+def test_first_line_tells_a_request_line_from_what_can_never_be_one(data, expected):
+    assert first_line(data) is expected
+
+
+_TCHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_request_lines = st.builds(
+    lambda method, target, major, minor, end: f"{method} {target} HTTP/{major}.{minor}{end}".encode(),
+    st.text(_TCHARS, min_size=1, max_size=12),
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=60),
+    st.integers(0, 9),
+    st.integers(0, 9),
+    st.sampled_from(["\r\n", "\n"]),
+)
+
+
+@given(_request_lines, st.binary(max_size=40))
+def test_every_request_line_is_http_and_every_beginning_of_one_is_waited_for(line, rest):
+    assert first_line(line + rest) is FirstLine.REQUEST
+    for cut in range(len(line)):  # before the LF: the line may still end well
+        assert first_line(line[:cut]) is FirstLine.PARTIAL
+
+
+@given(st.binary(max_size=60), st.binary(max_size=60))
+def test_what_cannot_begin_a_request_line_never_becomes_one(data, more):
+    """Cutting at once is safe: no later byte could have made the tunnel HTTP."""
+    if first_line(data) is FirstLine.NOT_HTTP:
+        assert first_line(data + more) is FirstLine.NOT_HTTP

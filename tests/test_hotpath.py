@@ -169,3 +169,48 @@ def test_an_addon_whose_option_is_set_is_kept():
     assert not {"anticache", "modifyheaders", "dumper", "updatealtsvc"} & set(removed)
     assert master.addons.get("anticache") is not None
     assert "anticache" in lean.options_of(["anticache"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.floats(min_value=-4e9, max_value=4e9),
+    st.sampled_from(["Europe/London", "Europe/Amsterdam", "Asia/Kolkata", "America/St_Johns", "UTC"]),
+)
+def test_the_incident_local_time_is_what_astimezone_gives(timestamp, zone_name):
+    """engine.local_date_time caches per minute; Amsterdam before 1937 (+00:19:32) takes the slow path."""
+    from aupguard.engine import local_date_time
+
+    zone = zoneinfo.ZoneInfo(zone_name)
+    when = dt.datetime.fromtimestamp(timestamp, dt.timezone.utc)
+    local = when.astimezone(zone)
+    assert local_date_time(when, zone) == (local.strftime("%Y-%m-%d"), local.strftime("%H:%M:%S"))
+
+
+def test_events_reach_the_same_handlers_in_the_same_order_when_idle_addons_are_skipped():
+    from mitmproxy import exceptions
+    from mitmproxy.proxy.layers.http import HttpRequestHook
+    from mitmproxy.test import tflow
+
+    calls = []
+
+    class Handler:
+        def __init__(self, name, halt=False):
+            self.name, self.halt = name, halt
+
+        def request(self, flow):
+            calls.append(self.name)
+            if self.halt:
+                raise exceptions.AddonHalt
+
+    class Idle:
+        pass
+
+    class Parent:  # like mitmproxy's ScriptLoader: no handler itself, children that have one
+        def __init__(self, *children):
+            self.addons = list(children)
+
+    master = _master()
+    master.addons.chain = [Idle(), Handler("a"), Parent(Handler("b"), Idle()), Handler("c", halt=True), Handler("d")]
+    lean.dispatch_to_handlers_only(master.addons)
+    asyncio.run(master.addons.trigger_event(HttpRequestHook(tflow.tflow())))
+    assert calls == ["a", "b", "c"]  # AddonHalt from c still stops the event

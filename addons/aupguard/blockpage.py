@@ -7,10 +7,12 @@ text for clients that do not accept HTML (apps, curl, update agents).
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
 from functools import lru_cache
 
 import jinja2
+import markupsafe
 
 # Shown URLs are cut: the page must stay readable and bounded whatever the request.
 MAX_SHOWN_URL = 300
@@ -60,6 +62,15 @@ def security_headers(report_url: str | None) -> dict[str, str]:
     }
 
 
+@lru_cache(maxsize=16)
+def header_fields(content_type: str, report_url: str | None, no_store: bool) -> tuple[tuple[bytes, bytes], ...]:
+    """The response headers of a page, as the (name, value) bytes pairs mitmproxy's Headers holds:
+    made once, not converted from a dict on every block."""
+    headers = {"Content-Type": content_type, **({"Cache-Control": "no-store"} if no_store else {})}
+    headers.update(security_headers(report_url))
+    return tuple((name.encode(), value.encode("utf-8", "surrogateescape")) for name, value in headers.items())
+
+
 def wants_html(accept: str | None) -> bool:
     """Browsers ask for text/html; a client that sends no Accept header gets HTML too."""
     if not accept:
@@ -87,27 +98,48 @@ def render(
     report_token: str | None = None,
 ) -> BlockPage:
     """The page; with `report_url` and `report_token` (feedback.py) it offers "report a mistake" forms."""
-    values = dict(
-        school_name=school_name,
-        category_label=category_label,
-        reason=reason,
-        url=_shown_url(url),
-        date=date,
-        time=time,
-        ref=ref,
-        it_contact=it_contact,
-        accidental=accidental,
-        circumvention_note=circumvention_note,
-        title=title,
-        accent=accent,
-        report_url=report_url if ref and report_token else None,
-        report_token=report_token,
-    )
-    if wants_html(accept):
-        html = _environment().get_template("block.html").render(values)
-        return BlockPage(403, "text/html; charset=utf-8", html.encode("utf-8"))
-    text = _CONTROL.sub(" ", _environment().get_template("block.txt").render(values)).strip()
+    html = wants_html(accept)
+    report_url = report_url if ref and report_token else None
+    # Everything but the per-request fields is the same for every block of one category under one
+    # policy: rendered once (_skeleton), then only the per-request values are escaped and put in.
+    parts = _skeleton(
+        html, school_name, category_label, reason, it_contact, accidental, circumvention_note, title, accent,
+        report_url, bool(ref),
+    )  # fmt: skip
+    request_values = {"url": _shown_url(url), "date": date, "time": time, "ref": ref, "report_token": report_token}
+    pieces = [parts[0]]
+    for index in range(1, len(parts), 2):
+        value = request_values[parts[index]]
+        pieces.append(markupsafe.escape(value) if html else str(value))  # what Jinja's autoescape does (or not)
+        pieces.append(parts[index + 1])
+    if html:
+        return BlockPage(403, "text/html; charset=utf-8", "".join(pieces).encode("utf-8"))
+    text = _CONTROL.sub(" ", "".join(pieces)).strip()
     return BlockPage(403, "text/plain; charset=utf-8", (text + "\n").encode("utf-8"))
+
+
+# Stand-ins for the per-request fields while a skeleton is rendered: random per process, so no
+# policy text or list label can contain one, and escaping leaves them as they are.
+_SLOT_MARK = secrets.token_hex(8)
+_SLOT = re.compile(f"\x00{_SLOT_MARK}:([a-z_]+)\x00")
+
+
+@lru_cache(maxsize=512)
+def _skeleton(
+    html: bool, school_name: str, category_label: str, reason: str, it_contact: str, accidental: str,
+    circumvention_note: str | None, title: str, accent: str, report_url: str | None, has_ref: bool,
+) -> tuple[str, ...]:
+    """The rendered template split at the per-request fields: (text, field name, text, field name, ..., text)."""
+    slot = {name: f"\x00{_SLOT_MARK}:{name}\x00" for name in ("url", "date", "time", "ref", "report_token")}
+    values = dict(
+        school_name=school_name, category_label=category_label, reason=reason, it_contact=it_contact,
+        accidental=accidental, circumvention_note=circumvention_note, title=title, accent=accent,
+        report_url=report_url, **slot,
+    )  # fmt: skip
+    if not has_ref:
+        values["ref"] = None  # the template leaves out what only makes sense with a reference
+    rendered = _environment().get_template("block.html" if html else "block.txt").render(values)
+    return tuple(_SLOT.split(rendered))
 
 
 def _shown_url(url: str) -> str:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from pathlib import Path
 
 from . import circumvention
@@ -235,7 +237,7 @@ class Engine:
     ) -> Incident:
         """The record of one blocked attempt: what the IT report and the DSL export are made of."""
         when = when or datetime.now(timezone.utc)
-        local = when.astimezone(self.policy.timezone)
+        local_date, local_time = local_date_time(when, self.policy.timezone)
         url = verdict.url
         categories = verdict.categories
         severity = verdict.decision.severity or "low"
@@ -245,8 +247,8 @@ class Engine:
         return Incident(
             ref=new_ref(),
             ts_utc=when,
-            local_date=local.strftime("%Y-%m-%d"),
-            local_time=local.strftime("%H:%M:%S"),
+            local_date=local_date,
+            local_time=local_time,
             client_ip=verdict.identity.client_ip,
             username=verdict.identity.user,
             group=verdict.identity.group,
@@ -262,6 +264,27 @@ class Engine:
             technique=verdict.technique,
             inner_url=verdict.inner_url,
         )
+
+
+def local_date_time(when: datetime, zone) -> tuple[str, str]:
+    """`when` (tz-aware) as ('YYYY-MM-DD', 'HH:MM:SS') in `zone`: the time zone work is done once a
+    minute (_local_minute), not for every incident."""
+    whole = math.floor(when.timestamp())
+    minute = _local_minute(whole // 60, zone)
+    if minute is None:
+        local = when.astimezone(zone)
+        return local.strftime("%Y-%m-%d"), local.strftime("%H:%M:%S")
+    return minute[0], f"{minute[1]}:{whole % 60:02d}"
+
+
+@lru_cache(maxsize=8)
+def _local_minute(minute: int, zone) -> tuple[str, str] | None:
+    """The local date and 'HH:MM' of one UTC minute; None when the zone's offset then was not whole
+    minutes (old local mean times), as a local minute then does not start with the UTC one."""
+    local = datetime.fromtimestamp(minute * 60, zone)
+    if local.utcoffset().total_seconds() % 60:
+        return None
+    return local.strftime("%Y-%m-%d"), local.strftime("%H:%M")
 
 
 def _finding_matches(findings: tuple[circumvention.Finding, ...]) -> list[Match]:

@@ -6,13 +6,17 @@ addon handles it: with mitmdump's ~37 addons that is a large share of the CPU a 
 request costs (benchmarks/README.md, "Proxy overhead"). The addons below do nothing at all
 unless one of their options is set; `prune_idle` removes those whose options all still have
 mitmproxy's defaults when the proxy starts. Setting one later (a script changing options
-at run time) would have no effect, so `options_of` lets the addon warn about it.
+at run time) would have no effect, so `options_of` lets the addon warn about it. Of the
+addons that stay, most handle no flow event at all: `dispatch_to_handlers_only` stops
+handing them events they cannot handle.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+
+from mitmproxy import addonmanager, exceptions, hooks
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,15 @@ IDLE_UNLESS_SET: dict[str, tuple[str, ...]] = {
     "updatealtsvc": ("keep_alt_svc_header", "mode"),
     # Prints flows; with flow_detail 0 (aupguard's setting) it prints nothing.
     "dumper": ("flow_detail",),
+    # DNS flows exist only in mitmproxy's dns/local/wireguard modes, and these handle nothing else
+    # (dns_request, dns_response): idle while every mode is the regular one.
+    "dnsresolver": ("mode",),
+    "stripdnshttpsrecords": ("mode",),
+    # Their only hook is `running` (they still get it: mitmproxy hands an event to the chain as it
+    # was when the event began), and with no flow file to read or replay it does nothing.
+    # Removing an addon leaves its commands registered (readfile.reading stays callable).
+    "keepserving": ("keepserving", "rfile", "client_replay", "server_replay"),
+    "readfilestdin": ("rfile", "readfile_filter"),
 }
 
 
@@ -70,6 +83,31 @@ def _idle(options, name: str) -> bool:
 def options_of(removed: list[str]) -> frozenset[str]:
     """The options that would need a removed addon: changing one at run time has no effect."""
     return frozenset(option for name in removed for option in IDLE_UNLESS_SET[name] if option != "mode")
+
+
+def dispatch_to_handlers_only(manager) -> None:
+    """Make `manager` (mitmproxy's AddonManager) skip, for each event, the addons that cannot handle it.
+
+    mitmproxy's trigger_event enters a context manager and a coroutine for every addon in the
+    chain, for every event and again for its "update" event: ~130 of them per proxied request,
+    nearly all for addons without a handler. An addon with neither a method of the event's name
+    nor sub-addons (`addons`, which mitmproxy's traverse follows, e.g. loaded scripts) does
+    nothing in invoke_addon, so leaving it out changes nothing else: handlers still run in chain
+    order, with the same error handling, and AddonHalt still stops the event.
+    """
+
+    async def trigger_event(event: hooks.Hook) -> None:
+        name = event.name
+        for addon in manager.chain:
+            if not hasattr(addon, name) and not hasattr(addon, "addons"):
+                continue
+            try:
+                with addonmanager.safecall():
+                    await manager.invoke_addon(addon, event)
+            except exceptions.AddonHalt:
+                return
+
+    manager.trigger_event = trigger_event
 
 
 def freeze_startup_objects() -> None:
