@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import http.client
 import json
-import os
 import re
 import socket
 import socketserver
@@ -28,6 +27,7 @@ import pytest
 import requests
 
 from conftest import REPO, SHARED, Proxy, start_proxy, write_policy
+from test_cli import aupguard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
@@ -116,19 +116,6 @@ def guarded(tmp_path_factory, origin, banner_server) -> Proxy:
     running = start_proxy(tmp, write_policy(tmp / "policy.yaml", edit))
     yield running
     running.stop()
-
-
-def aupguard(*args: str, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "aupguard.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def rows(db: Path, where: str = "1", params: tuple = (), expect: int = 1, timeout: float = 10) -> list[dict]:
