@@ -124,6 +124,17 @@ def origin(tmp_path_factory) -> Origin:
 # -- the proxy ------------------------------------------------------------------------------------
 
 
+def write_htpasswd(path: Path, users: dict[str, str]) -> Path:
+    """An htpasswd file for mitmproxy's proxyauth (`--proxyauth @path`), one line per user."""
+    from passlib.apache import HtpasswdFile
+
+    file = HtpasswdFile(str(path), new=True)
+    for user, password in users.items():
+        file.set_password(user, password)
+    file.save()
+    return path
+
+
 def write_policy(path: Path, edit=None, base: Path = BUNDLED_POLICY) -> Path:
     """A copy of the bundled policy (lists resolved against the repo), optionally edited as a dict."""
     data = yaml.safe_load(base.read_text())

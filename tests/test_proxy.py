@@ -12,9 +12,8 @@ import sys
 
 import pytest
 import requests
-from passlib.apache import HtpasswdFile
 
-from conftest import REPO, Proxy, allow_tunnels_to, free_port, start_proxy, wait_listening, write_policy
+from conftest import REPO, Proxy, allow_tunnels_to, free_port, start_proxy, wait_listening, write_policy, write_htpasswd
 
 REF = re.compile(r"AG-[A-Z2-9]{4}-[A-Z2-9]{4}")
 
@@ -161,11 +160,7 @@ def staff_social_networks_all_week(policy):
 
 
 def test_staff_log_in_and_get_their_own_policy(tmp_path, origin):
-    htpasswd = tmp_path / "htpasswd"
-    users = HtpasswdFile(str(htpasswd), new=True)
-    users.set_password("ms.teacher", "correct horse")
-    users.set_password("a.pupil", "battery staple")
-    users.save()
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", {"ms.teacher": "correct horse", "a.pupil": "battery staple"})
 
     def staff_user(policy):
         policy["identity"]["users"] = {"ms.teacher": "staff"}

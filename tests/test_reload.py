@@ -8,9 +8,8 @@ import time
 from pathlib import Path
 
 import requests
-from passlib.apache import HtpasswdFile
 
-from conftest import start_proxy, write_policy
+from conftest import start_proxy, write_policy, write_htpasswd
 
 
 def eventually(check, timeout: float = 20.0, interval: float = 0.3):
@@ -82,11 +81,7 @@ def test_policy_reloads_on_change_and_sighup_and_survives_a_broken_edit(tmp_path
 
 
 def test_groups_from_the_mis_export_through_proxy_login(tmp_path, origin):
-    htpasswd = tmp_path / "htpasswd"
-    users = HtpasswdFile(str(htpasswd), new=True)
-    users.set_password("sam.smith", "correct horse")
-    users.set_password("ms.teacher", "battery staple")
-    users.save()
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", {"sam.smith": "correct horse", "ms.teacher": "battery staple"})
     export = tmp_path / "mis.csv"
     export.write_text("Login,Filter group\nsam.smith,pupils\nMS.Teacher,staff\n")
     listed = localhost_is_games(tmp_path)
