@@ -194,11 +194,13 @@ def test_events_reach_the_same_handlers_in_the_same_order_when_idle_addons_are_s
     calls = []
 
     class Handler:
-        def __init__(self, name, halt=False):
-            self.name, self.halt = name, halt
+        def __init__(self, name, halt=False, fail=False):
+            self.name, self.halt, self.fail = name, halt, fail
 
-        def request(self, flow):
+        async def request(self, flow):  # async handlers are awaited, as mitmproxy does
             calls.append(self.name)
+            if self.fail:
+                raise ValueError("a broken addon")  # logged by safecall; its siblings under the parent are skipped
             if self.halt:
                 raise exceptions.AddonHalt
 
@@ -209,8 +211,81 @@ def test_events_reach_the_same_handlers_in_the_same_order_when_idle_addons_are_s
         def __init__(self, *children):
             self.addons = list(children)
 
-    master = _master()
-    master.addons.chain = [Idle(), Handler("a"), Parent(Handler("b"), Idle()), Handler("c", halt=True), Handler("d")]
-    lean.dispatch_to_handlers_only(master.addons)
-    asyncio.run(master.addons.trigger_event(HttpRequestHook(tflow.tflow())))
-    assert calls == ["a", "b", "c"]  # AddonHalt from c still stops the event
+    async def both_ways():
+        from mitmproxy import options
+        from mitmproxy.tools.dump import DumpMaster
+
+        master = DumpMaster(options.Options(), with_termlog=False, with_dumper=False)  # logs need a running loop
+        master.addons.chain = [
+            Idle(), Handler("a"), Parent(Handler("b"), Handler("b-broken", fail=True), Handler("b-skipped"), Idle()),
+            Handler("c", halt=True), Handler("d"),
+        ]  # fmt: skip
+        await master.addons.trigger_event(HttpRequestHook(tflow.tflow()))  # mitmproxy's own dispatch
+        mitmproxys = list(calls)
+        calls.clear()
+        lean.HandlerTable(master.addons).install()
+        await master.addons.trigger_event(HttpRequestHook(tflow.tflow()))
+        return mitmproxys
+
+    assert asyncio.run(both_ways()) == calls == ["a", "b", "b-broken", "c"]  # AddonHalt from c stops the event
+
+
+def test_the_handler_table_follows_addons_added_removed_and_options_set():
+    from mitmproxy import options
+    from mitmproxy.proxy.layers.http import HttpResponseHook
+    from mitmproxy.test import tflow
+    from mitmproxy.tools.dump import DumpMaster
+
+    calls = []
+
+    class Seen:
+        def __init__(self, name):
+            self.name = name
+
+        def response(self, flow):
+            calls.append(self.name)
+
+        def update(self, flows):
+            calls.append(f"update {self.name}")
+
+    class Holder:  # like a loaded Script: its sub-addons change through register() and remove()
+        def __init__(self):
+            self.addons = []
+
+    async def steps():
+        master = DumpMaster(options.Options(), with_termlog=False, with_dumper=False)
+        master.addons.chain = []  # only this test's addons
+        lean.HandlerTable(master.addons).install()
+        fire = lambda: master.addons.handle_lifecycle(HttpResponseHook(tflow.tflow()))  # noqa: E731
+        seen = []
+        await fire()
+        seen.append(list(calls))
+        first = Seen("first")
+        master.addons.add(first)
+        await fire()
+        seen.append(list(calls))  # update is sent for a flow once something handles it
+        master.addons.remove(first)
+        calls.clear()
+        await fire()
+        seen.append(list(calls))
+        holder = Holder()
+        master.addons.add(holder)
+        await fire()
+        holder.addons.append(Seen("script"))
+        master.addons.register(holder.addons[0])
+        await fire()
+        seen.append(list(calls))
+        calls.clear()
+        holder.addons.insert(0, Seen("reordered"))  # the scripts option reorders scripts without register()
+        master.options.update(anticache=True)
+        await fire()
+        seen.append(list(calls))
+        return seen
+
+    assert asyncio.run(steps()) == [
+        [],
+        ["first", "update first"],
+        [],
+        ["script", "update script"],
+        ["reordered", "script", "update reordered", "update script"],
+    ]

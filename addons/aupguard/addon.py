@@ -122,6 +122,9 @@ class AupGuard:
         self.exemptions = ExemptionSet()
         self.watcher: ExemptionWatcher | None = None
         self.feedback_key: bytes | None = None  # signs the block page's "report a mistake" forms
+        # Read from the options in configure, not per request (an option lookup costs more than the check).
+        self.feedback_host = feedback.DEFAULT_HOST  # requests to it are the block page's forms
+        self.report_url: str | None = None  # where the forms post (feedback.FeedbackApp), when offered
         # The policy reloads on change or SIGHUP while the proxy runs, keeping the old one on any error.
         # Every worker follows `aupguard lists compile` onto the new index file.
         self.index_watcher = IndexWatcher(lambda: self.engine)
@@ -188,6 +191,9 @@ class AupGuard:
             store = ctx.options.aupguard_exemptions or Path(ctx.options.aupguard_db).parent / "exemptions.db"
             self.watcher = ExemptionWatcher(Path(store), self._set_exemptions)
             self.watcher.start()
+        if {"aupguard_db", "aupguard_feedback_host"} & updated:
+            self.feedback_host = ctx.options.aupguard_feedback_host
+            self.report_url = f"http://{self.feedback_host}{feedback.PATH}" if self.feedback_key else None
         if self.engine is not None:
             self.engine.exemptions = self.exemptions
             if self.writer:
@@ -204,7 +210,7 @@ class AupGuard:
         self.reloader.start()
         self.index_watcher.start()
         self._pruned_options = lean.options_of(lean.prune_idle(ctx.master))
-        lean.dispatch_to_handlers_only(ctx.master.addons)
+        lean.HandlerTable(ctx.master.addons).install()
         lean.freeze_startup_objects()
 
     def _install(self, engine: Engine) -> None:
@@ -322,6 +328,7 @@ class AupGuard:
         identity = self._identity(flow)
         # Kept for responseheaders (plain values: mitmproxy may save flow metadata to a file).
         flow.metadata[_IDENTITY] = (identity.user, identity.client_ip, identity.group, identity.why)
+        when = _request_time(flow)
         try:
             request = flow.request
             url = from_parts(request.scheme, host, request.port, request.path)
@@ -331,13 +338,13 @@ class AupGuard:
                 method=request.method,
                 content_type=request.headers.get("content-type"),
                 accept=request.headers.get("accept"),
-                when=_request_time(flow),
+                when=when,
             )
             if not verdict.blocked and normalize_host(request.host) != url.host:
                 # The Host header names another site than the connection (domain fronting): both must pass.
-                verdict = self.engine.check_host(request.host, request.port, identity, _request_time(flow))
+                verdict = self.engine.check_host(request.host, request.port, identity, when)
             if verdict.blocked:
-                self._block(flow, verdict)
+                self._block(flow, verdict, when=when)
         except Exception:
             log.exception("aupguard: deciding %s failed", flow.request.pretty_url[:200])
             self._block(flow, self.engine.failed(identity, None, "request handling failed"))
@@ -387,7 +394,7 @@ class AupGuard:
 
     def _is_feedback(self, flow: http.HTTPFlow, host: str | None = None) -> bool:
         """Requests to the reserved host are the block page's own forms: feedback.FeedbackApp answers them."""
-        return (host or flow.request.pretty_host) == ctx.options.aupguard_feedback_host
+        return (host or flow.request.pretty_host) == self.feedback_host
 
     def _download_verdict(self, flow: http.HTTPFlow, identity: Identity, refused: downloads.DownloadBlock) -> Verdict:
         policy = self.engine.policy
@@ -438,7 +445,9 @@ class AupGuard:
             return True
         return bool(policy.no_decrypt_categories.intersection(verdict.categories))
 
-    def _block(self, flow: http.HTTPFlow, verdict: Verdict, replacing: bool = False) -> None:
+    def _block(
+        self, flow: http.HTTPFlow, verdict: Verdict, replacing: bool = False, when: datetime | None = None
+    ) -> None:
         """Answer `flow` with the block page. Whatever fails on the way, the request stays blocked.
 
         `replacing`: the server's response headers are in and its body is still to come;
@@ -448,13 +457,13 @@ class AupGuard:
             return
         ref = None
         try:
-            incident = self._record(flow, verdict, "block")
+            incident = self._record(flow, verdict, "block", when)
             page = self._page(flow, verdict, incident.ref, incident.local_date, incident.local_time)
             ref = incident.ref
         except Exception:
             log.exception("aupguard: the block page for %s failed; sending the plain one", flow.request.pretty_url[:200])
             page = blockpage.MINIMAL
-        flow.response = _page_response(page, self._report_url(), True, ref)
+        flow.response = _page_response(page, self.report_url, True, ref)
         flow.metadata[_BLOCKED] = True
         if replacing:
             flow.metadata["aupguard_page"] = page.body
@@ -467,13 +476,13 @@ class AupGuard:
         page = self._page(flow, verdict, incident.ref, incident.local_date, incident.local_time, text_only=True)
         flow.response = _page_response(page, None, False, incident.ref)
 
-    def _record(self, flow: http.HTTPFlow, verdict: Verdict, action: str):
+    def _record(self, flow: http.HTTPFlow, verdict: Verdict, action: str, when: datetime | None = None):
         return self._submit(
             verdict,
             method=flow.request.method,
             user_agent=flow.request.headers.get("user-agent"),
             action=action,
-            when=_request_time(flow),
+            when=when or _request_time(flow),
         )
 
     def _submit(self, verdict: Verdict, *, method: str, user_agent: str | None, action: str, when: datetime):
@@ -501,13 +510,9 @@ class AupGuard:
             it_contact=policy.it_contact,
             accidental=policy.accidental_text,
             circumvention_note=policy.circumvention_text if verdict.technique else None,
-            report_url=self._report_url(),
+            report_url=self.report_url,
             report_token=feedback.token(self.feedback_key, ref) if self.feedback_key else None,
         )
-
-    def _report_url(self) -> str | None:
-        """Where the block page's "report a mistake" forms post (feedback.FeedbackApp), if they are offered."""
-        return f"http://{ctx.options.aupguard_feedback_host}{feedback.PATH}" if self.feedback_key else None
 
 
 class _Replacement:
