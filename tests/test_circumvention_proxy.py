@@ -442,4 +442,4 @@ def test_a_sample_of_the_benign_set_is_allowed_by_aupguard_classify(shared_dir, 
     verdicts = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(verdicts) == len(sample) == 300
     blocked = [(v["url"], v["rule"]) for v in verdicts if v["action"] != "allow"]
-    assert blocked == []  # measured false positives on the full set: 0 (benchmarks/README.circumvention.md)
+    assert blocked == []  # measured false positives on the full set: 0 (benchmarks/README.md, "Circumvention")

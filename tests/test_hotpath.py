@@ -207,6 +207,9 @@ def test_events_reach_the_same_handlers_in_the_same_order_when_idle_addons_are_s
     class Idle:
         pass
 
+    class NotCallable:  # mitmproxy logs an error for it on every event, and goes on
+        request = "not a handler"
+
     class Parent:  # like mitmproxy's ScriptLoader: no handler itself, children that have one
         def __init__(self, *children):
             self.addons = list(children)
@@ -218,7 +221,7 @@ def test_events_reach_the_same_handlers_in_the_same_order_when_idle_addons_are_s
         master = DumpMaster(options.Options(), with_termlog=False, with_dumper=False)  # logs need a running loop
         master.addons.chain = [
             Idle(), Handler("a"), Parent(Handler("b"), Handler("b-broken", fail=True), Handler("b-skipped"), Idle()),
-            Handler("c", halt=True), Handler("d"),
+            NotCallable(), Handler("b2"), Handler("c", halt=True), Handler("d"),
         ]  # fmt: skip
         await master.addons.trigger_event(HttpRequestHook(tflow.tflow()))  # mitmproxy's own dispatch
         mitmproxys = list(calls)
@@ -227,7 +230,7 @@ def test_events_reach_the_same_handlers_in_the_same_order_when_idle_addons_are_s
         await master.addons.trigger_event(HttpRequestHook(tflow.tflow()))
         return mitmproxys
 
-    assert asyncio.run(both_ways()) == calls == ["a", "b", "b-broken", "c"]  # AddonHalt from c stops the event
+    assert asyncio.run(both_ways()) == calls == ["a", "b", "b-broken", "b2", "c"]  # AddonHalt from c stops the event
 
 
 def test_the_handler_table_follows_addons_added_removed_and_options_set():

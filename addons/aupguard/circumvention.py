@@ -14,7 +14,7 @@ URLs look like, so a site put up this morning is caught too. Four techniques:
   stricter action of the two.
 - ``heuristic``: a score for unknown web proxies from host name, path and
   parameters; flagged at ``HEURISTIC_THRESHOLD`` (see the weights below and
-  benchmarks/README.circumvention.md for the measured false-positive rate).
+  benchmarks/README.md, "Circumvention" for the measured false-positive rate).
 - ``doh``: a request carrying DNS over HTTPS (``inspect_request`` only).
 - ``tunnel``: whether the first bytes in a CONNECT tunnel can be an HTTP request
   (``first_line``); the addon cuts a tunnel that carries neither TLS nor HTTP.

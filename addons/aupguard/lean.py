@@ -13,7 +13,6 @@ to the addons that handle it.
 
 from __future__ import annotations
 
-import functools
 import gc
 import inspect
 import logging
@@ -139,8 +138,8 @@ class HandlerTable:
         for addon in self.manager.chain:
             try:
                 functions = tuple(function for _, function in self.manager._iter_hooks(addon, event))
-            except exceptions.AddonManagerError:  # a non-callable attribute named like the event:
-                functions = (functools.partial(self.manager.invoke_addon_sync, addon, event),)  # raise each time
+            except exceptions.AddonManagerError as error:  # an attribute named like the event, not callable:
+                functions = (_raising(error),)  # logged on every event, as mitmproxy does
             if functions:
                 found.append(functions)
         self._handlers[event.name] = handlers = tuple(found)
@@ -167,6 +166,13 @@ class HandlerTable:
             update = hooks.UpdateHook([args[0]])
             if self.handlers(update):
                 await self._call(update, update.args())
+
+
+def _raising(error: Exception) -> Callable:
+    def handler(*_):
+        raise error
+
+    return handler
 
 
 def freeze_startup_objects() -> None:
