@@ -273,6 +273,18 @@ def test_cli_add_list_revoke(tmp_path):
     assert aupguard("exempt", "revoke", "1", "--by", "Mr Head", env=env, check=False).returncode != 0
 
 
+def test_cli_list_shows_the_school_time_and_json_utc(tmp_path):
+    env = {"AUPGUARD_DATA": str(tmp_path / "var"), "COLUMNS": "200"}
+    aupguard(
+        "exempt", "add", "--group", "staff", "--category", "games", "--until", "2030-07-15T15:30",
+        "--by", "Ms Khan", "--reason", "summer club", env=env,
+    )  # fmt: skip
+    table = aupguard("exempt", "list", env=env).stdout
+    assert "2030-07-15 15:30" in table and "Z" not in table  # British Summer Time, as typed
+    (row,) = [json.loads(line) for line in aupguard("exempt", "list", "--format", "json", env=env).stdout.splitlines()]
+    assert row["until"] == "2030-07-15T14:30:00.000000Z"
+
+
 def test_cli_classroom(tmp_path):
     env = {"AUPGUARD_DATA": str(tmp_path / "var")}
     out = aupguard(

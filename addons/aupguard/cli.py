@@ -554,24 +554,33 @@ def _store(path: Path | None):
     return open_store(path or DEFAULT_STORE)
 
 
-def _show(items, fmt: str) -> None:
-    """Exemptions as a table (rich, never markup) or JSON lines."""
+def _show(items, fmt: str, policy_path: Path) -> None:
+    """Exemptions as a table (rich, never markup) in the school's time, or JSON lines in UTC."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     from .incidents import utc_iso
 
+    if fmt == "json":
+        when = utc_iso
+    else:  # what a teacher typed (--until 15:30) is shown back as 15:30, in the policy's time zone
+        try:
+            zone = load_policy(policy_path).timezone
+        except PolicyError as exc:
+            click.echo(f"warning: times in UTC: {exc}", err=True)
+            zone = timezone.utc
+        when = lambda moment: moment.astimezone(zone).strftime("%Y-%m-%d %H:%M")  # noqa: E731
     rows = [
         {
             "id": item.id,
             "kind": item.kind,
             "who": item.who,
             "what": item.what,
-            "until": utc_iso(item.until),
+            "until": when(item.until),
             "by": item.created_by,
             "reason": item.reason,
-            "revoked": f"{utc_iso(item.revoked_at)} by {item.revoked_by}" if item.revoked_at else None,
+            "revoked": f"{when(item.revoked_at)} by {item.revoked_by}" if item.revoked_at else None,
         }
         for item in items
     ]
@@ -651,13 +660,17 @@ def exempt_add(policy_path, store, group, user, network, site, category, until, 
 
 @exempt.command("list")
 @store_option
+@policy_option
 @click.option("--all", "include_ended", is_flag=True, help="Include ended and revoked ones.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def exempt_list(store, include_ended, fmt) -> None:
-    """List active exemptions and classroom overrides (newest first)."""
+def exempt_list(store, policy_path, include_ended, fmt) -> None:
+    """List active exemptions and classroom overrides (newest first).
+
+    The table shows times in the school's time zone (the policy's); JSON in UTC.
+    """
     from .exemptions import listing
 
-    _show(listing(_store(store), include_ended=include_ended), fmt)
+    _show(listing(_store(store), include_ended=include_ended), fmt, policy_path)
 
 
 @exempt.command("revoke")
@@ -735,13 +748,15 @@ def classroom_set(policy_path, store, network, mode, sites, until, by, reason, w
 
 @classroom.command("list")
 @store_option
+@policy_option
 @click.option("--all", "include_ended", is_flag=True, help="Include ended ones.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def classroom_list(store, include_ended, fmt) -> None:
-    """List classroom overrides (newest first)."""
+def classroom_list(store, policy_path, include_ended, fmt) -> None:
+    """List classroom overrides (newest first), times in the school's time zone (JSON: UTC)."""
     from .exemptions import EXEMPTION, listing
 
-    _show([item for item in listing(_store(store), include_ended=include_ended) if item.kind != EXEMPTION], fmt)
+    items = [item for item in listing(_store(store), include_ended=include_ended) if item.kind != EXEMPTION]
+    _show(items, fmt, policy_path)
 
 
 @classroom.command("end")

@@ -48,6 +48,8 @@ class Decision:
     def rule(self) -> str:
         """The rule shown in the incident: the first match of the deciding category, or the override that blocked."""
         fallback = self.exemption.describe() if self.exemption is not None else ""
+        if not self.blocked_by:  # most decisions: nothing to search
+            return fallback
         return next((m.describe() for m in self.blocked_by if m.category == self.category), fallback)
 
 

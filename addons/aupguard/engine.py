@@ -90,6 +90,9 @@ class Engine:
         self.index_path: Path | None = None  # the compiled index the classifier serves, if any
         # Replaced whole (never mutated) by whoever watches the exemption store: the proxy's ExemptionWatcher.
         self.exemptions = ExemptionSet()
+        # Most URLs match no list: their decision depends only on the group and the timetable window,
+        # so it is made once per pair (this engine's policy never changes: a reload makes a new engine).
+        self._unmatched: dict[tuple[str, str | None], Decision] = {}
 
     @property
     def repeat_rule(self) -> RepeatRule:
@@ -191,10 +194,17 @@ class Engine:
 
     def _decide(self, identity: Identity, classification: Classification, when: datetime | None = None) -> Decision:
         """The policy's decision, as the active exemptions and classroom overrides change it."""
-        decision = decide(self.policy, identity, classification, when)
+        when = when or datetime.now(timezone.utc)
+        if classification.matches:
+            decision = decide(self.policy, identity, classification, when)
+        else:
+            key = (identity.group, self.policy.timetable.window_at(when))
+            decision = self._unmatched.get(key)
+            if decision is None:
+                decision = self._unmatched[key] = decide(self.policy, identity, classification, when)
         if not self.exemptions:
             return decision
-        return self.exemptions.apply(self.policy, identity, classification, decision, when or datetime.now(timezone.utc))
+        return self.exemptions.apply(self.policy, identity, classification, decision, when)
 
     def failed(self, identity: Identity, url: NormalizedURL | None, error: str) -> Verdict:
         """The verdict when aupguard itself failed: the group's failure rule decides."""

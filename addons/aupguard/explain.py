@@ -30,6 +30,9 @@ def explain(engine: Engine, url: str, identity: Identity, when: datetime) -> dic
     local = when.astimezone(policy.timezone)
     considered = engine.exemptions.active_for(identity, verdict.url, when) if verdict.url else ()
     own = verdict.own_decision or decision
+    # The carried URL whose decision won (check keeps the first of equally strict ones). Decisions
+    # of unlisted URLs are shared objects, so "is" alone would also name a carried URL that ties.
+    deciding = None if decision is own else next((inner for inner in verdict.carried if inner.decision is decision), None)
     return {
         "url": verdict.url.url if verdict.url else url,
         "time": local.isoformat(timespec="minutes"),
@@ -46,7 +49,7 @@ def explain(engine: Engine, url: str, identity: Identity, when: datetime) -> dic
         "carried": [
             {
                 "url": inner.url,
-                "decides": inner.decision is decision,
+                "decides": inner is deciding,
                 "action": inner.decision.action if inner.decision else None,
                 "category": inner.decision.category if inner.decision else None,
                 "matches": _matches(policy, inner.classification, inner.decision),
