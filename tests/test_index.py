@@ -21,7 +21,7 @@ from aupguard.index import (
     load_index,
     why_recompile,
 )
-from aupguard.lists import ListData, ListRoot, ListSource, MappedFolder, load_lists
+from aupguard.lists import ListData, ListRoot, ListSource, MappedFolder, load_lists, url_host
 
 
 def make_sources(n: int) -> list[ListSource]:
@@ -82,7 +82,8 @@ def test_sources_expressions_and_summary_round_trip(compiled):
     data, summary, index = compiled
     assert index.sources == data.sources
     assert index.expressions == data.expressions
-    assert index.counts == {"domains": len(data.domains), "urls": len(data.urls)}
+    url_hosts = {key.partition("/")[0] for key in data.urls}
+    assert index.counts == {"domains": len(data.domains), "urls": len(data.urls), "url_hosts": len(url_hosts)}
     assert (summary.domains, summary.urls, summary.expressions, summary.sources) == (6, 3, 3, 70)
     assert summary.problems == ("adult/domains:3: not a domain",)
     assert summary.size == summary.path.stat().st_size
@@ -143,7 +144,8 @@ def assert_index_answers_as(data: ListData, path: Path) -> None:
     with load_index(path) as index:
         assert index.sources == data.sources
         assert index.expressions == data.expressions
-        assert index.counts == {"domains": len(data.domains), "urls": len(data.urls)}
+        url_hosts = {key.partition("/")[0] for key in data.urls}
+        assert index.counts == {"domains": len(data.domains), "urls": len(data.urls), "url_hosts": len(url_hosts)}
         assert all(index.domain_mask(key) == mask for key, mask in data.domains.items())
         assert all(index.url_mask(key) == mask for key, mask in data.urls.items())
 
@@ -246,7 +248,7 @@ def flip_byte(path: Path, offset: int) -> None:
         (lambda p: flip_byte(p, 20), "header checksum"),
         (lambda p: flip_byte(p, HEADER_SIZE + 3), "body checksum"),
         (lambda p: flip_byte(p, p.stat().st_size - 1), "body checksum"),
-        (lambda p: rewrite_header(p, version=2), "format version 2"),
+        (lambda p: rewrite_header(p, version=1), "format version 1"),
         (lambda p: rewrite_header(p, width=3), "combo width"),
         (lambda p: rewrite_header(p, file_size=1 << 40), "header says"),
         (lambda p: rewrite_header(p, json_len=1 << 40), "outside the file"),
@@ -346,15 +348,22 @@ def test_index_lookups_equal_dict_lookups(tmp_path, domains, urls, probes, seed)
     writer.add("domains", domains.items())
     writer.add("urls", urls.items())
     path = writer.write(tmp_path / "prop.idx").path
+    text = ListData([], domains, urls, [], [])
     with load_index(path) as index:
         for key in [*domains, *urls, *probes]:
             assert index.domain_mask(key) == domains.get(key, 0)
             assert index.url_mask(key) == urls.get(key, 0)
+            # The url_hosts gate: non-zero exactly for the hosts of url keys, in both lookups.
+            host = url_host(key)
+            expected = 0
+            for url, mask in urls.items():
+                expected |= mask if url_host(url) == host else 0
+            assert index.url_host_mask(host) == text.url_host_mask(host) == expected
 
 
 def test_header_layout_is_what_the_docstring_says(index_file):
     raw = index_file.read_bytes()
     magic, version = struct.unpack_from("<8sI", raw)
-    assert (magic, version) == (b"AUPGIDX\x00", 1)
-    offsets = index_module._HEADER.unpack_from(raw)[7::3][:2]
+    assert (magic, version) == (b"AUPGIDX\x00", 2)
+    offsets = index_module._HEADER.unpack_from(raw)[7::3][:3]
     assert all(offset % 4096 == 0 for offset in offsets)

@@ -1,7 +1,8 @@
 """Classify: which categories a URL belongs to, and which list rule said so.
 
 Lookups are constant time whatever the list size: a host is looked up once
-per parent domain (bounded by its label count), a URL once per path segment,
+per parent domain (bounded by its label count), a URL once per path segment
+(only when its host has `urls` entries at all),
 and every `expressions` file of every list is matched as one RE2 set in a
 single linear-time pass, so no list entry can stall the proxy.
 """
@@ -10,12 +11,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import re2
 
-from .lists import ListSource
+from .lists import ListSource, url_host
 from .urlnorm import NormalizedURL
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,13 @@ class ListLookup(Protocol):
 
     def url_mask(self, key: str) -> int: ...
 
+    def url_host_mask(self, host: str) -> int: ...
 
-@dataclass(frozen=True, slots=True)
-class Match:
+
+# Match, Classification and engine.Verdict are made for every request: NamedTuples, immutable
+# like frozen dataclasses but built in a fifth of the time (a frozen dataclass sets each field
+# through object.__setattr__), which is measurable at tens of thousands of URLs a second.
+class Match(NamedTuple):
     category: str
     kind: str  # "domain" | "url" | "expression" | "signature" | "nested" | "heuristic" | "doh" | "tunnel"
     entry: str  # the list entry, pattern or signature name
@@ -46,8 +50,7 @@ class Match:
         return f"{self.source}: {self.entry}"
 
 
-@dataclass(frozen=True, slots=True)
-class Classification:
+class Classification(NamedTuple):
     url: NormalizedURL
     matches: tuple[Match, ...]
 
@@ -75,10 +78,11 @@ class Classifier:
             if mask:
                 found.extend(self._expand(mask, "domain", candidate, "domains"))
         key = url.squid_key()
-        for prefix in url_prefixes(key):
-            mask = url_mask(prefix)
-            if mask:
-                found.extend(self._expand(mask, "url", prefix, "urls"))
+        if self.lookup.url_host_mask(url_host(key)):  # most hosts have no `urls` entry: one lookup, not one a segment
+            for prefix in url_prefixes(key):
+                mask = url_mask(prefix)
+                if mask:
+                    found.extend(self._expand(mask, "url", prefix, "urls"))
         if self._expression_set is not None:
             # squidGuard matches expressions against the URL without its scheme (UT1's are
             # written so: "^[0-9]+\\..../search"); the squid key is that form, lower-cased.

@@ -256,12 +256,12 @@ def classify(policy_path, group, user, client_ip, at, index_path) -> None:
     group_json = dumps(identity.group)
     categories_json: dict[tuple[str, ...], str] = {}  # few distinct combinations: each encoded once
 
-    def answer(line: str) -> str:
+    def answer(line: str, now: datetime) -> str:
         try:
             url = normalize_url(line)
         except URLError as exc:
             return dumps({"url": line[:2048], "action": "error", "error": str(exc)}) + "\n"
-        verdict = engine.check(url, identity, when=when)
+        verdict = engine.check(url, identity, when=now)
         decision = verdict.decision
         categories = verdict.categories
         encoded = categories_json.get(categories)
@@ -281,15 +281,17 @@ def classify(policy_path, group, user, client_ip, at, index_path) -> None:
 
     # Every line already read is answered in one write: a piped million URLs go out in a few
     # thousand writes, while a person typing, or a program waiting for each answer, gets it at once.
+    # Without --at, the lines read together are decided as at the moment they were read.
     out, stdin, tail = sys.stdout, sys.stdin.buffer, b""
     while chunk := stdin.read1(1 << 16):
+        now = when or datetime.now(timezone.utc)
         lines = (tail + chunk).split(b"\n")
         tail = lines.pop()
         text = (raw.decode("utf-8", "replace").strip() for raw in lines)
-        out.write("".join(answer(line) for line in text if line))
+        out.write("".join(answer(line, now) for line in text if line))
         out.flush()
     if tail.strip():
-        out.write(answer(tail.decode("utf-8", "replace").strip()))
+        out.write(answer(tail.decode("utf-8", "replace").strip(), when or datetime.now(timezone.utc)))
 
 
 @main.command()

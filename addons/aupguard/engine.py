@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 from . import circumvention
 from .classify import Classification, Classifier, Match
@@ -56,8 +57,7 @@ class CarriedURL:
     decision: Decision | None
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):  # a NamedTuple for speed: see classify.Match
     identity: Identity
     url: NormalizedURL | None
     classification: Classification | None

@@ -9,8 +9,10 @@ File layout (little-endian; every offset is from the start of the file)::
              offsets/lengths/counts below, checksum of the body, checksum of the header
     json     {"sources": [...], "expressions": [[source id, regex], ...],
               "combos": [[source id, ...], ...]}
-    domains  page-aligned: `slots` uint64 key hashes, then `slots` combo ids (uint8/16/32)
-    urls     the same layout
+    domains    page-aligned: `slots` uint64 key hashes, then `slots` combo ids (uint8/16/32)
+    urls       the same layout
+    url_hosts  the same layout: each host some `urls` entry is on, with the union of their
+               masks, so that a URL on any other host costs one lookup instead of one a segment
 
 Why this design:
 
@@ -65,15 +67,16 @@ from .paths import make_dir
 from .lists import ListData, ListRoot, ListSource
 
 MAGIC = b"AUPGIDX\x00"
-FORMAT_VERSION = 1
-KINDS = ("domains", "urls")
+FORMAT_VERSION = 2  # 2: the url_hosts table
+KINDS = ("domains", "urls")  # the list files compiled
+TABLES = (*KINDS, "url_hosts")  # the tables of the file
 
 # magic, version, combo width (bytes), seed, file size, json offset, json length,
-# then offset, slots, entries for domains and for urls, then the body checksum;
+# then offset, slots, entries for each table, then the body checksum;
 # the header checksum (xxh3 of the bytes before it) follows.
-_HEADER = struct.Struct("<8sIIQQQQ" + "QQQ" * len(KINDS) + "Q")
+_HEADER = struct.Struct("<8sIIQQQQ" + "QQQ" * len(TABLES) + "Q")
 _HEADER_CHECKSUM = struct.Struct("<Q")
-HEADER_SIZE = 128
+HEADER_SIZE = 256
 assert _HEADER.size + _HEADER_CHECKSUM.size <= HEADER_SIZE
 
 _PAGE = 4096
@@ -131,7 +134,7 @@ class _TableBuilder:
 
 
 class IndexWriter:
-    """Collects entries into the two tables, then writes the index file atomically.
+    """Collects entries into the tables, then writes the index file atomically.
 
     Entries arrive as (key, mask) pairs; a key met again (the same domain in two
     lists) gets the union of its masks. Memory while compiling: 12 bytes a slot
@@ -154,8 +157,8 @@ class IndexWriter:
         self.roots = roots  # `roots_fingerprint` of the folders compiled, when compiled from folders
         self.compiled_at = compiled_at
         self.seed = int.from_bytes(os.urandom(8), "little") if seed is None else seed
-        expected = expected or {}
-        self._tables = {kind: _TableBuilder(expected.get(kind, 0)) for kind in KINDS}
+        expected = {"url_hosts": (expected or {}).get("urls", 0), **(expected or {})}  # at most one host a url
+        self._tables = {kind: _TableBuilder(expected.get(kind, 0)) for kind in TABLES}
         self._combo_masks: list[int] = []
         self._combo_of_mask: dict[int, int] = {}
         self._merged: dict[tuple[int, int], int] = {}
@@ -183,7 +186,23 @@ class IndexWriter:
         """Add (key, mask) pairs to the `kind` table; returns how many pairs were read.
 
         `tick(n)` is called after every 65,536 pairs (n = pairs so far) to drive a progress bar.
+        `urls` keys also add their host to the url_hosts table.
         """
+        if kind != "urls":
+            return self._add(kind, items, tick)
+        hosts: dict[str, int] = {}
+
+        def noting_hosts() -> Iterator[tuple[str, int]]:
+            for key, mask in items:
+                host = lists.url_host(key)
+                hosts[host] = hosts.get(host, 0) | mask
+                yield key, mask
+
+        read = self._add("urls", noting_hosts(), tick)
+        self._add("url_hosts", hosts.items(), None)
+        return read
+
+    def _add(self, kind: str, items: Iterable[tuple[str, int]], tick: Callable[[int], None] | None) -> int:
         table = self._tables[kind]
         seed = self.seed
         # The loop runs once per list entry (millions): everything it touches is a local.
@@ -236,7 +255,7 @@ class IndexWriter:
         json_bytes = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
         layout = []  # (offset, table)
         offset = HEADER_SIZE + len(json_bytes)
-        for kind in KINDS:
+        for kind in TABLES:
             table = self._tables[kind]
             offset = _align(offset, _PAGE)
             layout.append((offset, table))
@@ -495,6 +514,7 @@ class CompiledIndex:
     expressions: list[tuple[int, str]]
     domain_mask: Callable[[str], int]  # 0 when absent
     url_mask: Callable[[str], int]
+    url_host_mask: Callable[[str], int]
 
     def __init__(self, path: Path, mapping: mmap.mmap, file_id: tuple[int, int], header: dict, meta: dict):
         self.path = path
@@ -506,11 +526,11 @@ class CompiledIndex:
         ]
         self.expressions = [(sid, pattern) for sid, pattern in meta["expressions"]]
         masks = [sum(1 << sid for sid in combo) for combo in meta["combos"]]
-        self.counts = {kind: header[kind][2] for kind in KINDS}
+        self.counts = {kind: header[kind][2] for kind in TABLES}
         self._view = memoryview(mapping)
         typecode = _COMBO_TYPECODES[header["width"]]
         tables = {}
-        for kind in KINDS:
+        for kind in TABLES:
             offset, slots, _count = header[kind]
             hashes = self._view[offset : offset + 8 * slots].cast("Q")
             combos_at = offset + 8 * slots
@@ -520,6 +540,7 @@ class CompiledIndex:
         # Bound methods as attributes: one Python call per lookup on the hot path.
         self.domain_mask = tables["domains"].mask
         self.url_mask = tables["urls"].mask
+        self.url_host_mask = tables["url_hosts"].mask
 
     def stale(self) -> bool:
         """True when `path` now names a different file (a newer index replaced this one)."""
@@ -593,7 +614,7 @@ def _read_header(raw: bytes, file_size: int, path: Path) -> dict:
     _check_range(path, "json", json_off, json_len, size)
     if json_len > _MAX_JSON:
         raise IndexFormatError(f"{path}: json section of {json_len} bytes is too large")
-    for n, kind in enumerate(KINDS):
+    for n, kind in enumerate(TABLES):
         offset, slots, count = fields[7 + 3 * n : 10 + 3 * n]
         if slots < 1 or count >= slots:
             raise IndexFormatError(f"{path}: {kind} table has {count} entries in {slots} slots")

@@ -23,6 +23,7 @@ over-blocking KCSIE warns schools against.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import ipaddress
 import logging
@@ -126,6 +127,18 @@ class ListData:
 
     def url_mask(self, key: str) -> int:
         return self.urls.get(key, 0)
+
+    def url_host_mask(self, host: str) -> int:
+        """Non-zero when some `urls` entry is on `host` (a squid key's host): else no url lookup can match."""
+        return self._url_hosts.get(host, 0)
+
+    @functools.cached_property
+    def _url_hosts(self) -> dict[str, int]:
+        hosts: dict[str, int] = {}
+        for key, mask in self.urls.items():
+            host = url_host(key)
+            hosts[host] = hosts.get(host, 0) | mask
+        return hosts
 
 
 @dataclass(frozen=True)
@@ -368,6 +381,11 @@ def list_host(name: str) -> str:
     if is_public_suffix(host):
         raise ValueError(f"{host!r} is a public suffix, not one site: it would match every site under it")
     return host
+
+
+def url_host(key: str) -> str:
+    """The host of a `urls` key (a squid key: host, then the path and query if any)."""
+    return key.partition("/")[0]
 
 
 def url_key(entry: str) -> str:
