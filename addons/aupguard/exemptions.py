@@ -98,7 +98,8 @@ class Exemption:
 
     def describe(self) -> str:
         label = "exemption" if self.kind == EXEMPTION else "classroom override"
-        return f"{label} #{self.id} ({self.who}: {self.what}; until {utc_iso(self.until)}; by {self.created_by})"
+        until = self.until.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")  # read by people: no microseconds
+        return f"{label} #{self.id} ({self.who}: {self.what}; until {until}; by {self.created_by})"
 
 
 # -- the in-memory snapshot the proxy decides with ---------------------------------------------------
