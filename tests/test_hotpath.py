@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import zoneinfo
 
+import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -292,3 +293,28 @@ def test_the_handler_table_follows_addons_added_removed_and_options_set():
         ["script", "update script"],
         ["reordered", "script", "update reordered", "update script"],
     ]
+
+
+# --- the block page's Response, built without mitmproxy's per-field type check ---------------------
+
+
+@pytest.mark.parametrize("content_type", ["text/html; charset=utf-8", "text/plain; charset=utf-8"])
+@pytest.mark.parametrize("report_url", [None, "http://aupguard.invalid/report"])
+@pytest.mark.parametrize("ref", [None, "AG-7F3K-2Q9M"])
+def test_the_page_response_is_what_response_make_gives(content_type, report_url, ref):
+    from mitmproxy import http
+
+    from aupguard import blockpage
+    from aupguard.addon import _page_response
+
+    page = blockpage.BlockPage(403, content_type, "<p>blocked – école</p>".encode())
+    made = _page_response(page, report_url, report_url is not None, ref)
+    made.data.__post_init__()  # mitmproxy's type check, skipped when building it: it passes
+    expected = http.Response.make(page.status, page.body, made.headers.fields)
+    state, expected_state = made.get_state(), expected.get_state()
+    for timestamp in ("timestamp_start", "timestamp_end"):
+        assert abs(state.pop(timestamp) - expected_state.pop(timestamp)) < 5
+    assert state == expected_state
+    assert (made.status_code, made.reason, made.content) == (403, "Forbidden", page.body)
+    assert made.headers["content-length"] == str(len(page.body)) and made.headers["content-type"] == content_type
+    assert ("X-Aupguard-Incident" in made.headers) == (ref is not None)
