@@ -109,8 +109,6 @@ def run_phase(*args: str) -> dict:
 
 
 def phase_compile(root: str, out: str) -> dict:
-    import resource
-
     from aupguard.index import compile_from_folders
     from aupguard.lists import ListRoot
 
@@ -125,7 +123,9 @@ def phase_compile(root: str, out: str) -> dict:
     seconds = time.perf_counter() - start
     return {
         "compile_s": round(seconds, 2),
-        "compile_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec, so it would
+        # report this script's parent (which generated the list set) instead of the compile.
+        "compile_peak_rss_mb": memory(("VmHWM",))["VmHWM"],
         "progress_calls": len(ticks),
         "domains": summary.domains,
         "urls": summary.urls,
@@ -170,11 +170,11 @@ def lookup_rates(lookup, hits: list[str], misses: list[str]) -> dict:
     return rates
 
 
-def memory() -> dict:
+def memory(names: tuple[str, ...] = ("VmRSS", "RssAnon", "RssFile")) -> dict:
     fields = {}
     for line in Path("/proc/self/status").read_text().splitlines():
         name, _, value = line.partition(":")
-        if name in ("VmRSS", "RssAnon", "RssFile"):
+        if name in names:
             fields[name] = round(int(value.split()[0]) / 1024, 1)  # MiB
     return fields
 
