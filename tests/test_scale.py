@@ -23,10 +23,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aupguard import lists
-from aupguard.index import compile_from_folders, load_index, why_recompile
+from aupguard.index import compile_from_folders, ensure_index, load_index, why_recompile
 from aupguard.lists import ListError, ListRoot, NarrowedRule, domain_list_entries, import_domain_list, load_lists
 from aupguard.policy import load_policy
 from conftest import start_proxy, write_policy
+from test_index import rewrite_header
 
 REF = re.compile(r"AG-[A-Z2-9]{4}-[A-Z2-9]{4}(?:-\d+)?")
 
@@ -115,6 +116,21 @@ def test_the_index_is_recompiled_when_lists_or_mappings_change(tmp_path):
     assert "adult/domains changed after" in why_recompile(out, roots)
     out.write_bytes(b"not an index")
     assert "cannot be used" in why_recompile(out, roots)
+
+
+def test_an_index_of_the_previous_format_is_recompiled_not_misread(tmp_path):
+    root = tmp_path / "lists"
+    write_list(root, "adult", ["porn.example"])
+    (root / "adult" / "urls").write_text("example.org/adult\n")
+    roots = [ListRoot(root, "local")]
+    out = tmp_path / "lists.idx"
+    compile_from_folders(roots, out)
+    rewrite_header(out, version=1)  # as aupguard before the url_hosts table wrote it
+    assert "format version 1" in why_recompile(out, roots)
+    index, why = ensure_index(roots, out)
+    with index:
+        assert "format version 1" in why
+        assert index.url_host_mask("example.org") and not index.url_host_mask("porn.example")
 
 
 # -- list formats ----------------------------------------------------------------------------------
