@@ -132,7 +132,7 @@ def _tracking(rng, host):
             f"utm_source=newsletter&utm_medium=email&utm_campaign={rng.choice(WORDS)}",
             f"utm_source=facebook&utm_medium=social&fbclid={_token(rng, 40)}",
             f"gclid={_token(rng, 30)}",
-            f"ref=homepage&src=rss",
+            "ref=homepage&src=rss",
         )
     )
     return f"https://{_www(host)}/{rng.choice(SECTIONS)}/{_slug(rng)}?{params}"

@@ -335,7 +335,7 @@ def attempts() -> list[Attempt]:
         # Heuristic: unknown web proxies
         Attempt(get, f"https://unblock-everything.example.xyz/index.php?url={quote(yt, safe='')}", {}, "heuristic", yt, "web-proxy"),
         Attempt(get, f"https://maths-revision.example.xyz/?u={php_base64(dc)}", {}, "heuristic", dc, "web-proxy"),
-        Attempt(get, f"https://free-proxy.example.xyz/proxy/", {}, "heuristic", None, "web-proxy"),
+        Attempt(get, "https://free-proxy.example.xyz/proxy/", {}, "heuristic", None, "web-proxy"),
         Attempt(get, f"https://study.example.xyz/view.php?link={codecs.encode(tt, 'rot13')}", {}, "heuristic", tt, "web-proxy"),
         Attempt(get, f"https://hidemyass-clone.example.xyz/load?url={quote(rd, safe='')}", {}, "heuristic", rd, "web-proxy"),
         # DNS over HTTPS

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from aupguard.engine import Engine
 from aupguard.explain import explain, render_text
 
-from conftest import BUNDLED_POLICY, write_policy
+from conftest import write_policy
 from test_cli import aupguard, verdicts
 
 INSTAGRAM = "https://www.instagram.com/some.user"
