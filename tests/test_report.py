@@ -190,6 +190,20 @@ def test_table_shows_every_section_and_never_obeys_hostile_text(tmp_path):
         assert title in shown
 
 
+@pytest.mark.parametrize("width", [80, 100])
+def test_a_section_too_wide_for_the_terminal_is_shown_one_block_per_incident(db, width):
+    buffer = io.StringIO()
+    render_table(build_report(db, None, None), Console(file=buffer, width=width, no_color=True))
+    shown = buffer.getvalue()
+    # Every attempt whole, one line per field, instead of a table folded into slivers.
+    assert "[1]" in shown and "[2]" in shown
+    assert " url         http://hide.example/browse.php?u=http%3A%2F%2Fbet.example" in shown
+    assert "┃ category " in shown  # the narrow sections stay tables
+    wide = io.StringIO()
+    render_table(build_report(db, None, None), Console(file=wide, width=300, no_color=True))
+    assert "[1]" not in wide.getvalue() and "┃ ref " in wide.getvalue()
+
+
 def test_an_empty_report_says_so(tmp_path):
     buffer = io.StringIO()
     render_table(build_report(open_db(tmp_path / "empty.db"), None, None), Console(file=buffer, width=200))

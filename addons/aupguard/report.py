@@ -208,7 +208,21 @@ def render_table(report: Report, console: Console) -> None:
             table.add_column(column, justify="right" if column == "blocked" else "left", overflow="fold")
         for row in section.rows:
             table.add_row(*(_printable(row[column]) for column in section.columns))
-        console.print(table)
+        if console.measure(table, options=console.options.update_width(1 << 16)).maximum <= console.width:
+            console.print(table)
+        else:  # wider than the terminal: one block per incident (as psql's \x), not a column of slivers
+            _print_records(section, console)
+
+
+def _print_records(section: Section, console: Console) -> None:
+    console.print(Text(section.title))
+    for number, row in enumerate(section.rows, 1):
+        record = Table(show_header=False, box=None, padding=(0, 1), title=f"[{number}]", title_justify="left")
+        record.add_column(style="dim", no_wrap=True)
+        record.add_column(overflow="fold")
+        for column in section.columns:
+            record.add_row(Text(column), _printable(row[column]))
+        console.print(record)
 
 
 def render_csv(report: Report, out: TextIO) -> None:
