@@ -80,6 +80,11 @@ def _www(host: str) -> str:
     return host if host.count(".") >= 2 else "www." + host
 
 
+def _page_param(rng: random.Random, host: str) -> str:
+    """An article on `host` as a parameter value (percent-encoded): what share, redirect, beacon and embed links carry."""
+    return quote(f"https://{_www(host)}/{rng.choice(SECTIONS)}/{_slug(rng)}", safe="")
+
+
 def _hex(rng: random.Random, length: int) -> str:
     return "".join(rng.choice("0123456789abcdef") for _ in range(length))
 
@@ -190,7 +195,7 @@ def _oauth(rng, host):
 
 def _redirector(rng, host):
     """Search-engine and social click-through links to an allowed page."""
-    page = quote(f"https://{_www(host)}/{rng.choice(SECTIONS)}/{_slug(rng)}", safe="")
+    page = _page_param(rng, host)
     forms = (
         f"https://www.google.com/url?sa=t&rct=j&q=&esrc=s&source=web&cd=&url={page}&ved={_token(rng, 40)}&usg={_token(rng, 28)}",
         f"https://www.google.co.uk/url?q={page}&sa=D&source=editors&ust={rng.randint(10**15, 10**16)}",
@@ -205,7 +210,7 @@ def _redirector(rng, host):
 
 
 def _share(rng, host):
-    page = quote(f"https://{_www(host)}/{rng.choice(SECTIONS)}/{_slug(rng)}", safe="")
+    page = _page_param(rng, host)
     forms = (
         f"https://www.facebook.com/sharer/sharer.php?u={page}",
         f"https://twitter.com/intent/tweet?url={page}&text={_terms(rng)}",
@@ -219,7 +224,7 @@ def _share(rng, host):
 
 
 def _beacon(rng, host):
-    page = quote(f"https://{_www(host)}/{rng.choice(SECTIONS)}/{_slug(rng)}", safe="")
+    page = _page_param(rng, host)
     forms = (
         f"https://www.google-analytics.com/g/collect?v=2&tid=G-{_token(rng, 10)}&dl={page}&dr=https%3A%2F%2Fwww.google.com%2F&en=page_view",
         f"https://www.facebook.com/tr/?id={rng.randint(10**14, 10**15)}&ev=PageView&dl={page}&rl=&if=false",
@@ -232,7 +237,7 @@ def _beacon(rng, host):
 
 
 def _embed(rng, host):
-    page = quote(f"https://{_www(host)}/{rng.choice(SECTIONS)}/{_slug(rng)}", safe="")
+    page = _page_param(rng, host)
     forms = (
         f"https://{_www(host)}/wp-json/oembed/1.0/embed?url={page}",
         f"https://www.youtube.com/oembed?url=https%3A%2F%2Fwww.youtube.com%2Fwatch%3Fv%3D{_token(rng, 11)}&format=json",

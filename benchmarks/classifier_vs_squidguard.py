@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from index_scale import UT1, build_list_set, plausible_domains  # noqa: E402
+from index_scale import UT1, plausible_domains, reuse_or_build_list_set  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 AUPGUARD = [sys.executable, "-m", "aupguard.cli"]
@@ -191,10 +191,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="aupguard-vs-sg-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        root = workdir / "ut1"
-        if not root.is_dir():
-            say(f"building the {args.list_set} list set in {workdir} ...")
-            build_list_set(workdir, 6_000_000 if args.list_set == "full" else 0, args.seed)
+        root = reuse_or_build_list_set(workdir, 6_000_000 if args.list_set == "full" else 0, args.seed, say)
         folders = blocked_folders(root)
         policy = write_aupguard_policy(workdir, root, folders)
         conf = write_squidguard_conf(workdir, root, folders)

@@ -63,6 +63,15 @@ def plausible_domains(count: int, seed: int):
             yield domain
 
 
+def reuse_or_build_list_set(workdir: Path, entries: int, seed: int, say) -> Path:
+    """The list set's root in `workdir`: built there first unless an earlier run (--workdir) left it."""
+    root = workdir / "ut1"
+    if not root.is_dir():
+        say(f"building the {f'{entries:,}-entry' if entries else 'UT1-only'} list set in {workdir} ...")
+        build_list_set(workdir, entries, seed)
+    return root
+
+
 def build_list_set(workdir: Path, entries: int, seed: int) -> dict:
     """The UT1 folders (files linked) plus a generated adult/domains; returns what was made.
 

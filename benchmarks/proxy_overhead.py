@@ -39,7 +39,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from index_scale import UT1, build_list_set  # noqa: E402
+from index_scale import UT1, reuse_or_build_list_set  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NGINX = "/usr/sbin/nginx"
@@ -186,10 +186,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="aupguard-proxy-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        root = workdir / "ut1"
-        if not root.is_dir():
-            say(f"building the 6M-entry list set in {workdir} ...")
-            build_list_set(workdir, 6_000_000, args.seed)
+        root = reuse_or_build_list_set(workdir, 6_000_000, args.seed, say)
         env = {**os.environ, "AUPGUARD_DATA": str(workdir / "var")}
         policy = write_policy(workdir, root)
         index = workdir / "proxy-lists.idx"
