@@ -85,6 +85,14 @@ def test_connect_port_bare_ip_and_group_rules(engine):
     assert not engine.check_connect("www.bbc.co.uk", 443, PUPIL).blocked
 
 
+@pytest.mark.parametrize("spelling", ["2130706433", "0x7f.1", "127.1", "0177.0.0.1", "127.0.0.1.", "0x7F000001"])
+def test_every_spelling_of_an_ipv4_address_is_a_bare_ip(engine, spelling):
+    """Browsers and connect() accept these for 127.0.0.1: the bare-IP rule must see through them."""
+    verdict = engine.check_connect(spelling, 443, PUPIL)
+    assert verdict.blocked and verdict.technique == "tunnel" and "bare-ip" in verdict.decision.rule
+    assert str(verdict.url.host) == "127.0.0.1"
+
+
 def test_incidents_are_filed_under_circumvention_and_the_writer_is_told_what_a_repeat_is(engine):
     verdict = engine.check(corpus.phproxy_url("p.example.org", "https://discord.com/"), PUPIL)
     for minute in range(4):  # repeats are raised as they are recorded, by the incident writer (test_incidents)

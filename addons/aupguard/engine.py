@@ -12,7 +12,6 @@ filter carries its `technique`, and its incident is filed under `circumvention`.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 from dataclasses import dataclass
@@ -221,7 +220,10 @@ class Engine:
             allowed = ", ".join(str(p) for p in sorted(rules.connect_ports))
             return self.tunnel(host, port, identity, f"port {port}", f"CONNECT to port {port} (allowed: {allowed})")
         verdict = self.check_host(host, port, identity, when)
-        if verdict.blocked or identity.group in rules.bare_ip_allowed or not _is_ip(host):
+        # The normalised host decides, as list lookups see it: 2130706433, 0x7f.1, 127.1 and
+        # 127.0.0.1. all name 127.0.0.1. A target that does not normalise is no name either.
+        names_host = verdict.url is not None and not verdict.url.is_ip
+        if verdict.blocked or identity.group in rules.bare_ip_allowed or names_host:
             return verdict
         return self.tunnel(host, port, identity, "bare-ip", f"CONNECT to the IP address {host}, not a name")
 
@@ -339,14 +341,6 @@ def _technique(outer: Decision, decision: Decision, deciding_inner: str | None) 
 def _host_url(host: str, port: int) -> str:
     scheme = "http" if port == 80 else "https"
     return f"{scheme}://{_bracket(host)}:{port}/"
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
 
 
 def _bracket(host: str) -> str:
