@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import threading
+import tracemalloc
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -352,6 +353,40 @@ def test_overflow_drops_counts_and_logs_without_blocking(tmp_path, caplog):
         writer.close()
     assert len(refs(path)) == 11 and writer.written == 11
     assert any("5 incidents dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_queued_incidents_hold_only_their_bounded_fields(tmp_path):
+    """A flood of huge blocked requests waiting for the writer costs the queue a few KB each, not their size."""
+    path = tmp_path / "incidents.db"
+    writer = IncidentWriter(path, batch_size=1)
+    writer.start()
+    entered, gate = threading.Event(), threading.Event()
+    insert = writer._insert
+
+    def stalled_insert(db, rows):
+        entered.set()
+        gate.wait()
+        return insert(db, rows)
+
+    writer._insert = stalled_insert
+    writer.submit(make_incident())
+    assert entered.wait(10)  # the writer is stalled: everything submitted now stays queued
+    flood, huge_url, huge_agent = 40, 64 * 1024, 1024 * 1024
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for number in range(flood):
+            # Fresh strings each time, dropped by the test once submitted: only the queue can keep them.
+            writer.submit(
+                make_incident(url=f"http://example.org/{number}/" + "a" * huge_url, user_agent="U" * huge_agent)
+            )
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    gate.set()
+    writer.close()
+    assert held < flood * 16 * 1024  # the url (2,048) and user_agent (512) bounds, with room for the rest
+    assert len(refs(path)) == flood + 1
 
 
 def test_a_failed_write_is_retried(tmp_path, caplog):

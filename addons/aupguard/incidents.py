@@ -409,12 +409,22 @@ class IncidentWriter:
         self._state = "running"
 
     def submit(self, incident: Incident) -> None:
-        """Queue `incident` for writing. Never blocks; drops (and counts) it when the queue is full."""
+        """Queue `incident` for writing. Never blocks; drops (and counts) it when the queue is full.
+
+        What is queued is the stored row, every field already cut to its bound: a
+        flood of blocked 64 KB URLs or 1 MB User-Agents waits in the queue at a few
+        KB each, not at the size it arrived. A malformed incident raises here.
+        """
         with self._lock:
             if self._state != "running":
                 raise RuntimeError(f"IncidentWriter is {self._state}, not running")
             try:
-                self._queue.put_nowait(incident)
+                row = _row(incident)
+            except Exception:
+                self._dropped += 1
+                raise
+            try:
+                self._queue.put_nowait(row)
             except queue.Full:
                 self._dropped += 1  # logged by the writer thread: no I/O here
 
@@ -475,7 +485,7 @@ class IncidentWriter:
             db.close()
 
     def _loop(self, db: sqlite_utils.Database) -> None:
-        pending: list[Incident] = []
+        pending: list[dict[str, Any]] = []
         deadline = 0.0
         while True:
             # Wake up at least every _POLL_S, to notice the program ending without close().
@@ -493,7 +503,7 @@ class IncidentWriter:
                     pending = []
                 self._log_drops()
                 continue
-            if isinstance(item, Incident):
+            if isinstance(item, dict):  # a row
                 if not pending:
                     deadline = time.monotonic() + self.flush_interval
                 pending.append(item)
@@ -508,7 +518,7 @@ class IncidentWriter:
             if isinstance(item, threading.Event):  # a flush() waiting
                 item.set()
 
-    def _write_all(self, db: sqlite_utils.Database, pending: list[Incident]) -> None:
+    def _write_all(self, db: sqlite_utils.Database, pending: list[dict[str, Any]]) -> None:
         """Write `pending` and everything still queued (the program is ending)."""
         waiting: list[threading.Event] = []
         while True:
@@ -516,7 +526,7 @@ class IncidentWriter:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item, Incident):
+            if isinstance(item, dict):  # a row
                 pending.append(item)
             elif isinstance(item, threading.Event):
                 waiting.append(item)
@@ -525,15 +535,8 @@ class IncidentWriter:
         for event in waiting:
             event.set()
 
-    def _write(self, db: sqlite_utils.Database, batch: list[Incident]) -> None:
+    def _write(self, db: sqlite_utils.Database, rows: list[dict[str, Any]]) -> None:
         self._log_drops()
-        rows = []
-        for incident in batch:
-            try:
-                rows.append(_row(incident))
-            except Exception:
-                log.exception("incident %r is malformed; dropped", getattr(incident, "ref", None))
-                self._count_dropped(1)
         if not rows:
             return
         for attempt in range(self.retries):
