@@ -51,6 +51,8 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
         body = f"origin says hello: {self.path}".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
+        if "alt-svc" in self.path:  # as sites announcing HTTP/3 do
+            self.send_header("Alt-Svc", 'h3=":443"; ma=86400')
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

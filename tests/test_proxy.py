@@ -50,6 +50,17 @@ def test_allowed_http_reaches_the_origin(proxy, origin):
     assert response.text == "origin says hello: /lesson/plan"
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_alt_svc_is_stripped_so_browsers_do_not_try_quic_around_the_proxy(proxy, origin, scheme):
+    url = origin.url("/alt-svc") if scheme == "http" else origin.https_url("/alt-svc")
+    direct = requests.get(url, timeout=15, verify=False) if scheme == "http" else None
+    if direct is not None:
+        assert direct.headers["Alt-Svc"] == 'h3=":443"; ma=86400'  # the origin does announce it
+    response = get(proxy, url)
+    assert response.status_code == 200 and response.text == "origin says hello: /alt-svc"
+    assert "alt-svc" not in response.headers
+
+
 def test_blocked_http_gets_the_block_page(proxy):
     response = get(proxy, "http://www.pornhub.com/view?x=1", headers={"Accept": "text/html"})
     assert response.status_code == 403

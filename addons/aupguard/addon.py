@@ -353,6 +353,9 @@ class AupGuard:
         """Downloads the group may not make: by type and Content-Length now, by bytes counted as they stream."""
         if self.engine is None or flow.response is None or _BLOCKED in flow.metadata:
             return  # (mitmproxy calls this for aupguard's own block page too: nothing to check there)
+        if "alt-svc" in flow.response.headers:
+            # Alt-Svc (h3=...) invites the browser to reach the site over QUIC (UDP), around this proxy.
+            del flow.response.headers["alt-svc"]
         known = flow.metadata.get(_IDENTITY)  # set by requestheaders, which skips the feedback host
         if known is None and self._is_feedback(flow):
             return
