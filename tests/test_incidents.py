@@ -330,10 +330,8 @@ def test_start_fails_loudly_when_the_database_cannot_be_opened(tmp_path):
     assert not writer._thread.is_alive()
 
 
-def test_overflow_drops_counts_and_logs_without_blocking(tmp_path, caplog):
-    path = tmp_path / "incidents.db"
-    writer = IncidentWriter(path, max_queued=10, flush_interval=0.01)
-    writer.start()
+def stall_inserts(writer: IncidentWriter) -> tuple[threading.Event, threading.Event]:
+    """Make the writer's inserts wait: `entered` is set when one starts, which goes on once `gate` is set."""
     entered, gate = threading.Event(), threading.Event()
     insert = writer._insert
 
@@ -343,6 +341,14 @@ def test_overflow_drops_counts_and_logs_without_blocking(tmp_path, caplog):
         return insert(db, rows)
 
     writer._insert = stalled_insert
+    return entered, gate
+
+
+def test_overflow_drops_counts_and_logs_without_blocking(tmp_path, caplog):
+    path = tmp_path / "incidents.db"
+    writer = IncidentWriter(path, max_queued=10, flush_interval=0.01)
+    writer.start()
+    entered, gate = stall_inserts(writer)
     writer.submit(make_incident())
     assert entered.wait(10)  # the writer is busy with the first incident; the queue is empty
     for _ in range(15):
@@ -360,15 +366,7 @@ def test_queued_incidents_hold_only_their_bounded_fields(tmp_path):
     path = tmp_path / "incidents.db"
     writer = IncidentWriter(path, batch_size=1)
     writer.start()
-    entered, gate = threading.Event(), threading.Event()
-    insert = writer._insert
-
-    def stalled_insert(db, rows):
-        entered.set()
-        gate.wait()
-        return insert(db, rows)
-
-    writer._insert = stalled_insert
+    entered, gate = stall_inserts(writer)
     writer.submit(make_incident())
     assert entered.wait(10)  # the writer is stalled: everything submitted now stays queued
     flood, huge_url, huge_agent = 40, 64 * 1024, 1024 * 1024
