@@ -415,14 +415,14 @@ class IncidentWriter:
         flood of blocked 64 KB URLs or 1 MB User-Agents waits in the queue at a few
         KB each, not at the size it arrived. A malformed incident raises here.
         """
+        try:
+            row = _row(incident)  # outside the lock: the writer thread and other callers wait on it
+        except Exception:
+            self._count_dropped(1)
+            raise
         with self._lock:
             if self._state != "running":
                 raise RuntimeError(f"IncidentWriter is {self._state}, not running")
-            try:
-                row = _row(incident)
-            except Exception:
-                self._dropped += 1
-                raise
             try:
                 self._queue.put_nowait(row)
             except queue.Full:
