@@ -274,15 +274,20 @@ def test_cli_add_list_revoke(tmp_path):
 
 
 def test_cli_list_shows_the_school_time_and_json_utc(tmp_path):
+    def in_india(policy):  # no summer time: the offset is +05:30 whatever the date the test runs
+        policy["school"]["timezone"] = "Asia/Kolkata"
+
+    policy = str(write_policy(tmp_path / "policy.yaml", in_india))
     env = {"AUPGUARD_DATA": str(tmp_path / "var"), "COLUMNS": "200"}
+    local = (datetime.now(timezone(timedelta(hours=5, minutes=30))) + timedelta(days=2)).replace(hour=15, minute=30)
     aupguard(
-        "exempt", "add", "--group", "staff", "--category", "games", "--until", "2030-07-15T15:30",
-        "--by", "Ms Khan", "--reason", "summer club", env=env,
+        "exempt", "add", "--config", policy, "--group", "staff", "--category", "games",
+        "--until", f"{local:%Y-%m-%dT%H:%M}", "--by", "Ms Khan", "--reason", "club", env=env,
     )  # fmt: skip
-    table = aupguard("exempt", "list", env=env).stdout
-    assert "2030-07-15 15:30" in table and "Z" not in table  # British Summer Time, as typed
+    table = aupguard("exempt", "list", "--config", policy, env=env).stdout
+    assert f"{local:%Y-%m-%d} 15:30" in table and "Z" not in table  # the school's time, as typed
     (row,) = [json.loads(line) for line in aupguard("exempt", "list", "--format", "json", env=env).stdout.splitlines()]
-    assert row["until"] == "2030-07-15T14:30:00.000000Z"
+    assert row["until"] == f"{local:%Y-%m-%d}T10:00:00.000000Z"
 
 
 def test_cli_classroom(tmp_path):
@@ -317,13 +322,14 @@ def test_a_running_proxy_honours_exemptions_and_overrides_without_a_restart(tmp_
         policy["lists"].append({"name": "testlists", "path": str(tmp_path / "lists")})
 
     (tmp_path / "lists" / "games").mkdir(parents=True)
-    (tmp_path / "lists" / "games" / "domains").write_text("localhost\n")
+    # The game is the loopback address (an exemption names one site: a single label such as localhost is refused).
+    (tmp_path / "lists" / "games" / "domains").write_text("127.0.0.1\n")
     running = start_proxy(tmp_path, write_policy(tmp_path / "policy.yaml", local_games))
     env = {"AUPGUARD_DATA": str(tmp_path / "var")}
-    game, lesson = origin.url("/game", host="localhost"), origin.url("/lesson")
+    game, lesson = origin.url("/game"), origin.url("/lesson", host="localhost")
     try:
         assert requests.get(game, proxies=running.proxies, timeout=15).status_code == 403
-        aupguard("exempt", "add", "--group", "pupils", "--site", "localhost", "--until", "+1h",
+        aupguard("exempt", "add", "--group", "pupils", "--site", "127.0.0.1", "--until", "+1h",
                  "--by", "Ms Khan", "--reason", "games lesson", env=env)  # fmt: skip
         wait_for_status(running, game, 200)
         aupguard("classroom", "set", "--ip", "127.0.0.1", "--mode", "block-all", "--until", "+1h",
