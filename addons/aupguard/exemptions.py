@@ -328,17 +328,14 @@ def current_os_user() -> str:
     Taken from the process's uid, not $USER or $LOGNAME, which anyone can set; under
     sudo (uid 0) the account sudo names is added. An account with no name is its uid.
     """
+    uid = os.getuid()
     try:
-        uid = os.getuid()
-        try:
-            name = pwd.getpwuid(uid).pw_name
-        except KeyError:  # a uid with no passwd entry (a container's)
-            name = f"uid {uid}"
-        sudo = os.environ.get("SUDO_USER") if uid == 0 else None
-        if sudo:
-            name = f"{name} (sudo from {sudo})"
-    except Exception:  # the audit line matters more than its detail
-        name = "unknown"
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid with no passwd entry (a container's)
+        name = f"uid {uid}"
+    sudo = os.environ.get("SUDO_USER") if uid == 0 else None
+    if sudo:
+        name = f"{name} (sudo from {sudo})"
     return "".join(c if c.isprintable() else "?" for c in name)[:MAX_NAME]
 
 
@@ -421,6 +418,7 @@ def add(
             raise ExemptionError(
                 f"{domains[0]} is listed in the mandatory category {', '.join(mandatory)}: it cannot be exempted"
             )
+    os_user = current_os_user()
     row = {
         "kind": kind,
         "group_name": group,
@@ -432,13 +430,13 @@ def add(
         "created_utc": utc_iso(now),
         "created_by": by,
         "reason": reason,
-        "os_user": current_os_user(),
+        "os_user": os_user,
     }
     with db.conn:
         exemption_id = db.execute(
             f"INSERT INTO exemptions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values())
         ).lastrowid
-        _audit(db, now, by, "add", exemption_id, row, reason, row["os_user"])
+        _audit(db, now, by, "add", exemption_id, row, reason, os_user)
     return _from_row({**row, "id": exemption_id})
 
 

@@ -611,7 +611,7 @@ def _read_circumvention(doc: _Document, node: Node | None, groups: Mapping[str, 
 
 def _read_exemptions(doc: _Document, node: Node | None) -> int:
     """The `exemptions:` section: `max_days`, the longest an exemption or classroom override may run."""
-    if doc._is_null(node):
+    if node is None or doc._is_null(node):
         return DEFAULT_EXEMPTION_MAX_DAYS
     fields = doc.fields(node, "exemptions", optional=("max_days",))
     if "max_days" not in fields:
