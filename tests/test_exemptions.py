@@ -13,13 +13,19 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
+import tldextract
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from click.testing import CliRunner
 
 from aupguard import exemptions as ex
+from aupguard.cli import main
 from aupguard.classify import Classification, Match
 from aupguard.decide import decide
 from aupguard.identify import Identity
+from aupguard.lists import one_site
 from aupguard.policy import load_policy
-from aupguard.urlnorm import normalize_url
+from aupguard.urlnorm import normalize_url, suffix_parts
 from conftest import BUNDLED_POLICY, REPO, start_proxy, write_policy
 from test_cli import aupguard
 
@@ -385,6 +391,30 @@ def test_cli_refuses_a_public_suffix_site_and_accepts_one_below_it(tmp_path):
     assert listed == ["site example.co.uk", "site example.com"]
 
 
+# Hosts made of public-suffix rules (explicit, wildcard and exception ones alike, markers dropped),
+# with zero to two labels before them: what one_site must tell apart from a whole namespace.
+_RULES = sorted({rule.lstrip("*.!") for rule in tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None).tlds})
+_LABEL = st.one_of(st.sampled_from(["www", "city", "com", "co", "example", "xn--p1ai", "a-b"]),
+                   st.from_regex(r"[a-z0-9]{1,10}", fullmatch=True))  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_LABEL, max_size=2), st.sampled_from(_RULES), st.sampled_from(["", ".", "CASE"]))
+@example(["com"], "bd", "")  # com.bd: a suffix by the wildcard rule *.bd
+@example(["city"], "kawasaki.jp", "")  # an exception rule's one site
+def test_one_site_accepts_only_a_registrable_domain_or_a_host_below_one(labels, rule, spelling):
+    host = ".".join([*labels, rule])
+    written = host.upper() if spelling == "CASE" else host + spelling
+    try:
+        site = one_site(written)
+    except ValueError:
+        return
+    # The oracle is tldextract's own reading of the public suffix list (ICANN section), not one_site's.
+    parts = suffix_parts(site)
+    assert parts.domain, f"{written!r} accepted as {site!r}, but its registrable part is empty: {parts}"
+    assert parts.suffix or "." in site, f"{site!r}: a bare unknown top-level domain"
+
+
 def store_row(db, kind, sites, **columns):
     """An exemption as an older aupguard stored it, before public suffixes were refused."""
     row = {"kind": kind, "sites": json.dumps(sites), "until_utc": "2099-01-01T00:00:00.000000Z",
@@ -428,10 +458,6 @@ def test_a_stored_public_suffix_exemption_does_not_let_an_adult_site_through(tmp
 
 
 def test_only_the_mandatory_tier_is_not_exemptable_and_help_says_so():
-    from click.testing import CliRunner
-
-    from aupguard.cli import main
-
     refused = sorted(name for name, category in POLICY.categories.items() if not category.exemptable)
     assert refused == sorted(POLICY.mandatory) == ["illegal"]
     help_text = " ".join(CliRunner().invoke(main, ["exempt", "--help"]).output.split())
@@ -454,10 +480,6 @@ def readme_examples(section: str) -> list[list[str]]:
 
 
 def help_examples(group: str) -> list[list[str]]:
-    from click.testing import CliRunner
-
-    from aupguard.cli import main
-
     return example_commands(CliRunner().invoke(main, [group, "--help"]).output)
 
 
