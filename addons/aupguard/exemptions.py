@@ -75,7 +75,7 @@ class Exemption:
     category: str | None = None
     revoked_at: datetime | None = None
     revoked_by: str | None = None
-    os_user: str | None = None  # the operating-system account that ran the command (None: recorded before 0.x)
+    os_user: str | None = None  # the operating-system account that ran `add` (None: stored before it was recorded)
 
     def active(self, when: datetime) -> bool:
         return self.revoked_at is None and when < self.until
