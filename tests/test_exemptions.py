@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sqlite3
 import stat
+import subprocess
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
+import tldextract
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from click.testing import CliRunner
 
 from aupguard import exemptions as ex
+from aupguard.cli import main
 from aupguard.classify import Classification, Match
 from aupguard.decide import decide
 from aupguard.identify import Identity
+from aupguard.lists import one_site
 from aupguard.policy import load_policy
-from aupguard.urlnorm import normalize_url
-from conftest import BUNDLED_POLICY, start_proxy, write_policy
+from aupguard.urlnorm import normalize_url, suffix_parts
+from conftest import BUNDLED_POLICY, REPO, start_proxy, write_policy
 from test_cli import aupguard
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
@@ -274,15 +282,20 @@ def test_cli_add_list_revoke(tmp_path):
 
 
 def test_cli_list_shows_the_school_time_and_json_utc(tmp_path):
+    def in_india(policy):  # no summer time: the offset is +05:30 whatever the date the test runs
+        policy["school"]["timezone"] = "Asia/Kolkata"
+
+    policy = str(write_policy(tmp_path / "policy.yaml", in_india))
     env = {"AUPGUARD_DATA": str(tmp_path / "var"), "COLUMNS": "200"}
+    local = (datetime.now(timezone(timedelta(hours=5, minutes=30))) + timedelta(days=2)).replace(hour=15, minute=30)
     aupguard(
-        "exempt", "add", "--group", "staff", "--category", "games", "--until", "2030-07-15T15:30",
-        "--by", "Ms Khan", "--reason", "summer club", env=env,
+        "exempt", "add", "--config", policy, "--group", "staff", "--category", "games",
+        "--until", f"{local:%Y-%m-%dT%H:%M}", "--by", "Ms Khan", "--reason", "club", env=env,
     )  # fmt: skip
-    table = aupguard("exempt", "list", env=env).stdout
-    assert "2030-07-15 15:30" in table and "Z" not in table  # British Summer Time, as typed
+    table = aupguard("exempt", "list", "--config", policy, env=env).stdout
+    assert f"{local:%Y-%m-%d} 15:30" in table and "Z" not in table  # the school's time, as typed
     (row,) = [json.loads(line) for line in aupguard("exempt", "list", "--format", "json", env=env).stdout.splitlines()]
-    assert row["until"] == "2030-07-15T14:30:00.000000Z"
+    assert row["until"] == f"{local:%Y-%m-%d}T10:00:00.000000Z"
 
 
 def test_cli_classroom(tmp_path):
@@ -317,13 +330,14 @@ def test_a_running_proxy_honours_exemptions_and_overrides_without_a_restart(tmp_
         policy["lists"].append({"name": "testlists", "path": str(tmp_path / "lists")})
 
     (tmp_path / "lists" / "games").mkdir(parents=True)
-    (tmp_path / "lists" / "games" / "domains").write_text("localhost\n")
+    # The game is the loopback address (an exemption names one site: a single label such as localhost is refused).
+    (tmp_path / "lists" / "games" / "domains").write_text("127.0.0.1\n")
     running = start_proxy(tmp_path, write_policy(tmp_path / "policy.yaml", local_games))
     env = {"AUPGUARD_DATA": str(tmp_path / "var")}
-    game, lesson = origin.url("/game", host="localhost"), origin.url("/lesson")
+    game, lesson = origin.url("/game"), origin.url("/lesson", host="localhost")
     try:
         assert requests.get(game, proxies=running.proxies, timeout=15).status_code == 403
-        aupguard("exempt", "add", "--group", "pupils", "--site", "localhost", "--until", "+1h",
+        aupguard("exempt", "add", "--group", "pupils", "--site", "127.0.0.1", "--until", "+1h",
                  "--by", "Ms Khan", "--reason", "games lesson", env=env)  # fmt: skip
         wait_for_status(running, game, 200)
         aupguard("classroom", "set", "--ip", "127.0.0.1", "--mode", "block-all", "--until", "+1h",
@@ -336,3 +350,208 @@ def test_a_running_proxy_honours_exemptions_and_overrides_without_a_restart(tmp_
         wait_for_status(running, game, 403)
     finally:
         running.stop()
+
+
+# -- one site, never a public suffix (issue 10.1) -------------------------------------------------------
+
+PUBLIC_SUFFIXES = ["com", "co.uk", ".com", "COM.", "*.co.uk", "xn--p1ai", "рф", "com.bd", "lancs.sch.uk"]
+
+
+@pytest.mark.parametrize("site", PUBLIC_SUFFIXES)
+def test_an_exemption_or_classroom_site_is_never_a_public_suffix(store, site):
+    # `lists import`'s words: a single-label suffix (com) is "a single label", co.uk "a public suffix".
+    with pytest.raises(ex.ExemptionError, match=r"is not one site: .* it would match every site under it"):
+        add(store, group="pupils", sites=[site])
+    with pytest.raises(ex.ExemptionError, match="it would match every site under it"):
+        add(store, kind=ex.ALLOW_ONLY, network="10.20.4.0/24", sites=["bbc.co.uk", site])
+    assert ex.audit_trail(store) == []
+
+
+def test_sites_below_a_public_suffix_are_one_site(store):
+    sites = ["example.com", "www.example.co.uk", "myschool.lancs.sch.uk", "city.kawasaki.jp", "www.com", "10.0.0.1"]
+    assert [add(store, group="pupils", sites=[site]).sites for site in sites] == [
+        ("example.com",), ("example.co.uk",), ("myschool.lancs.sch.uk",), ("city.kawasaki.jp",), ("www.com",),
+        ("10.0.0.1",),
+    ]  # fmt: skip
+
+
+def test_cli_refuses_a_public_suffix_site_and_accepts_one_below_it(tmp_path):
+    env = {"AUPGUARD_DATA": str(tmp_path / "var")}
+    common = ("--until", "+1h", "--by", "x", "--reason", "y")
+    for site in ("com", "co.uk", ".com", "COM.", "xn--p1ai"):
+        refused = aupguard("exempt", "add", "--group", "pupils", "--site", site, *common, env=env, check=False)
+        assert refused.returncode == 1 and "it would match every site under it" in refused.stderr, site
+    refused = aupguard("classroom", "set", "--ip", "10.20.4.0/24", "--mode", "allow-only", "--site", "kahoot.it",
+                       "--site", "co.uk", *common, env=env, check=False)  # fmt: skip
+    assert refused.returncode == 1 and "'co.uk' is a public suffix" in refused.stderr
+    assert aupguard("exempt", "list", env=env).stdout.strip() == "none"
+    for site in ("example.com", "www.example.co.uk"):
+        aupguard("exempt", "add", "--group", "pupils", "--site", site, *common, env=env)
+    listed = [json.loads(line)["what"] for line in aupguard("exempt", "list", "--format", "json", env=env).stdout.splitlines()]
+    assert listed == ["site example.co.uk", "site example.com"]
+
+
+# Hosts made of public-suffix rules (explicit, wildcard and exception ones alike, markers dropped),
+# with zero to two labels before them: what one_site must tell apart from a whole namespace.
+_RULES = sorted({rule.lstrip("*.!") for rule in tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None).tlds})
+_LABEL = st.one_of(st.sampled_from(["www", "city", "com", "co", "example", "xn--p1ai", "a-b"]),
+                   st.from_regex(r"[a-z0-9]{1,10}", fullmatch=True))  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_LABEL, max_size=2), st.sampled_from(_RULES), st.sampled_from(["", ".", "CASE"]))
+@example(["com"], "bd", "")  # com.bd: a suffix by the wildcard rule *.bd
+@example(["city"], "kawasaki.jp", "")  # an exception rule's one site
+def test_one_site_accepts_only_a_registrable_domain_or_a_host_below_one(labels, rule, spelling):
+    host = ".".join([*labels, rule])
+    written = host.upper() if spelling == "CASE" else host + spelling
+    try:
+        site = one_site(written)
+    except ValueError:
+        return
+    # The oracle is tldextract's own reading of the public suffix list (ICANN section), not one_site's.
+    parts = suffix_parts(site)
+    assert parts.domain, f"{written!r} accepted as {site!r}, but its registrable part is empty: {parts}"
+    assert parts.suffix or "." in site, f"{site!r}: a bare unknown top-level domain"
+
+
+def store_row(db, kind, sites, **columns):
+    """An exemption as an older aupguard stored it, before public suffixes were refused."""
+    row = {"kind": kind, "sites": json.dumps(sites), "until_utc": "2099-01-01T00:00:00.000000Z",
+           "created_utc": "2026-01-01T00:00:00.000000Z", "created_by": "old", "reason": "before the fix", **columns}  # fmt: skip
+    with db.conn:
+        db.execute(f"INSERT INTO exemptions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+
+
+def test_a_stored_public_suffix_exemption_does_not_let_an_adult_site_through(tmp_path, caplog):
+    from aupguard.engine import Engine
+
+    def adult_list(policy):
+        policy["lists"].append({"name": "testlists", "path": str(tmp_path / "lists")})
+
+    (tmp_path / "lists" / "adult").mkdir(parents=True)
+    (tmp_path / "lists" / "adult" / "domains").write_text("adult-site.com\n")
+    engine = Engine.from_policy_file(write_policy(tmp_path / "policy.yaml", adult_list))
+    path = tmp_path / "exemptions.db"
+    db = ex.open_store(path)
+    store_row(db, ex.EXEMPTION, ["com"], group_name="pupils")
+    store_row(db, ex.ALLOW_ONLY, ["co.uk", "kahoot.it"], network="10.20.5.0/24")
+    db.close()
+    with caplog.at_level("WARNING", logger="aupguard.exemptions"):
+        engine.exemptions = ex.load_active(path)
+    warnings = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(warnings) == 1 and "#1 'com'" in warnings[0] and "#2 'co.uk'" in warnings[0]
+    verdict = engine.check("https://www.adult-site.com/", engine.identify("a.pupil", "10.20.4.7"))
+    assert verdict.blocked and verdict.decision.category == "adult" and verdict.decision.exemption is None
+    # The allow-only override keeps its lock and its one real site: the room is not opened.
+    room = "10.20.5.9"
+    assert engine.check("https://www.bbc.co.uk/", engine.identify(None, room)).decision.category == "classroom_lock"
+    assert not engine.check("https://kahoot.it/", engine.identify(None, room)).blocked
+    env = {"AUPGUARD_DATA": str(tmp_path / "var")}
+    rows = aupguard("exempt", "list", "--store", str(path), "--format", "json", env=env).stdout.splitlines()
+    whats = [json.loads(line)["what"] for line in rows]
+    assert whats[1].startswith("site com (refused, never applied: 'com' is a single label")
+    assert whats[0].startswith("allow only co.uk, kahoot.it (refused, never applied: 'co.uk' is a public suffix")
+
+
+# -- what may be exempted, and for how long; who ran the command (issue 10.2) ---------------------------
+
+
+def test_only_the_mandatory_tier_is_not_exemptable_and_help_says_so():
+    refused = sorted(name for name, category in POLICY.categories.items() if not category.exemptable)
+    assert refused == sorted(POLICY.mandatory) == ["illegal"]
+    help_text = " ".join(CliRunner().invoke(main, ["exempt", "--help"]).output.split())
+    assert f"the bundled policy marks only {', '.join(refused)}" in help_text and "adult included" in help_text
+    assert "can never be exempted" not in help_text
+
+
+ADDING = ("exempt add", "classroom set")
+
+
+def example_commands(text: str) -> list[list[str]]:
+    """The arguments of each `aupguard exempt add` / `classroom set` line in `text` (continuations joined)."""
+    lines = text.replace("\\\n", " ").splitlines()
+    return [shlex.split(line)[1:] for line in lines if line.strip().startswith(tuple(f"aupguard {c} " for c in ADDING))]
+
+
+def readme_examples(section: str) -> list[list[str]]:
+    body = (REPO / "README.md").read_text().split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return example_commands("\n".join(body.split("```")[1::2]))
+
+
+def help_examples(group: str) -> list[list[str]]:
+    return example_commands(CliRunner().invoke(main, [group, "--help"]).output)
+
+
+def test_the_readme_and_help_examples_run_against_the_bundled_policy(tmp_path):
+    examples = readme_examples("Exemptions and classroom overrides")
+    examples += help_examples("exempt") + help_examples("classroom")
+    assert len(examples) >= 8 and any("adult" in e for e in examples) and any("pupils" in e for e in examples)
+    env = {"AUPGUARD_DATA": str(tmp_path / "var")}
+    for number, args in enumerate(examples, 1):
+        assert "added" in aupguard(*args, env=env).stdout, args
+    assert len(aupguard("exempt", "list", "--format", "json", env=env).stdout.splitlines()) == len(examples)
+
+
+def test_until_is_capped_by_exemptions_max_days(store, tmp_path):
+    add(store, group="pupils", category="games", until=NOW + timedelta(days=31))
+    with pytest.raises(ex.ExemptionError, match=r"more than 31 days away: the policy's exemptions.max_days"):
+        add(store, group="pupils", category="games", until=NOW + timedelta(days=31, minutes=1))
+    with pytest.raises(ex.ExemptionError, match="more than 31 days"):
+        add(store, kind=ex.BLOCK_ALL, network="10.20.4.0/24", until=NOW + timedelta(days=40))
+    env = {"AUPGUARD_DATA": str(tmp_path / "var")}
+    args = ("exempt", "add", "--group", "pupils", "--category", "games", "--by", "x", "--reason", "y")
+    refused = aupguard(*args, "--until", "+400d", env=env, check=False)
+    assert refused.returncode == 1 and "more than 31 days away" in refused.stderr
+
+    def a_week(policy):
+        policy["exemptions"] = {"max_days": 7}
+
+    week = str(write_policy(tmp_path / "policy.yaml", a_week))
+    assert aupguard(*args, "--config", week, "--until", "+8d", env=env, check=False).returncode == 1
+    assert "added" in aupguard(*args, "--config", week, "--until", "+7d", env=env).stdout
+
+
+def test_the_audit_trail_records_the_os_account_beside_by(tmp_path):
+    account = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
+    env = {"AUPGUARD_DATA": str(tmp_path / "var"), "USER": "mallory", "LOGNAME": "mallory"}  # not what is recorded
+    aupguard("exempt", "add", "--group", "pupils", "--category", "games", "--until", "+1h", "--by", "Ms Khan",
+             "--reason", "lesson", env=env)  # fmt: skip
+    aupguard("exempt", "revoke", "1", "--by", "Mr Head", env=env)
+    audit = [json.loads(line) for line in aupguard("exempt", "audit", env=env).stdout.splitlines()]
+    assert [(a["action"], a["actor"], a["os_user"]) for a in audit] == [
+        ("add", "Ms Khan", account), ("revoke", "Mr Head", account),
+    ]  # fmt: skip
+    (row,) = [json.loads(line) for line in aupguard("exempt", "list", "--all", "--format", "json", env=env).stdout.splitlines()]
+    assert row["by"] == "Ms Khan" and row["os_user"] == account
+
+
+def test_the_os_account_falls_back_to_the_uid(monkeypatch):
+    def no_entry(uid):
+        raise KeyError(uid)
+
+    monkeypatch.setattr(ex.pwd, "getpwuid", no_entry)
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    assert ex.current_os_user() == f"uid {os.getuid()}"
+
+
+def test_an_older_store_gains_the_os_user_columns(tmp_path):
+    path = tmp_path / "exemptions.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        """CREATE TABLE exemptions (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, group_name TEXT, username TEXT,
+             network TEXT, sites TEXT NOT NULL, category TEXT, until_utc TEXT NOT NULL, created_utc TEXT NOT NULL,
+             created_by TEXT NOT NULL, reason TEXT NOT NULL, revoked_utc TEXT, revoked_by TEXT, revoke_reason TEXT);
+           CREATE TABLE audit (id INTEGER PRIMARY KEY, ts_utc TEXT NOT NULL, actor TEXT NOT NULL,
+             action TEXT NOT NULL, exemption_id INTEGER NOT NULL, what TEXT NOT NULL, reason TEXT NOT NULL);
+           INSERT INTO audit (ts_utc, actor, action, exemption_id, what, reason)
+             VALUES ('2026-01-01T00:00:00Z', 'old', 'add', 1, '{}', 'r');"""
+    )
+    old.close()
+    db = ex.open_store(path)
+    try:
+        add(db, group="pupils", category="games")
+        trail = ex.audit_trail(db)
+        assert trail[0]["os_user"] is None and trail[1]["os_user"] == ex.current_os_user()
+    finally:
+        db.close()

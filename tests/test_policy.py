@@ -169,6 +169,7 @@ def test_bundled_policy_settings(bundled):
     assert bundled.no_decrypt_categories == {"banking", "health"}
     assert bundled.tls_intercept is True
     assert bundled.retention_days == 90
+    assert bundled.exemption_max_days == 31  # documented in config/README.md
     assert bundled.users == {} and bundled.networks == ()  # examples only: nobody is staff by accident
 
 
@@ -316,6 +317,9 @@ BROKEN = [
     ("parser-error", "    fail_closed: false\n", "    fail_closed: false\n   - stray\n", "- stray", r"invalid YAML: while parsing a block mapping \(line \d+\) expected <block end>, but found '<block sequence start>'"),
     ("unknown-tag", "  name: Test School", "  name: !secret Test", "!secret", r"^school.name: could not determine a constructor for the tag '!secret'"),
     ("bool-key", "  pupils:\n", "  no:\n", "  no:", r"^groups: key: expected text, got true/false \(put it in quotes to mean the text 'no'\)"),
+    ("max-days-low", "records:\n", "exemptions:\n  max_days: 0  # md\nrecords:\n", "# md", r"^exemptions.max_days must be between 1 and 366"),
+    ("max-days-high", "records:\n", "exemptions:\n  max_days: 400  # md\nrecords:\n", "# md", r"^exemptions.max_days must be between 1 and 366"),
+    ("max-days-key", "records:\n", "exemptions:\n  max_hours: 4\nrecords:\n", "max_hours", r"^exemptions: unknown key 'max_hours' \(expected max_days\)"),
 ]  # fmt: skip
 
 
@@ -505,3 +509,29 @@ def test_bundled_walled_garden_holds_childrens_sites(bundled):
     assert action("https://www.bbc.co.uk/cbeebies/games") == "allow"
     assert action("https://www.bbc.co.uk/news") == "block"  # only CBeebies of the BBC
     assert action("https://www.wikipedia.org/") == "block"
+
+
+def test_exemptions_max_days_is_read_and_defaults_to_a_month(tmp_path):
+    assert load_policy(write(tmp_path, BASE, "default.yaml")).exemption_max_days == 31
+    week = edited("records:\n", "exemptions:\n  max_days: 7\nrecords:\n")
+    assert load_policy(write(tmp_path, week, "week.yaml")).exemption_max_days == 7
+
+
+@pytest.mark.parametrize("entry", ["co.uk", "com", ".com", "*.co.uk", "com.bd"])
+def test_an_allow_list_naming_a_public_suffix_is_refused_at_load(tmp_path, entry):
+    # A public suffix on an allow list would let every site under it through (all of .co.uk for
+    # pupils): the policy is refused, naming the file and line, as a mandatory entry is.
+    from conftest import write_policy
+    from test_lists import write_tree
+
+    from aupguard.engine import Engine
+    from aupguard.lists import ListError
+
+    local = write_tree(tmp_path / "local", {"school_allow/domains": f"vle.example.co.uk\n{entry}\n"})
+    policy = write_policy(tmp_path / "policy.yaml", lambda doc: doc["lists"].append({"name": "local", "path": str(local)}))
+    with pytest.raises(ListError, match=re.escape(f"{local / 'school_allow' / 'domains'}:2: allow entry {entry!r}")) as refused:
+        Engine.from_policy_file(policy)
+    assert "it would match every site under it" in str(refused.value)
+    (local / "school_allow" / "domains").write_text("vle.example.co.uk\n")
+    engine = Engine.from_policy_file(policy)
+    assert not engine.check("https://vle.example.co.uk/", engine.identify(None, "10.20.4.7")).blocked

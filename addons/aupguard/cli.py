@@ -578,9 +578,11 @@ def _show(items, fmt: str, policy_path: Path) -> None:
             "id": item.id,
             "kind": item.kind,
             "who": item.who,
-            "what": item.what,
+            # A stored site that names no one site (a public suffix recorded before it was refused) never applies.
+            "what": item.what + "".join(f" (refused, never applied: {why})" for why in item.refused_sites().values()),
             "until": when(item.until),
             "by": item.created_by,
+            "os_user": item.os_user,  # the account that ran the command, beside the name given as --by
             "reason": item.reason,
             "revoked": f"{when(item.revoked_at)} by {item.revoked_by}" if item.revoked_at else None,
         }
@@ -616,11 +618,15 @@ def exempt() -> None:
     """Time-limited exemptions: let a group, user or address range reach a site or category.
 
     \b
-    aupguard exempt add --group year9 --category games --until +1h --by "Ms Khan" --reason "coding lesson"
+    aupguard exempt add --group pupils --category games --until +1h --by "Ms Khan" --reason "coding lesson"
+    aupguard exempt add --user j.smith --category adult --until +14d --by "Head" --reason "art history, letter 14/11"
     aupguard exempt list
     aupguard exempt revoke 12 --by "Ms Khan"
-    Every change is recorded with who, when and why; a running proxy honours it within seconds.
-    Mandatory categories (adult, hate, self_harm, ...) can never be exempted.
+    Every change is recorded with who, when, why and the computer account that ran it; a running
+    proxy honours it within seconds. Any category can be exempted except a mandatory one
+    (`mandatory: true` in the policy; the bundled policy marks only illegal): adult included, for
+    the Head's written permission. A --site must be one site, not a public suffix such as com or
+    co.uk. --until may be at most the policy's exemptions.max_days ahead (bundled: 31).
     """
 
 
@@ -630,8 +636,8 @@ def exempt() -> None:
 @click.option("--group", default=None, help="Exempt this policy group.")
 @click.option("--user", default=None, help="Exempt this proxy-authenticated user.")
 @click.option("--ip", "network", default=None, metavar="IP/CIDR", help="Exempt this address or range.")
-@click.option("--site", default=None, metavar="DOMAIN", help="This site (and its subdomains).")
-@click.option("--category", default=None, help="This category.")
+@click.option("--site", default=None, metavar="DOMAIN", help="This site (and its subdomains); not a public suffix.")
+@click.option("--category", default=None, help="This category (any but a mandatory one).")
 @until_option
 @by_option
 @click.option("--reason", required=True, help="Why (recorded; e.g. the lesson, or the Head's written permission).")
@@ -704,10 +710,11 @@ def classroom() -> None:
 
     \b
     aupguard classroom set --ip 10.20.4.0/24 --mode allow-only --site bbc.co.uk --site kahoot.it \\
-        --until 10:30 --by "Mr Jones" --reason "Year 10 mock exam"
+        --until +1h --by "Mr Jones" --reason "Year 10 mock exam"
     aupguard classroom list
     aupguard classroom end 14 --by "Mr Jones"
-    Sites in mandatory categories stay blocked whatever the mode.
+    Sites in mandatory categories stay blocked whatever the mode. Each --site must be one site,
+    not a public suffix such as com or co.uk.
     """
 
 
@@ -716,7 +723,9 @@ def classroom() -> None:
 @store_option
 @click.option("--ip", "network", required=True, metavar="IP/CIDR", help="The room's address range.")
 @click.option("--mode", type=click.Choice(["allow-only", "block-all"]), required=True)
-@click.option("--site", "sites", multiple=True, metavar="DOMAIN", help="A site allowed in allow-only mode (repeatable).")
+@click.option(
+    "--site", "sites", multiple=True, metavar="DOMAIN", help="A site allowed in allow-only mode (repeatable; not a public suffix)."
+)
 @until_option
 @by_option
 @click.option("--reason", required=True, help="Why (recorded; e.g. the lesson or exam).")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from .classify import Classification, Classifier, Match
 from .identify import Identity
-from .lists import Problems, domain_key, read_entries, url_key
+from .lists import Problems, domain_key, one_site, read_entries, url_key
 from .policy import Policy, severity_rank
 from .urlnorm import normalize_url
 
@@ -102,16 +102,17 @@ def filter_error(policy: Policy, identity: Identity) -> Decision:
 
 
 def overridden_allows(policy: Policy, classifier: Classifier) -> list[str]:
-    """Allow-list entries that a mandatory category would override, as "file:line: ..." messages.
+    """Allow-list entries the policy is refused for, as "file:line: ..." messages.
 
-    The mandatory tier is blocked whatever allows it, so a policy whose allow lists
-    name such a site is refused at load (Engine.from_policy_file) rather than
-    silently not applied.
+    A `domains` entry that names no one site (`com`, `co.uk`) would allow every site
+    under it; an entry in a mandatory category would be blocked whatever allows it.
+    A policy whose allow lists hold either is refused at load (Engine.from_policy_file)
+    rather than silently applied or not applied.
     Cheap: only the allow categories' own `domains` and `urls` files are read, and
     each entry is looked up once in the classifier (no scan of the block lists).
     """
     allow = frozenset().union(*(group.allow for group in policy.groups.values()))
-    if not allow or not policy.mandatory:
+    if not allow:
         return []
     warnings: list[str] = []
     checked = 0
@@ -123,9 +124,19 @@ def overridden_allows(policy: Policy, classifier: Classifier) -> list[str]:
                 continue
             path = source.path / kind
             for number, entry in read_entries(path, Problems(), strip_comments=True):
+                if kind == "domains":
+                    try:
+                        key = domain_key(entry)
+                    except ValueError:
+                        continue  # the list loader reports the line
+                    try:
+                        one_site(key)
+                    except ValueError as exc:
+                        warnings.append(f"{path}:{number}: allow entry {entry!r} ({source.category}): {exc}")
+                        continue
                 checked += 1
-                if checked > MAX_ALLOW_ENTRIES_CHECKED:
-                    return warnings
+                if not policy.mandatory or checked > MAX_ALLOW_ENTRIES_CHECKED:
+                    continue
                 try:
                     key = domain_key(entry) if kind == "domains" else url_key(entry)
                     bracketed = f"[{key}]" if kind == "domains" and ":" in key else key  # an IPv6 address

@@ -19,6 +19,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
+import pwd
 import re
 import threading
 from collections.abc import Callable, Iterable
@@ -33,8 +35,9 @@ from .classify import Classification
 from .decide import Decision
 from .identify import Identity, client_address
 from .incidents import connect_private, utc_iso
+from .lists import one_site
 from .policy import Policy
-from .urlnorm import NormalizedURL, URLError, normalize_host
+from .urlnorm import NormalizedURL
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +75,20 @@ class Exemption:
     category: str | None = None
     revoked_at: datetime | None = None
     revoked_by: str | None = None
+    os_user: str | None = None  # the operating-system account that ran `add` (None: stored before it was recorded)
 
     def active(self, when: datetime) -> bool:
         return self.revoked_at is None and when < self.until
+
+    def refused_sites(self) -> dict[str, str]:
+        """Stored sites that do not name one site (a public suffix recorded before `add` refused them), and why."""
+        refused = {}
+        for site in self.sites:
+            try:
+                one_site(site)
+            except ValueError as exc:
+                refused[site] = str(exc)
+        return refused
 
     def covers_site(self, url: NormalizedURL) -> bool:
         return any(candidate in self.sites for candidate in url.domain_candidates())
@@ -109,7 +123,7 @@ class ExemptionSet:
     """The active exemptions and overrides, indexed by who they cover. Immutable once built."""
 
     def __init__(self, items: Iterable[Exemption] = ()):
-        self.items = tuple(items)
+        self.items = _usable(items)
         self._by_user: dict[str, list[Exemption]] = {}
         self._by_group: dict[str, list[Exemption]] = {}
         # Per IP version: (shift, {network number >> shift: [exemptions]}), longest prefix first.
@@ -205,14 +219,39 @@ class ExemptionSet:
         return decision
 
 
+def _usable(items: Iterable[Exemption]) -> tuple[Exemption, ...]:
+    """`items` without the sites that name no one site, with one warning for all of them.
+
+    A store written before `add` refused public suffixes may hold `--site com`: that
+    exemption is dropped (never a whole TLD let through); an allow-only override keeps
+    its lock and its other sites, so the room stays locked rather than opened.
+    """
+    usable, refused = [], []
+    for item in items:
+        bad = item.refused_sites() if item.sites else {}
+        if bad:
+            refused.append(f"#{item.id} {', '.join(f'{site!r} ({why})' for site, why in bad.items())}")
+            if item.kind != ALLOW_ONLY:
+                continue
+            item = replace(item, sites=tuple(site for site in item.sites if site not in bad))
+        usable.append(item)
+    if refused:
+        log.warning("stored exemption sites refused, not applied: %s", "; ".join(refused))
+    return tuple(usable)
+
+
 def _mandatory(policy: Policy, decision: Decision) -> bool:
     return any(policy.categories[match.category].mandatory for match in decision.blocked_by)
+
+
+def _exemptable(policy: Policy, decision: Decision) -> bool:
+    return all(policy.categories[match.category].exemptable for match in decision.blocked_by)
 
 
 def _allowed(policy: Policy, decision: Decision, item: Exemption) -> Decision:
     """`decision` turned into an allow by `item`, unless it is not a list block an exemption may lift."""
     # Only blocks made by list matches are lifted: a filter error or a mandatory category stays blocked.
-    if not decision.blocked or not decision.blocked_by or _mandatory(policy, decision):
+    if not decision.blocked or not decision.blocked_by or not _exemptable(policy, decision):
         return decision
     return replace(
         decision,
@@ -253,6 +292,11 @@ def open_store(path: Path = DEFAULT_STORE) -> sqlite_utils.Database:
                      what TEXT NOT NULL,          -- the exemption as recorded, JSON
                      reason TEXT NOT NULL)"""
             )
+            # Added columns (a store from before them gets them, NULL in its old rows): the
+            # operating-system account that ran the command, beside the name given as --by.
+            for table, column in (("exemptions", "os_user"), ("exemptions", "revoked_os_user"), ("audit", "os_user")):
+                if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
             # The audit trail is evidence: it can be appended to, never changed.
             for event in ("UPDATE", "DELETE"):
                 db.execute(
@@ -276,6 +320,23 @@ def _text(value: str | None, name: str, bound: int, required: bool = True) -> st
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ExemptionError(f"{name} contains control characters")
     return value
+
+
+def current_os_user() -> str:
+    """The operating-system account running this command, for the audit trail beside --by. Never fails.
+
+    Taken from the process's uid, not $USER or $LOGNAME, which anyone can set; under
+    sudo (uid 0) the account sudo names is added. An account with no name is its uid.
+    """
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid with no passwd entry (a container's)
+        name = f"uid {uid}"
+    sudo = os.environ.get("SUDO_USER") if uid == 0 else None
+    if sudo:
+        name = f"{name} (sudo from {sudo})"
+    return "".join(c if c.isprintable() else "?" for c in name)[:MAX_NAME]
 
 
 def add(
@@ -309,6 +370,11 @@ def add(
         raise ExemptionError("until must carry a time zone")
     if until <= now:
         raise ExemptionError(f"until ({utc_iso(until)}) is not in the future")
+    if until - now > timedelta(days=policy.exemption_max_days):
+        raise ExemptionError(
+            f"--until {until.astimezone(policy.timezone):%Y-%m-%d %H:%M} is more than {policy.exemption_max_days} "
+            f"days away: the policy's exemptions.max_days ({policy.path}) is the longest an exemption may run"
+        )
     by = _text(by, "--by (who is making this change)", MAX_NAME)
     reason = _text(reason, "--reason", MAX_TEXT)
     whom = [value for value in (group, user, network) if value]
@@ -342,14 +408,17 @@ def add(
         known = policy.categories.get(category)
         if known is None:
             raise ExemptionError(f"unknown category {category!r}")
-        if known.mandatory:
+        if not known.exemptable:
             raise ExemptionError(f"category {category} is mandatory: it is blocked for everyone and cannot be exempted")
     if kind == EXEMPTION and domains and site_categories is not None:
-        mandatory = sorted(c for c in site_categories(domains[0]) if c in policy.categories and policy.categories[c].mandatory)
+        mandatory = sorted(
+            c for c in site_categories(domains[0]) if c in policy.categories and not policy.categories[c].exemptable
+        )
         if mandatory:
             raise ExemptionError(
                 f"{domains[0]} is listed in the mandatory category {', '.join(mandatory)}: it cannot be exempted"
             )
+    os_user = current_os_user()
     row = {
         "kind": kind,
         "group_name": group,
@@ -361,12 +430,13 @@ def add(
         "created_utc": utc_iso(now),
         "created_by": by,
         "reason": reason,
+        "os_user": os_user,
     }
     with db.conn:
         exemption_id = db.execute(
             f"INSERT INTO exemptions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values())
         ).lastrowid
-        _audit(db, now, by, "add", exemption_id, row, reason)
+        _audit(db, now, by, "add", exemption_id, row, reason, os_user)
     return _from_row({**row, "id": exemption_id})
 
 
@@ -394,18 +464,21 @@ def revoke(
             raise ExemptionError(f"#{exemption_id} was already revoked at {row['revoked_utc']} by {row['revoked_by']}")
         if row["until_utc"] <= utc_iso(now):
             raise ExemptionError(f"#{exemption_id} already ended at {row['until_utc']}")
+        os_user = current_os_user()
         db.execute(
-            "UPDATE exemptions SET revoked_utc = ?, revoked_by = ?, revoke_reason = ? WHERE id = ?",
-            [utc_iso(now), by, reason, exemption_id],
+            "UPDATE exemptions SET revoked_utc = ?, revoked_by = ?, revoke_reason = ?, revoked_os_user = ? WHERE id = ?",
+            [utc_iso(now), by, reason, os_user, exemption_id],
         )
-        _audit(db, now, by, "revoke", exemption_id, row, reason)
+        _audit(db, now, by, "revoke", exemption_id, row, reason, os_user)
     return replace(_from_row(row), revoked_at=now, revoked_by=by)
 
 
-def _audit(db, now: datetime, actor: str, action: str, exemption_id: int, what: dict, reason: str) -> None:
+def _audit(
+    db, now: datetime, actor: str, action: str, exemption_id: int, what: dict, reason: str, os_user: str
+) -> None:
     db.execute(
-        "INSERT INTO audit (ts_utc, actor, action, exemption_id, what, reason) VALUES (?, ?, ?, ?, ?, ?)",
-        [utc_iso(now), actor, action, exemption_id, json.dumps(what, sort_keys=True), reason],
+        "INSERT INTO audit (ts_utc, actor, os_user, action, exemption_id, what, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [utc_iso(now), actor, os_user, action, exemption_id, json.dumps(what, sort_keys=True), reason],
     )
 
 
@@ -422,7 +495,7 @@ def listing(db: sqlite_utils.Database, *, include_ended: bool = False, now: date
 
 
 def audit_trail(db: sqlite_utils.Database) -> list[dict]:
-    return list(db.query("SELECT ts_utc, actor, action, exemption_id, what, reason FROM audit ORDER BY id"))
+    return list(db.query("SELECT ts_utc, actor, os_user, action, exemption_id, what, reason FROM audit ORDER BY id"))
 
 
 def load_active(path: Path, when: datetime | None = None) -> ExemptionSet:
@@ -444,14 +517,20 @@ def _network(text: str) -> Network:
 
 
 def _domain(text: str) -> str:
+    """A --site as stored: one site (never a public suffix such as `com`), its `www.` dropped if the rest is one."""
     raw = text.strip()
     if "://" in raw:  # a pasted URL: its host
         raw = raw.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
     try:
-        domain = normalize_host(raw.split("/", 1)[0])
-    except URLError as exc:
-        raise ExemptionError(f"--site {text!r} is not a site name ({exc})") from None
-    return domain[4:] if domain.startswith("www.") else domain
+        domain = one_site(raw.split("/", 1)[0])
+    except ValueError as exc:  # URLError, or a codec's UnicodeError
+        raise ExemptionError(f"--site {text!r} is not one site: {exc}") from None
+    if domain.startswith("www."):
+        try:
+            return one_site(domain[4:])
+        except ValueError:
+            pass  # www.com is a site; com is not
+    return domain
 
 
 def _when(text: str | None) -> datetime | None:
@@ -473,6 +552,7 @@ def _from_row(row: dict) -> Exemption:
         category=row["category"],
         revoked_at=_when(row.get("revoked_utc")),
         revoked_by=row.get("revoked_by"),
+        os_user=row.get("os_user"),
     )
 
 

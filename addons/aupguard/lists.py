@@ -219,7 +219,7 @@ def source_keys(source: ListSource, kind: str, problems: Problems) -> Iterator[s
     key_of = domain_key if kind == "domains" else url_key
     # Bare public suffixes are kept here: curated lists block whole namespaces on purpose
     # (the bundled adult list's `xxx` and `porn`, health's `nhs.uk`, UT1's `bet.br`).
-    # Third-party lists imported by `aupguard lists import` get no such trust (`list_host`).
+    # Third-party lists imported by `aupguard lists import` get no such trust (`one_site`).
     for number, entry in read_entries(path, problems, strip_comments=True):
         try:
             yield key_of(entry)
@@ -368,12 +368,14 @@ def domain_key(entry: str) -> str:
     return normalize_host(entry)
 
 
-def list_host(name: str) -> str:
-    """A host name or address from an imported third-party list, as a `domains` key.
+def one_site(name: str) -> str:
+    """A host name or address that names one site (a registrable domain or a host below one), normalised.
 
+    Every entry that can let a whole namespace through goes through this: lines of
+    imported third-party lists, allow-list entries, exemption and classroom sites.
     Raises ValueError (URLError) for anything that is not one site: an invalid host,
-    a single label (`uk`, `not`) or a bare public suffix (`co.uk`), any of which
-    would match every site under it.
+    a single label (`uk`, `not`) or a bare public suffix (`co.uk`, `COM.`, `.com`),
+    any of which would match every site under it.
     """
     host = domain_key(name)
     if "." not in host and ":" not in host:
@@ -722,7 +724,7 @@ def host_entry(line: str) -> str | None:
         line = rule.group(1)
     if len(line.split()) != 1:
         raise ValueError(f"{line[:80]!r} is not one host name or address")
-    return list_host(line)
+    return one_site(line)
 
 
 def import_host_list(kind: str, src: Path, dest: Path) -> ImportResult:
@@ -879,14 +881,14 @@ def domain_list_entries(fmt: str, line: str) -> list[str]:
         options = {o.strip().lower() for o in rule.group(2).split(",")} if rule.group(2) is not None else set()
         if options - _ADBLOCK_WHOLE_DOMAIN_OPTIONS:
             raise NarrowedRule(f"${rule.group(2)[:80]} narrows the rule to some requests: not a whole-domain block")
-        return [list_host(rule.group(1))]
+        return [one_site(rule.group(1))]
     text = line.split("#", 1)[0].split()
     if not text:
         return []
     if fmt == "domains":
         if len(text) != 1:
             raise ValueError(f"{line.strip()[:80]!r} is not one domain: a domains line holds exactly one name")
-        return [list_host(text[0])]
+        return [one_site(text[0])]
     address, names = text[0], text[1:]
     try:
         ipaddress.ip_address(address)
@@ -894,7 +896,7 @@ def domain_list_entries(fmt: str, line: str) -> list[str]:
         raise ValueError(f"{address[:80]!r} is not an address: a hosts line is `0.0.0.0 name...`") from None
     if not names:
         raise ValueError(f"{address!r} with no name: a hosts line is `0.0.0.0 name...`")
-    return [list_host(name) for name in names if name.lower() not in _HOSTS_SELF]
+    return [one_site(name) for name in names if name.lower() not in _HOSTS_SELF]
 
 
 def import_domain_list(fmt: str, src: Path, dest: Path, category: str) -> ImportResult:

@@ -67,6 +67,8 @@ GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # also list root na
 MAX_RETENTION_DAYS = 3650
 MAX_REPEAT_WINDOW_MINUTES = 24 * 60
 MAX_REPEAT_THRESHOLD = 100
+DEFAULT_EXEMPTION_MAX_DAYS = 31  # a month: a lesson, a project, a term's half
+MAX_EXEMPTION_MAX_DAYS = 366  # a school year: anything longer belongs in the policy itself
 TUNNEL_RULES = ("block", "allow")
 
 DEFAULT_CIRCUMVENTION_TEXT = (
@@ -103,6 +105,14 @@ class Category:
     reason: str  # why the AUP blocks it, shown on the block page
     no_decrypt: bool  # never TLS-decrypted (banking, health)
     mandatory: bool = False  # blocked for every group, whatever allows, timetables or exemptions say
+
+    @property
+    def exemptable(self) -> bool:
+        """Whether an exemption may lift a block by this category: every one but the mandatory tier.
+
+        The one rule `exemptions.add` refuses by, `ExemptionSet.apply` lifts by and `exempt --help` states.
+        """
+        return not self.mandatory
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +200,7 @@ class Policy:
     retention_days: int
     circumvention: CircumventionRules = CircumventionRules()
     circumvention_text: str = DEFAULT_CIRCUMVENTION_TEXT  # the block page's note on a circumvention attempt
+    exemption_max_days: int = DEFAULT_EXEMPTION_MAX_DAYS  # `exemptions.max_days`: the longest exemption or override
     network_index: NetworkIndex = field(init=False, repr=False, compare=False)
     timetable: Timetable = field(default_factory=Timetable.empty)
     user_files: tuple[UserFile, ...] = ()
@@ -218,7 +229,7 @@ def load_policy(path: Path) -> Policy:
         root,
         "",
         required=("version", "school", "categories", "groups", "identity", "lists", "tls", "block_page", "records"),
-        optional=("circumvention", "timetable"),
+        optional=("circumvention", "timetable", "exemptions"),
     )
     version = doc.integer(top["version"], "version")
     if version != SUPPORTED_VERSION:
@@ -257,6 +268,7 @@ def load_policy(path: Path) -> Policy:
         timetable=timetable,
         user_files=user_files,
         members=members,
+        exemption_max_days=_read_exemptions(doc, top.get("exemptions")),
         circumvention_text=(
             doc.text(block_page["circumvention"], "block_page.circumvention")
             if "circumvention" in block_page
@@ -595,6 +607,19 @@ def _read_circumvention(doc: _Document, node: Node | None, groups: Mapping[str, 
         repeat_window_minutes=number("repeat_window_minutes", 1, MAX_REPEAT_WINDOW_MINUTES, default.repeat_window_minutes),
         repeat_threshold=number("repeat_threshold", 2, MAX_REPEAT_THRESHOLD, default.repeat_threshold),
     )
+
+
+def _read_exemptions(doc: _Document, node: Node | None) -> int:
+    """The `exemptions:` section: `max_days`, the longest an exemption or classroom override may run."""
+    if node is None or doc._is_null(node):
+        return DEFAULT_EXEMPTION_MAX_DAYS
+    fields = doc.fields(node, "exemptions", optional=("max_days",))
+    if "max_days" not in fields:
+        return DEFAULT_EXEMPTION_MAX_DAYS
+    days = doc.integer(fields["max_days"], "exemptions.max_days")
+    if not 1 <= days <= MAX_EXEMPTION_MAX_DAYS:
+        doc.fail(fields["max_days"], f"exemptions.max_days must be between 1 and {MAX_EXEMPTION_MAX_DAYS}")
+    return days
 
 
 def _groups_allowed(doc: _Document, node: Node | None, where: str, groups: Mapping[str, Group]) -> frozenset[str]:

@@ -386,12 +386,26 @@ def suffix_parts(host: str):
 
 
 @functools.cache
-def _icann_suffixes() -> frozenset[str]:
-    # The ICANN section's explicit rules (com, uk, co.uk, gov.uk): the public suffix list's
-    # private section (blogspot.com, github.io) names companies' own domains, and a
-    # wildcard rule (*.sch.uk) covers names someone registered (myschool.sch.uk).
-    rules = [rule for rule in _tld_extract().tlds if rule[0] not in "*!"]
-    return frozenset(rules).union(_punycode(rule) for rule in rules if not rule.isascii())
+def _icann_rules() -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    """The ICANN section's rules as hosts are normalised: (explicit, wildcard parents, exceptions).
+
+    `com`, `co.uk` are explicit; `*.sch.uk` makes every `lancs.sch.uk` a suffix (its
+    schools register `myschool.lancs.sch.uk`), except as `!city.kawasaki.jp` says. The
+    private section (blogspot.com, github.io) names companies' own domains: not used.
+    """
+    explicit, wildcard, exception = set(), set(), set()
+    for rule in _tld_extract().tlds:
+        if rule.startswith("*."):
+            wildcard.add(rule[2:])
+        elif rule.startswith("!"):
+            exception.add(rule[1:])
+        else:
+            explicit.add(rule)
+    explicit_set, wildcard_set, exception_set = (
+        frozenset(rules).union(_punycode(rule) for rule in rules if not rule.isascii())
+        for rules in (explicit, wildcard, exception)
+    )
+    return explicit_set, wildcard_set, exception_set
 
 
 def _punycode(rule: str) -> str:
@@ -403,12 +417,17 @@ def _punycode(rule: str) -> str:
 
 
 def is_public_suffix(host: str) -> bool:
-    """Whether a normalised host is itself a public suffix (`uk`, `com`, `co.uk`): no one site's name.
+    """Whether a normalised host is itself a public suffix (`uk`, `com`, `co.uk`, `com.bd`): no one site's name.
 
     A list entry for one would match every site under it. By the ICANN rules only,
-    so `blogspot.com` (a private-section suffix) and `myschool.sch.uk` stay sites.
+    wildcards and exceptions included, so `blogspot.com` (a private-section suffix)
+    and `myschool.lancs.sch.uk` stay sites. A few set probes: no tldextract call.
     """
-    return host in _icann_suffixes()
+    explicit, wildcard, exception = _icann_rules()
+    if host in explicit:
+        return True
+    parent = host.partition(".")[2]
+    return bool(parent) and parent in wildcard and host not in exception
 
 
 def _path_ends_search(path: str) -> bool:
