@@ -25,6 +25,7 @@ from aupguard.report import (
     render_json,
     render_table,
     safe_cell,
+    visible,
 )
 from test_incidents import make_incident
 
@@ -49,7 +50,7 @@ def crafted() -> list:
            group="guests", host="porn.example", categories=("adult",)),
         # day 2: bob through a web proxy (blocked), alice's flagged self-harm search (refused)
         at(DAY2, ref="AG-D2BB-0005", username="bob", client_ip="10.0.0.6", host="hide.example",
-           url="http://hide.example/browse.php?u=http%3A%2F%2Fbet.example", categories=("anonymizers", "gambling"),
+           url="http://hide.example/browse.php?u=http%3A%2F%2Fbet.example", categories=("anonymizers", "circumvention", "gambling"),
            technique="nested-url", inner_url="http://bet.example", severity="high"),
         at(DAY2 + timedelta(hours=1), ref="AG-D2AA-0006", username="alice", host="search.example",
            categories=("self_harm",), action="refuse", severity="critical", search_term="how to hurt myself"),
@@ -79,6 +80,7 @@ def test_sections_count_blocks(db):
     assert report["by_category"] == [
         {"category": "adult", "blocked": 4},
         {"category": "anonymizers", "blocked": 1},
+        {"category": "circumvention", "blocked": 1},  # the web-proxy attempt counts under both
         {"category": "gambling", "blocked": 1},
         {"category": "self_harm", "blocked": 1},
     ]
@@ -110,7 +112,7 @@ def test_every_circumvention_attempt_is_listed_with_its_circumvention_category(d
     assert attempts[0] == {
         "ref": "AG-D2BB-0005", "local_date": "2025-03-11", "local_time": "09:00:00", "username": "bob",
         "client_ip": "10.0.0.6", "user_group": "pupils", "url": "http://hide.example/browse.php?u=http%3A%2F%2Fbet.example",
-        "category": "anonymizers", "technique": "nested-url",
+        "inner_url": "http://bet.example", "category": "anonymizers", "technique": "nested-url",
     }  # fmt: skip
 
 
@@ -157,7 +159,7 @@ def test_csv_parses_back_with_formulas_neutralised(tmp_path):
     assert len(rows) == sum(len(s.rows) for s in report.sections.values())
     assert list(rows[0]) == [
         "section", "category", "blocked", "local_date", "username", "user_group", "client_ip", "host", "ref",
-        "local_time", "url", "technique",
+        "local_time", "url", "inner_url", "technique",
     ]  # fmt: skip
     by_category = [r for r in rows if r["section"] == "by_category"]
     assert by_category[0]["category"] == "adult" and by_category[0]["blocked"] == "5" and by_category[0]["url"] == ""
@@ -217,17 +219,17 @@ def test_an_empty_report_says_so(tmp_path):
 def test_safe_cell_never_starts_a_formula_and_changes_nothing_else(text):
     cell = safe_cell(text)
     assert not cell.startswith(TRIGGERS)
-    if text.startswith(TRIGGERS):
-        assert cell == "'" + text
+    if visible(text).startswith(TRIGGERS):
+        assert cell == "'" + visible(text)
     else:
-        assert cell == text
+        assert cell == visible(text)
 
 
 def test_safe_cell_examples():
     assert safe_cell("=1+1") == "'=1+1"
     assert safe_cell("-2") == "'-2"
     assert safe_cell("@SUM(A1)") == "'@SUM(A1)"
-    assert safe_cell("\tx") == "'\tx"
+    assert safe_cell("\tx") == "\\tx"  # a tab is shown, not kept: no trigger left
     assert safe_cell("plain") == "plain"
     assert safe_cell(None) == "" and safe_cell(3) == "3"
 
@@ -249,10 +251,12 @@ def test_dsl_export_lists_flagged_incidents_oldest_first(db, tmp_path):
     assert [r["ref"] for r in rows] == ["AG-D2BB-0005", "AG-D2AA-0006", "AG-D3TT-0007", "AG-D3AA-0008"]
     assert rows[1] == {
         "ref": "AG-D2AA-0006", "date": "2025-03-11", "time": "10:00:00", "username": "alice",
-        "client_ip": "10.0.0.5", "group": "pupils", "url": "http://example.org/page", "categories": "self_harm",
+        "client_ip": "10.0.0.5", "group": "pupils", "url": "http://example.org/page", "inner_url": "",
+        "categories": "self_harm",
         "severity": "critical", "technique": "", "search_term": "how to hurt myself",
     }  # fmt: skip
-    assert rows[0]["categories"] == "anonymizers; gambling"
+    assert rows[0]["categories"] == "anonymizers; circumvention; gambling"
+    assert rows[0]["inner_url"] == "http://bet.example"  # what the web proxy carried, not only its encoded URL
 
 
 def test_dsl_export_filters_severity_and_dates(db, tmp_path):
