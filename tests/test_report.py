@@ -7,8 +7,10 @@ import io
 import json
 import os
 import stat
+import unicodedata
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given
@@ -18,7 +20,9 @@ from rich.console import Console
 from aupguard.incidents import IncidentWriter, open_db
 from aupguard.report import (
     DSL_COLUMNS,
+    OutputError,
     build_report,
+    build_requests_report,
     dsl_export,
     private_text_file,
     render_csv,
@@ -308,3 +312,112 @@ def test_a_failed_write_leaves_the_old_file_whole(tmp_path):
         raise RuntimeError("disk full")
     assert out.read_text() == "the previous report\n"
     assert [p.name for p in tmp_path.iterdir()] == ["report.csv"]
+
+
+# -- control characters (issue 9.10) ---------------------------------------------------------------
+
+HOSTILE = "ali\x1b]0;pwned\x07ce\u202egpj.exe\x9b31m\x00\x7f"
+SHOWN = "ali\\x1b]0;pwned\\x07ce\\u202egpj.exe\\x9b31m\\x00\\x7f"  # written out by hand, not by visible()
+# Independent of report.py's pattern: every control (Cc), surrogate (Cs), line/paragraph separator and
+# bidi formatting character a terminal or viewer would obey rather than show.
+BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def obeyed(text: str) -> list[str]:
+    return [c for c in text if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") or c in BIDI]
+
+
+def test_every_export_and_table_shows_control_characters_instead_of_obeying_them(tmp_path):
+    from aupguard.feedback import ensure_schema, record
+
+    path = tmp_path / "incidents.db"
+    write(path, [at(DAY1, ref="AG-HOST-0001", username=HOSTILE, severity="high", categories=("vpn",),
+                    url=f"http://x.example/{HOSTILE}", inner_url=f"http://y.example/{HOSTILE}", technique="nested")])  # fmt: skip
+    db = open_db(path)
+    ensure_schema(db)
+    record(db, "AG-HOST-0001", "review", "it is for \u202eschool\u202c work\nhonest", when=DAY1)
+    dsl = tmp_path / "dsl.csv"
+    dsl_export(db, dsl, None, None)
+    report_csv, report_json, requests_csv, table = io.StringIO(), io.StringIO(), io.StringIO(), io.StringIO()
+    render_csv(build_report(db, None, None), report_csv)
+    render_json(build_report(db, None, None), report_json)
+    render_csv(build_requests_report(db, None, None), requests_csv)
+    render_table(build_requests_report(db, None, None), Console(file=table, width=400, no_color=True))
+    outputs = {
+        "dsl.csv": dsl.read_text(encoding="utf-8-sig"), "report.csv": report_csv.getvalue(),
+        "report.json": report_json.getvalue(), "requests.csv": requests_csv.getvalue(), "table": table.getvalue(),
+    }  # fmt: skip
+    for name, text in outputs.items():
+        assert obeyed(text.replace("\r\n", "").replace("\n", "")) == [], name  # only the format's own line ends
+    (row,) = read_export(dsl)
+    assert row["username"] == SHOWN and row["url"].endswith(SHOWN) and row["inner_url"].endswith(SHOWN)
+    users = [r["username"] for r in csv.DictReader(io.StringIO(outputs["report.csv"], newline="")) if r["username"]]
+    assert users and set(users) == {SHOWN}
+    assert json.loads(outputs["report.json"])["by_user"][0]["username"] == HOSTILE  # JSON escapes; data kept whole
+    (request,) = csv.DictReader(io.StringIO(outputs["requests.csv"], newline=""))
+    assert request["reason"] == "it is for \\u202eschool\\u202c work\\nhonest"
+    assert "it is for \\u202eschool\\u202c work\\nhonest" in outputs["table"]
+
+
+@given(st.text())
+def test_visible_and_safe_cell_leave_nothing_a_terminal_would_obey(text):
+    assert obeyed(visible(text)) == [] and obeyed(safe_cell(text)) == []
+
+
+@given(st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp"), blacklist_characters="".join(BIDI))))
+def test_visible_changes_no_ordinary_text(text):
+    assert visible(text) == text  # backslashes too: a DOMAIN\user name reads as typed
+
+
+def test_visible_examples():
+    assert visible("SCHOOL\\alice") == "SCHOOL\\alice"
+    assert visible("a\tb\r\nc") == "a\\tb\\r\\nc"
+    assert visible("\u2028\u2067\ud800") == "\\u2028\\u2067\\ud800"
+    assert visible(None) == ""
+
+
+# -- periods and the header (issue 10.8) -----------------------------------------------------------
+
+
+def test_a_period_that_ends_before_it_starts_is_an_error_not_an_empty_report(db, tmp_path):
+    for since, until in ((DAY2, DAY1), (DAY1, DAY1)):
+        with pytest.raises(ValueError, match="not before its end"):
+            build_report(db, since, until)
+        with pytest.raises(ValueError, match="not before its end"):
+            dsl_export(db, tmp_path / "dsl.csv", since, until)
+    assert not (tmp_path / "dsl.csv").exists()
+
+
+def test_the_table_header_shows_the_period_in_the_schools_time_zone(db):
+    london = ZoneInfo("Europe/London")
+    since, until = datetime(2025, 6, 1, 8, 0, tzinfo=timezone.utc), datetime(2025, 6, 2, 7, 30, tzinfo=timezone.utc)
+    buffer = io.StringIO()
+    render_table(build_report(db, since, until, london), Console(file=buffer, width=200, no_color=True))
+    header = buffer.getvalue().splitlines()[0]
+    assert header.startswith("aupguard incidents from 2025-06-01 09:00:00+01:00 until 2025-06-02 08:30:00+01:00")
+    assert "Europe/London" in header and "Z" not in header.split("generated")[0]
+
+
+# -- where an export goes (issue 10.3) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["symlink to /dev/null", "fifo", "directory", "symlink to a file"])
+def test_an_existing_target_that_is_not_a_regular_file_is_refused_and_left_alone(db, tmp_path, kind):
+    target = tmp_path / "out.csv"
+    if kind == "symlink to /dev/null":
+        target.symlink_to("/dev/null")
+    elif kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "directory":
+        target.mkdir()
+    else:
+        (tmp_path / "real.csv").write_text("kept\n")
+        target.symlink_to(tmp_path / "real.csv")
+    before = os.lstat(target)
+    with pytest.raises(OutputError, match="not a regular file"):
+        dsl_export(db, target, None, None)
+    with pytest.raises(OutputError, match="not a regular file"), private_text_file(target) as handle:
+        handle.write("never")
+    after = os.lstat(target)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)  # not replaced by a regular file
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # refused before writing anything
