@@ -248,7 +248,8 @@ def render_table(report: Report, console: Console) -> None:
     since = _local(report.since, zone) if report.since else "the beginning"
     until = _local(report.until, zone) if report.until else "now"
     generated = _local(report.generated_at, zone)
-    console.print(Text(visible(f"aupguard incidents from {since} until {until} ({zone}; generated {generated})")))
+    header = f"aupguard incidents from {since} until {until} ({zone}; generated {generated})"
+    console.print(Text(visible(header)), soft_wrap=True)  # one line, however narrow the terminal
     for section in report.sections.values():
         if not section.rows:
             console.print(Text(f"{section.title}: no incidents"))
