@@ -241,7 +241,7 @@ OUT_COMMANDS = [("report", "--format", "csv"), ("dsl-export",)]
 def test_out_dash_is_standard_output(recorded, tmp_path, command):
     result = subprocess.run(
         [sys.executable, "-m", "aupguard.cli", *command, "--db", str(recorded.db), "--out", "-"],
-        capture_output=True, timeout=300, cwd=tmp_path,
+        capture_output=True, timeout=300, cwd=tmp_path, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout.decode("utf-8-sig"), newline="")))

@@ -8,7 +8,7 @@ import json
 import os
 import stat
 import unicodedata
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -390,7 +390,7 @@ def test_a_period_that_ends_before_it_starts_is_an_error_not_an_empty_report(db,
 
 def test_the_table_header_shows_the_period_in_the_schools_time_zone(db):
     london = ZoneInfo("Europe/London")
-    since, until = datetime(2025, 6, 1, 8, 0, tzinfo=timezone.utc), datetime(2025, 6, 2, 7, 30, tzinfo=timezone.utc)
+    since, until = datetime(2025, 6, 1, 8, 0, tzinfo=UTC), datetime(2025, 6, 2, 7, 30, tzinfo=UTC)
     buffer = io.StringIO()
     render_table(build_report(db, since, until, london), Console(file=buffer, width=200, no_color=True))
     header = buffer.getvalue().splitlines()[0]

@@ -257,7 +257,10 @@ class Engine:
         if verdict.technique:
             # Both what it carried (the deciding category, first: what the block page said, so an adult
             # site in a web proxy is counted as adult) and that it was an attempt to get round the filter.
-            carried = (c.decision.category for c in verdict.carried if c.decision and c.decision.blocked)
+            carried = (
+                inner.decision.category for inner in verdict.carried
+                if inner.decision is not None and inner.decision.blocked and inner.decision.category
+            )  # fmt: skip
             categories = tuple(dict.fromkeys((*categories[:1], CIRCUMVENTION, *carried, *categories[1:])))
             severity = max(severity, CIRCUMVENTION_SEVERITY, key=severity_rank)  # repeats: see repeat_rule
         return Incident(
