@@ -355,6 +355,7 @@ def test_every_export_and_table_shows_control_characters_instead_of_obeying_them
     assert users and set(users) == {SHOWN}
     assert json.loads(outputs["report.json"])["by_user"][0]["username"] == HOSTILE  # JSON escapes; data kept whole
     (request,) = csv.DictReader(io.StringIO(outputs["requests.csv"], newline=""))
+    assert request["inner_url"] == f"http://y.example/{SHOWN}"  # the carried URL beside the request too
     assert request["reason"] == "it is for \\u202eschool\\u202c work\\nhonest"
     assert "it is for \\u202eschool\\u202c work\\nhonest" in outputs["table"]
 

@@ -184,11 +184,11 @@ def build_requests_report(
     period, params = _period(since, until)
     period = period.replace("ts_utc", "r.ts_utc")
     columns = ("ref", "requested_utc", "kind", "reason", "local_date", "local_time", "username", "client_ip",
-               "user_group", "url", "category")  # fmt: skip
+               "user_group", "url", "inner_url", "category")  # fmt: skip
     rows = list(
         db.query(
             f"""SELECT r.ref, r.ts_utc AS requested_utc, r.kind, r.reason, i.local_date, i.local_time, i.username,
-                       i.client_ip, i.user_group, i.url, i.category
+                       i.client_ip, i.user_group, i.url, i.inner_url, i.category
                 FROM incident_requests r LEFT JOIN incidents i ON i.ref = r.ref
                 WHERE {period} ORDER BY r.ts_utc, r.ref""",
             params,
