@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -229,3 +230,50 @@ def test_help_teaches_by_example():
         assert not hasattr(group, "commands") or sub in group.commands, (command, sub)
     lists = CliRunner().invoke(main, ["lists", "--help"]).output
     assert "aupguard lists update ut1" in lists and "aupguard lists compile" in lists and "import" in lists
+
+
+# -- --out and the period, for every command that has them (issues 10.3, 10.8) -------------------------
+
+OUT_COMMANDS = [("report", "--format", "csv"), ("dsl-export",)]
+
+
+@pytest.mark.parametrize("command", OUT_COMMANDS)
+def test_out_dash_is_standard_output(recorded, tmp_path, command):
+    result = subprocess.run(
+        [sys.executable, "-m", "aupguard.cli", *command, "--db", str(recorded.db), "--out", "-"],
+        capture_output=True, timeout=300, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout.decode("utf-8-sig"), newline="")))
+    assert rows and "wrote" not in result.stdout.decode() and "wrote" in result.stderr.decode()
+    assert list(tmp_path.iterdir()) == []  # no file called "-"
+
+
+@pytest.mark.parametrize("command", OUT_COMMANDS)
+@pytest.mark.parametrize("kind", ["symlink to /dev/null", "fifo"])
+def test_out_refuses_an_existing_target_that_is_not_a_regular_file(recorded, tmp_path, command, kind):
+    target = tmp_path / "out.csv"
+    if kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.symlink_to("/dev/null")  # as root, the rename would have replaced /dev/null itself
+    before = os.lstat(target)
+    result = aupguard(*command, "--db", str(recorded.db), "--out", str(target), check=False)
+    assert result.returncode == 2 and "is not a regular file" not in result.stdout
+    assert f"{target} is {'a symbolic link' if kind != 'fifo' else 'a special file'}, not a regular file" in result.stderr
+    after = os.lstat(target)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+@pytest.mark.parametrize("command", [("report",), ("report", "--requests"), ("dsl-export", "--out", "-")])
+def test_since_after_until_is_an_error_not_an_empty_report(recorded, command):
+    result = aupguard(*command, "--db", str(recorded.db), "--since", "2026-11-02", "--until", "2026-11-01", check=False)
+    assert result.returncode == 2 and "no incidents" not in result.stdout
+    assert "--since must be before --until" in result.stderr
+
+
+def test_the_report_header_shows_the_period_in_the_schools_time_zone(recorded):
+    # 09:30 on a summer's day in Europe/London (the bundled policy's zone) is 08:30 UTC.
+    table = aupguard("report", "--db", str(recorded.db), "--since", "2026-07-01T09:30", "--until", "2026-07-02").stdout
+    assert table.splitlines()[0].startswith("aupguard incidents from 2026-07-01 09:30:00+01:00 until 2026-07-02 00:00:00+01:00")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 
 from aupguard.engine import Engine
 from aupguard.explain import explain, render_text
@@ -169,3 +169,16 @@ def test_explain_shows_a_nested_url_that_decides_for_an_allowed_page(tmp_path):
     (carried,) = fine["carried"]
     assert (carried["url"], carried["action"], carried["decides"]) == ("https://www.bbc.co.uk/bitesize", "allow", False)
     assert (fine["action"], fine["technique"], fine["inner_url"]) == ("allow", None, None)
+
+
+def test_explain_text_shows_control_characters_instead_of_obeying_them(tmp_path):
+    """Issue 9.10: a teacher's name or reason on an exemption, a URL, an error: shown, never run by the terminal."""
+    engine = Engine.from_policy_file(write_policy(tmp_path / "policy.yaml"))
+    identity = engine.identify("nobody", "10.9.8.7")
+    explanation = explain(engine, INSTAGRAM, identity, datetime(2026, 11, 23, 9, 30, tzinfo=UTC))
+    explanation["exemptions"] = ["exemption #1 (group pupils: site instagram.com; by Ms \x1b]0;pwned\x07T\u202eeacher)"]
+    explanation["error"] = "ValueError: bad \x9b2J"
+    text = render_text(explanation)
+    assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text and "\x9b" not in text
+    assert "  exemption #1 (group pupils: site instagram.com; by Ms \\x1b]0;pwned\\x07T\\u202eeacher)\n" in text
+    assert "error:      ValueError: bad \\x9b2J\n" in text

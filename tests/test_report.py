@@ -7,8 +7,10 @@ import io
 import json
 import os
 import stat
-from datetime import datetime, timedelta, timezone
+import unicodedata
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given
@@ -18,13 +20,16 @@ from rich.console import Console
 from aupguard.incidents import IncidentWriter, open_db
 from aupguard.report import (
     DSL_COLUMNS,
+    OutputError,
     build_report,
+    build_requests_report,
     dsl_export,
     private_text_file,
     render_csv,
     render_json,
     render_table,
     safe_cell,
+    visible,
 )
 from test_incidents import make_incident
 
@@ -49,7 +54,7 @@ def crafted() -> list:
            group="guests", host="porn.example", categories=("adult",)),
         # day 2: bob through a web proxy (blocked), alice's flagged self-harm search (refused)
         at(DAY2, ref="AG-D2BB-0005", username="bob", client_ip="10.0.0.6", host="hide.example",
-           url="http://hide.example/browse.php?u=http%3A%2F%2Fbet.example", categories=("anonymizers", "gambling"),
+           url="http://hide.example/browse.php?u=http%3A%2F%2Fbet.example", categories=("anonymizers", "circumvention", "gambling"),
            technique="nested-url", inner_url="http://bet.example", severity="high"),
         at(DAY2 + timedelta(hours=1), ref="AG-D2AA-0006", username="alice", host="search.example",
            categories=("self_harm",), action="refuse", severity="critical", search_term="how to hurt myself"),
@@ -79,6 +84,7 @@ def test_sections_count_blocks(db):
     assert report["by_category"] == [
         {"category": "adult", "blocked": 4},
         {"category": "anonymizers", "blocked": 1},
+        {"category": "circumvention", "blocked": 1},  # the web-proxy attempt counts under both
         {"category": "gambling", "blocked": 1},
         {"category": "self_harm", "blocked": 1},
     ]
@@ -110,7 +116,7 @@ def test_every_circumvention_attempt_is_listed_with_its_circumvention_category(d
     assert attempts[0] == {
         "ref": "AG-D2BB-0005", "local_date": "2025-03-11", "local_time": "09:00:00", "username": "bob",
         "client_ip": "10.0.0.6", "user_group": "pupils", "url": "http://hide.example/browse.php?u=http%3A%2F%2Fbet.example",
-        "category": "anonymizers", "technique": "nested-url",
+        "inner_url": "http://bet.example", "category": "anonymizers", "technique": "nested-url",
     }  # fmt: skip
 
 
@@ -157,7 +163,7 @@ def test_csv_parses_back_with_formulas_neutralised(tmp_path):
     assert len(rows) == sum(len(s.rows) for s in report.sections.values())
     assert list(rows[0]) == [
         "section", "category", "blocked", "local_date", "username", "user_group", "client_ip", "host", "ref",
-        "local_time", "url", "technique",
+        "local_time", "url", "inner_url", "technique",
     ]  # fmt: skip
     by_category = [r for r in rows if r["section"] == "by_category"]
     assert by_category[0]["category"] == "adult" and by_category[0]["blocked"] == "5" and by_category[0]["url"] == ""
@@ -217,17 +223,17 @@ def test_an_empty_report_says_so(tmp_path):
 def test_safe_cell_never_starts_a_formula_and_changes_nothing_else(text):
     cell = safe_cell(text)
     assert not cell.startswith(TRIGGERS)
-    if text.startswith(TRIGGERS):
-        assert cell == "'" + text
+    if visible(text).startswith(TRIGGERS):
+        assert cell == "'" + visible(text)
     else:
-        assert cell == text
+        assert cell == visible(text)
 
 
 def test_safe_cell_examples():
     assert safe_cell("=1+1") == "'=1+1"
     assert safe_cell("-2") == "'-2"
     assert safe_cell("@SUM(A1)") == "'@SUM(A1)"
-    assert safe_cell("\tx") == "'\tx"
+    assert safe_cell("\tx") == "\\tx"  # a tab is shown, not kept: no trigger left
     assert safe_cell("plain") == "plain"
     assert safe_cell(None) == "" and safe_cell(3) == "3"
 
@@ -249,10 +255,12 @@ def test_dsl_export_lists_flagged_incidents_oldest_first(db, tmp_path):
     assert [r["ref"] for r in rows] == ["AG-D2BB-0005", "AG-D2AA-0006", "AG-D3TT-0007", "AG-D3AA-0008"]
     assert rows[1] == {
         "ref": "AG-D2AA-0006", "date": "2025-03-11", "time": "10:00:00", "username": "alice",
-        "client_ip": "10.0.0.5", "group": "pupils", "url": "http://example.org/page", "categories": "self_harm",
+        "client_ip": "10.0.0.5", "group": "pupils", "url": "http://example.org/page", "inner_url": "",
+        "categories": "self_harm",
         "severity": "critical", "technique": "", "search_term": "how to hurt myself",
     }  # fmt: skip
-    assert rows[0]["categories"] == "anonymizers; gambling"
+    assert rows[0]["categories"] == "anonymizers; circumvention; gambling"
+    assert rows[0]["inner_url"] == "http://bet.example"  # what the web proxy carried, not only its encoded URL
 
 
 def test_dsl_export_filters_severity_and_dates(db, tmp_path):
@@ -304,3 +312,113 @@ def test_a_failed_write_leaves_the_old_file_whole(tmp_path):
         raise RuntimeError("disk full")
     assert out.read_text() == "the previous report\n"
     assert [p.name for p in tmp_path.iterdir()] == ["report.csv"]
+
+
+# -- control characters (issue 9.10) ---------------------------------------------------------------
+
+HOSTILE = "ali\x1b]0;pwned\x07ce\u202egpj.exe\x9b31m\x00\x7f"
+SHOWN = "ali\\x1b]0;pwned\\x07ce\\u202egpj.exe\\x9b31m\\x00\\x7f"  # written out by hand, not by visible()
+# Independent of report.py's pattern: every control (Cc), surrogate (Cs), line/paragraph separator and
+# bidi formatting character a terminal or viewer would obey rather than show.
+BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def obeyed(text: str) -> list[str]:
+    return [c for c in text if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") or c in BIDI]
+
+
+def test_every_export_and_table_shows_control_characters_instead_of_obeying_them(tmp_path):
+    from aupguard.feedback import ensure_schema, record
+
+    path = tmp_path / "incidents.db"
+    write(path, [at(DAY1, ref="AG-HOST-0001", username=HOSTILE, severity="high", categories=("vpn",),
+                    url=f"http://x.example/{HOSTILE}", inner_url=f"http://y.example/{HOSTILE}", technique="nested")])  # fmt: skip
+    db = open_db(path)
+    ensure_schema(db)
+    record(db, "AG-HOST-0001", "review", "it is for \u202eschool\u202c work\nhonest", when=DAY1)
+    dsl = tmp_path / "dsl.csv"
+    dsl_export(db, dsl, None, None)
+    report_csv, report_json, requests_csv, table = io.StringIO(), io.StringIO(), io.StringIO(), io.StringIO()
+    render_csv(build_report(db, None, None), report_csv)
+    render_json(build_report(db, None, None), report_json)
+    render_csv(build_requests_report(db, None, None), requests_csv)
+    render_table(build_requests_report(db, None, None), Console(file=table, width=400, no_color=True))
+    outputs = {
+        "dsl.csv": dsl.read_text(encoding="utf-8-sig"), "report.csv": report_csv.getvalue(),
+        "report.json": report_json.getvalue(), "requests.csv": requests_csv.getvalue(), "table": table.getvalue(),
+    }  # fmt: skip
+    for name, text in outputs.items():
+        assert obeyed(text.replace("\r\n", "").replace("\n", "")) == [], name  # only the format's own line ends
+    (row,) = read_export(dsl)
+    assert row["username"] == SHOWN and row["url"].endswith(SHOWN) and row["inner_url"].endswith(SHOWN)
+    users = [r["username"] for r in csv.DictReader(io.StringIO(outputs["report.csv"], newline="")) if r["username"]]
+    assert users and set(users) == {SHOWN}
+    assert json.loads(outputs["report.json"])["by_user"][0]["username"] == HOSTILE  # JSON escapes; data kept whole
+    (request,) = csv.DictReader(io.StringIO(outputs["requests.csv"], newline=""))
+    assert request["inner_url"] == f"http://y.example/{SHOWN}"  # the carried URL beside the request too
+    assert request["reason"] == "it is for \\u202eschool\\u202c work\\nhonest"
+    assert "it is for \\u202eschool\\u202c work\\nhonest" in outputs["table"]
+
+
+@given(st.text())
+def test_visible_and_safe_cell_leave_nothing_a_terminal_would_obey(text):
+    assert obeyed(visible(text)) == [] and obeyed(safe_cell(text)) == []
+
+
+@given(st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp"), blacklist_characters="".join(BIDI))))
+def test_visible_changes_no_ordinary_text(text):
+    assert visible(text) == text  # backslashes too: a DOMAIN\user name reads as typed
+
+
+def test_visible_examples():
+    assert visible("SCHOOL\\alice") == "SCHOOL\\alice"
+    assert visible("a\tb\r\nc") == "a\\tb\\r\\nc"
+    assert visible("\u2028\u2067\ud800") == "\\u2028\\u2067\\ud800"
+    assert visible(None) == ""
+
+
+# -- periods and the header (issue 10.8) -----------------------------------------------------------
+
+
+def test_a_period_that_ends_before_it_starts_is_an_error_not_an_empty_report(db, tmp_path):
+    for since, until in ((DAY2, DAY1), (DAY1, DAY1)):
+        with pytest.raises(ValueError, match="not before its end"):
+            build_report(db, since, until)
+        with pytest.raises(ValueError, match="not before its end"):
+            dsl_export(db, tmp_path / "dsl.csv", since, until)
+    assert not (tmp_path / "dsl.csv").exists()
+
+
+def test_the_table_header_shows_the_period_in_the_schools_time_zone(db):
+    london = ZoneInfo("Europe/London")
+    since, until = datetime(2025, 6, 1, 8, 0, tzinfo=UTC), datetime(2025, 6, 2, 7, 30, tzinfo=UTC)
+    buffer = io.StringIO()
+    render_table(build_report(db, since, until, london), Console(file=buffer, width=200, no_color=True))
+    header = buffer.getvalue().splitlines()[0]
+    assert header.startswith("aupguard incidents from 2025-06-01 09:00:00+01:00 until 2025-06-02 08:30:00+01:00")
+    assert "Europe/London" in header and "Z" not in header.split("generated")[0]
+
+
+# -- where an export goes (issue 10.3) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["symlink to /dev/null", "fifo", "directory", "symlink to a file"])
+def test_an_existing_target_that_is_not_a_regular_file_is_refused_and_left_alone(db, tmp_path, kind):
+    target = tmp_path / "out.csv"
+    if kind == "symlink to /dev/null":
+        target.symlink_to("/dev/null")
+    elif kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "directory":
+        target.mkdir()
+    else:
+        (tmp_path / "real.csv").write_text("kept\n")
+        target.symlink_to(tmp_path / "real.csv")
+    before = os.lstat(target)
+    with pytest.raises(OutputError, match="not a regular file"):
+        dsl_export(db, target, None, None)
+    with pytest.raises(OutputError, match="not a regular file"), private_text_file(target) as handle:
+        handle.write("never")
+    after = os.lstat(target)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)  # not replaced by a regular file
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # refused before writing anything

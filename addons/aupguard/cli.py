@@ -63,6 +63,41 @@ def _aware(when: datetime | None, zone: ZoneInfo) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=zone)
 
 
+def _period(since: datetime | None, until: datetime | None, zone: ZoneInfo) -> tuple[datetime | None, datetime | None]:
+    """--since and --until as aware times in the school's zone; a reversed period is a usage error (exit 2)."""
+    from .report import check_period
+
+    since, until = _aware(since, zone), _aware(until, zone)
+    try:
+        check_period(since, until)
+    except ValueError as exc:
+        raise click.BadParameter(f"--since must be before --until: {exc}", param_hint="'--since'") from exc
+    return since, until
+
+
+def _check_out(ctx, param, value):
+    """Every --out: "-" is standard output; an existing target that is not a regular file is refused (exit 2)."""
+    from .report import OutputError, check_output
+
+    if value is not None:
+        try:
+            check_output(value)
+        except OutputError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from exc
+    return value
+
+
+def out_option(help: str, required: bool = False):
+    return click.option(
+        "--out",
+        type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+        required=required,
+        default=None,
+        callback=_check_out,
+        help=f"{help} (mode 0600; - for standard output).",
+    )
+
+
 def _load_policy_or_exit(path: Path):
     try:
         return load_policy(path)
@@ -300,7 +335,7 @@ def classify(policy_path, group, user, client_ip, at, index_path) -> None:
 @click.option("--since", type=WHEN, default=None, help="From this date/time (inclusive).")
 @click.option("--until", type=WHEN, default=None, help="Up to this date/time (exclusive).")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write to a file (mode 0600).")
+@out_option("Write to a file")
 @click.option("--requests", "requests", is_flag=True, help="List the block page's \"report a mistake\" requests instead.")
 def report(db, policy_path, since, until, fmt, out, requests) -> None:
     """Summarise blocked attempts for the IT department.
@@ -310,11 +345,14 @@ def report(db, policy_path, since, until, fmt, out, requests) -> None:
     """
     from rich.console import Console
 
-    from .report import build_report, build_requests_report, render_csv, render_json, render_table, private_text_file
+    from .report import (
+        STDOUT, build_report, build_requests_report, private_text_file, render_csv, render_json, render_table,
+    )  # fmt: skip
 
     zone = _load_policy_or_exit(policy_path).timezone
+    since, until = _period(since, until, zone)
     build = build_requests_report if requests else build_report
-    summary = build(_open_existing_db(db), _aware(since, zone), _aware(until, zone))
+    summary = build(_open_existing_db(db), since, until, zone)
     if out is None:
         if fmt == "table":
             render_table(summary, Console())
@@ -326,7 +364,7 @@ def report(db, policy_path, since, until, fmt, out, requests) -> None:
             render_table(summary, Console(file=handle, width=120, no_color=True))
         else:
             (render_csv if fmt == "csv" else render_json)(summary, handle)
-    click.echo(f"wrote {out}")
+    click.echo(f"wrote {out}", err=str(out) == STDOUT)
 
 
 @main.command("dsl-export")
@@ -334,7 +372,7 @@ def report(db, policy_path, since, until, fmt, out, requests) -> None:
 @policy_option
 @click.option("--since", type=WHEN, default=None, help="From this date/time (inclusive).")
 @click.option("--until", type=WHEN, default=None, help="Up to this date/time (exclusive).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV file to write (mode 0600).")
+@out_option("CSV file to write", required=True)
 @click.option("--min-severity", type=click.Choice(["high", "critical"]), default="high", show_default=True)
 def dsl_export_command(db, policy_path, since, until, out, min_severity) -> None:
     """Export flagged incidents (severity high or critical) as CSV for the DSL.
@@ -342,11 +380,12 @@ def dsl_export_command(db, policy_path, since, until, out, min_severity) -> None
     Cells a spreadsheet would run as formulas are neutralised; the file is
     readable by its owner only. Hand it over securely and delete it after use.
     """
-    from .report import dsl_export
+    from .report import STDOUT, dsl_export
 
     zone = _load_policy_or_exit(policy_path).timezone
-    count = dsl_export(_open_existing_db(db), out, _aware(since, zone), _aware(until, zone), min_severity=min_severity)
-    click.echo(f"wrote {count} flagged incident(s) to {out}")
+    since, until = _period(since, until, zone)
+    count = dsl_export(_open_existing_db(db), out, since, until, min_severity=min_severity)
+    click.echo(f"wrote {count} flagged incident(s) to {out}", err=str(out) == STDOUT)
 
 
 @main.command()

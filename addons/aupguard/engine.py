@@ -7,7 +7,8 @@ Circumvention is part of every check: `circumvention.inspect_request` adds
 signature, heuristic and DoH matches to the URL's list matches, and every URL
 carried inside it (a nested finding, or a web proxy's decoded target) is
 classified too; the stricter decision wins. A blocked attempt to get round the
-filter carries its `technique`, and its incident is filed under `circumvention`.
+filter carries its `technique`, and its incident is filed under its deciding
+category and `circumvention` both.
 """
 
 from __future__ import annotations
@@ -254,7 +255,13 @@ class Engine:
         categories = verdict.categories
         severity = verdict.decision.severity or "low"
         if verdict.technique:
-            categories = tuple(dict.fromkeys((CIRCUMVENTION, *categories)))
+            # Both what it carried (the deciding category, first: what the block page said, so an adult
+            # site in a web proxy is counted as adult) and that it was an attempt to get round the filter.
+            carried = (
+                inner.decision.category for inner in verdict.carried
+                if inner.decision is not None and inner.decision.blocked and inner.decision.category
+            )  # fmt: skip
+            categories = tuple(dict.fromkeys((*categories[:1], CIRCUMVENTION, *carried, *categories[1:])))
             severity = max(severity, CIRCUMVENTION_SEVERITY, key=severity_rank)  # repeats: see repeat_rule
         return Incident(
             ref=new_ref(),

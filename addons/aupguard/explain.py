@@ -19,6 +19,7 @@ from .decide import Decision
 from .engine import Engine
 from .identify import Identity
 from .policy import Policy
+from .report import visible
 
 
 def explain(engine: Engine, url: str, identity: Identity, when: datetime) -> dict[str, Any]:
@@ -114,4 +115,5 @@ def render_text(explanation: dict[str, Any]) -> str:
         lines.append(f"error:      {e['error']}")
     verdict = e["action"].upper() + (f" ({e['category']}, severity {e['severity']})" if e["category"] else "")
     lines += [f"decision:   {verdict}", f"  because   {e['why']}"]
-    return "\n".join(lines) + "\n"
+    # URLs, user names and reasons are untrusted: a terminal shows their control characters, never obeys them.
+    return "".join(visible(line) + "\n" for line in lines)

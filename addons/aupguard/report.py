@@ -2,22 +2,27 @@
 
 Everything here reads untrusted text (URLs, user agents, search terms) back
 out of the database, so each output escapes for its reader: the terminal table
-shows control characters as escapes, CSV cells that a spreadsheet would run as
-formulas are neutralised (`safe_cell`, OWASP "CSV injection"), JSON is JSON.
-Files are written 0600 and atomically (`private_text_file`).
+and every CSV cell show control characters as escapes (`visible`: a `cat` of an
+export obeys no terminal escape and no right-to-left override), CSV cells that a
+spreadsheet would run as formulas are neutralised (`safe_cell`, OWASP "CSV
+injection"), JSON is JSON (its \\u escapes already keep them out). Files are
+written 0600 and atomically (`private_text_file`); `-` is standard output.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import re
+import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -33,14 +38,17 @@ CIRCUMVENTION_CATEGORIES = ("anonymizers", "vpn", "doh", "remote_access", "circu
 UNAUTHENTICATED = "(unauthenticated)"
 TOP_HOSTS = 20
 DSL_COLUMNS = (
-    "ref", "date", "time", "username", "client_ip", "group", "url", "categories", "severity", "technique",
-    "search_term",
+    "ref", "date", "time", "username", "client_ip", "group", "url", "inner_url", "categories", "severity",
+    "technique", "search_term",
 )  # fmt: skip
+STDOUT = "-"  # as an output path: standard output
 
 # Cells starting with these are formulas to Excel/LibreOffice/Sheets (OWASP CSV injection).
 _FORMULA_TRIGGERS = frozenset("=+-@\t\r")
-# C0/C1 controls (terminal escapes), bidi overrides and line separators: shown as escapes.
+# C0/C1 controls and DEL (terminal escapes), bidi marks, embeddings, overrides and isolates, line
+# separators and lone surrogates: shown as escapes by `visible`.
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+_SHORT_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +65,7 @@ class Report:
     until: datetime | None
     generated_at: datetime
     sections: dict[str, Section]  # in display order
+    zone: tzinfo = UTC  # the school's: the table's header shows its times there, like the rows
 
     def __getitem__(self, name: str) -> list[dict[str, Any]]:
         return self.sections[name].rows
@@ -68,8 +77,14 @@ _QUERIES = (
         "by_category",
         "Blocked by category",
         ("category", "blocked"),
-        """SELECT COALESCE(category, '(none)') AS category, COUNT(*) AS blocked
-           FROM incidents WHERE {where} GROUP BY incidents.category ORDER BY blocked DESC, category""",
+        # An attempt to get round the filter counts under what it carried (its category, as the block
+        # page said: adult hidden in a web proxy is adult) and under circumvention too.
+        """SELECT category, COUNT(*) AS blocked FROM (
+             SELECT COALESCE(category, '(none)') AS category FROM incidents WHERE {where}
+             UNION ALL
+             SELECT 'circumvention' FROM incidents
+             WHERE {where} AND technique IS NOT NULL AND category IS NOT 'circumvention')
+           GROUP BY category ORDER BY blocked DESC, category""",
     ),
     (
         "by_day",
@@ -103,9 +118,10 @@ _QUERIES = (
     (
         "anonymizer_attempts",
         "Anonymizer, VPN, DoH and remote-access attempts",
-        ("ref", "local_date", "local_time", "username", "client_ip", "user_group", "url", "category", "technique"),
+        ("ref", "local_date", "local_time", "username", "client_ip", "user_group", "url", "inner_url",
+         "category", "technique"),
         # Every action, not only blocks: an allowed VPN is still an attempt IT must see.
-        """SELECT ref, local_date, local_time, username, client_ip, user_group, url,
+        """SELECT ref, local_date, local_time, username, client_ip, user_group, url, inner_url,
                   (SELECT value FROM json_each(incidents.categories)
                    WHERE value IN (SELECT value FROM json_each(:circumvention)) ORDER BY key LIMIT 1) AS category,
                   technique
@@ -117,8 +133,15 @@ _QUERIES = (
 )
 
 
+def check_period(since: datetime | None, until: datetime | None) -> None:
+    """Raise ValueError unless since < until (when both are given): a reversed period is a mistake, not "none"."""
+    if since is not None and until is not None and since >= until:
+        raise ValueError(f"the period's start ({since.isoformat()}) is not before its end ({until.isoformat()})")
+
+
 def _period(since: datetime | None, until: datetime | None) -> tuple[str, dict[str, str]]:
     """The SQL condition for since <= ts_utc < until, and its parameters."""
+    check_period(since, until)
     conditions, params = ["1 = 1"], {}
     if since is not None:
         conditions.append("ts_utc >= :since")
@@ -129,8 +152,13 @@ def _period(since: datetime | None, until: datetime | None) -> tuple[str, dict[s
     return " AND ".join(conditions), params
 
 
-def build_report(db: sqlite_utils.Database, since: datetime | None, until: datetime | None) -> Report:
-    """Every section for incidents with since <= ts_utc < until (either bound may be None)."""
+def build_report(
+    db: sqlite_utils.Database, since: datetime | None, until: datetime | None, zone: tzinfo = UTC
+) -> Report:
+    """Every section for incidents with since <= ts_utc < until (either bound may be None).
+
+    `zone` is the school's time zone, in which the table's header shows the period.
+    """
     period, params = _period(since, until)
     params |= {
         "blocking": json.dumps(BLOCKING_ACTIONS),
@@ -143,10 +171,12 @@ def build_report(db: sqlite_utils.Database, since: datetime | None, until: datet
     for name, title, columns, sql in _QUERIES:
         rows = list(db.query(sql.format(where=blocked, period=period), params))
         sections[name] = Section(name, title, columns, rows)
-    return Report(since, until, datetime.now(timezone.utc), sections)
+    return Report(since, until, datetime.now(UTC), sections, zone)
 
 
-def build_requests_report(db: sqlite_utils.Database, since: datetime | None, until: datetime | None) -> Report:
+def build_requests_report(
+    db: sqlite_utils.Database, since: datetime | None, until: datetime | None, zone: tzinfo = UTC
+) -> Report:
     """The block page's "report a mistake" requests made since <= ts_utc < until, with their incidents."""
     from .feedback import ensure_schema
 
@@ -154,28 +184,40 @@ def build_requests_report(db: sqlite_utils.Database, since: datetime | None, unt
     period, params = _period(since, until)
     period = period.replace("ts_utc", "r.ts_utc")
     columns = ("ref", "requested_utc", "kind", "reason", "local_date", "local_time", "username", "client_ip",
-               "user_group", "url", "category")  # fmt: skip
+               "user_group", "url", "inner_url", "category")  # fmt: skip
     rows = list(
         db.query(
             f"""SELECT r.ref, r.ts_utc AS requested_utc, r.kind, r.reason, i.local_date, i.local_time, i.username,
-                       i.client_ip, i.user_group, i.url, i.category
+                       i.client_ip, i.user_group, i.url, i.inner_url, i.category
                 FROM incident_requests r LEFT JOIN incidents i ON i.ref = r.ref
                 WHERE {period} ORDER BY r.ts_utc, r.ref""",
             params,
         )
     )
     section = Section("requests", "Reported mistakes and review requests", columns, rows)
-    return Report(since, until, datetime.now(timezone.utc), {"requests": section})
+    return Report(since, until, datetime.now(UTC), {"requests": section}, zone)
 
 
 # -- output ---------------------------------------------------------------------------------------
 
 
+def visible(value: object) -> str:
+    """`value` as text a terminal or viewer shows rather than obeys (None is "").
+
+    Every C0 and C1 control, DEL, bidi mark, embedding, override and isolate, line
+    separator and lone surrogate becomes a visible escape: tab, newline and carriage
+    return as `\\t`, `\\n`, `\\r`; others up to U+00FF as `\\xNN` (ESC is `\\x1b`),
+    the rest as `\\uNNNN` (RIGHT-TO-LEFT OVERRIDE is `\\u202e`). Other text, backslashes
+    included, is unchanged, so a DOMAIN\\user name reads as typed; the one ambiguity is
+    text that itself spelt such an escape.
+    """
+    text = "" if value is None else str(value)
+    return _UNPRINTABLE.sub(_escape, text)
+
+
 def safe_cell(value: object) -> str:
-    """`value` as a CSV cell no spreadsheet will run as a formula: a leading "'" when it could."""
-    if value is None:
-        return ""
-    text = str(value)
+    """`value` as a CSV cell: `visible`, and a leading "'" when a spreadsheet could run it as a formula."""
+    text = visible(value)
     if text[:1] in _FORMULA_TRIGGERS:
         return "'" + text
     return text
@@ -183,22 +225,31 @@ def safe_cell(value: object) -> str:
 
 def _printable(value: object) -> Text:
     """A table cell: never markup, and control characters shown as escapes rather than obeyed."""
-    text = "" if value is None else str(value)
-    return Text(_UNPRINTABLE.sub(_escape, text))
+    return Text(visible(value))
 
 
 def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    char = match.group()
+    code = ord(char)
+    return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
 def _when(value: datetime | None) -> str | None:
     return utc_iso(value) if value is not None else None
 
 
+def _local(value: datetime, zone: tzinfo) -> str:
+    """A header time as the rows show theirs: the school's local date and time, with its offset."""
+    return value.astimezone(zone).isoformat(sep=" ", timespec="seconds")
+
+
 def render_table(report: Report, console: Console) -> None:
-    since, until = _when(report.since) or "the beginning", _when(report.until) or "now"
-    console.print(Text(f"aupguard incidents from {since} until {until} (generated {_when(report.generated_at)})"))
+    zone = report.zone
+    since = _local(report.since, zone) if report.since else "the beginning"
+    until = _local(report.until, zone) if report.until else "now"
+    generated = _local(report.generated_at, zone)
+    header = f"aupguard incidents from {since} until {until} ({zone}; generated {generated})"
+    console.print(Text(visible(header)), soft_wrap=True)  # one line, however narrow the terminal
     for section in report.sections.values():
         if not section.rows:
             console.print(Text(f"{section.title}: no incidents"))
@@ -248,14 +299,46 @@ def render_json(report: Report, out: TextIO) -> None:
     out.write("\n")
 
 
+class OutputError(ValueError):
+    """An output path that must not be written: it exists and is not a regular file."""
+
+
+def check_output(path: Path | str) -> None:
+    """Raise OutputError when `path` (not "-") exists and is not a regular file.
+
+    The file is written by renaming a new one over it, which would replace a
+    symlink (/dev/stdout), a device (/dev/null as root), a FIFO or a socket with
+    a regular file: each is refused instead. Called before anything is written.
+    """
+    if str(path) == STDOUT:
+        return
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "a directory" if stat.S_ISDIR(mode) else "a special file"
+        raise OutputError(f"{path} is {kind}, not a regular file; name a new or regular file, or - for standard output")
+
+
 @contextlib.contextmanager
-def private_text_file(path: Path, encoding: str = "utf-8") -> Iterator[TextIO]:
+def private_text_file(path: Path | str, encoding: str = "utf-8") -> Iterator[TextIO]:
     """Write the text file `path`, mode 0600, atomically: readers see the old file or the whole new one.
 
     The data goes to a 0600 temporary file beside `path` that replaces it when the
     block ends without an exception; on an exception it is removed. A missing
-    directory is created 0700.
+    directory is created 0700. `path` "-" is standard output (in `encoding`); an
+    existing `path` that is not a regular file raises OutputError (check_output).
     """
+    if str(path) == STDOUT:
+        stdout = io.TextIOWrapper(sys.stdout.buffer, encoding=encoding, newline="", write_through=True)
+        try:
+            yield stdout
+            stdout.flush()
+        finally:
+            stdout.detach()  # standard output stays open for whoever writes next
+        return
+    check_output(path)
     path = Path(path)
     private_parent(path)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600
@@ -274,14 +357,14 @@ def private_text_file(path: Path, encoding: str = "utf-8") -> Iterator[TextIO]:
 
 def dsl_export(
     db: sqlite_utils.Database,
-    out: Path,
+    out: Path | str,
     since: datetime | None,
     until: datetime | None,
     min_severity: str = "high",
 ) -> int:
     """Write incidents of `min_severity` or worse, oldest first, as CSV for the DSL; return the row count.
 
-    UTF-8 with a byte order mark, so Excel shows pupils' names correctly.
+    UTF-8 with a byte order mark, so Excel shows pupils' names correctly. `out` "-" is standard output.
     """
     if min_severity not in SEVERITIES:
         raise ValueError(f"min_severity must be one of {SEVERITIES}, not {min_severity!r}")
@@ -289,7 +372,7 @@ def dsl_export(
     params["severities"] = json.dumps(SEVERITIES[SEVERITIES.index(min_severity) :])
     rows = db.query(
         f"""SELECT ref, local_date AS date, local_time AS time, username, client_ip, user_group AS "group",
-                   url, categories, severity, technique, search_term
+                   url, inner_url, categories, severity, technique, search_term
             FROM incidents
             WHERE {period} AND severity IN (SELECT value FROM json_each(:severities))
             ORDER BY ts_utc, ref""",
