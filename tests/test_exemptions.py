@@ -298,6 +298,18 @@ def test_cli_list_shows_the_school_time_and_json_utc(tmp_path):
     assert row["until"] == f"{local:%Y-%m-%d}T10:00:00.000000Z"
 
 
+def test_cli_shows_control_characters_in_names_and_reasons_instead_of_obeying_them(tmp_path):
+    env = {"AUPGUARD_DATA": str(tmp_path / "var"), "COLUMNS": "300"}
+    added = aupguard(
+        "exempt", "add", "--group", "staff", "--category", "games", "--until", "+1h",
+        "--by", "Ms Khan", "--reason", "club \u202egnissim \x9b31m", env=env,
+    ).stdout  # fmt: skip
+    table = aupguard("exempt", "list", env=env).stdout
+    for shown in (added, table):
+        assert "\u202e" not in shown and "\x9b" not in shown  # C0 controls are refused at input already
+    assert "club \\u202egnissim \\x9b31m" in table
+
+
 def test_cli_classroom(tmp_path):
     env = {"AUPGUARD_DATA": str(tmp_path / "var")}
     out = aupguard(

@@ -602,6 +602,7 @@ def _show(items, fmt: str, policy_path: Path) -> None:
     from rich.text import Text
 
     from .incidents import utc_iso
+    from .report import visible
 
     if fmt == "json":
         when = utc_iso
@@ -638,18 +639,19 @@ def _show(items, fmt: str, policy_path: Path) -> None:
     for column in rows[0]:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*(Text("" if value is None else str(value)) for value in row.values()))
+        table.add_row(*(Text(visible(value)) for value in row.values()))  # names and reasons are typed by people
     Console().print(table)
 
 
 def _record_change(change) -> None:
     from .exemptions import ExemptionError
+    from .report import visible
 
     try:
         item = change()
     except ExemptionError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"{'revoked' if item.revoked_at else 'added'} {item.describe()}")
+    click.echo(f"{'revoked' if item.revoked_at else 'added'} {visible(item.describe())}")
 
 
 @main.group()
