@@ -117,7 +117,7 @@ def main() -> None:
     Let a group reach a site:   aupguard exempt add --group pupils --site scratch.mit.edu \\
                                     --until +1h --by "Ms Khan" --reason "coding lesson"
     Lock one room for an exam:  aupguard classroom set --ip 10.20.4.0/24 --mode block-all \\
-                                    --until 10:30 --by "Mr Jones" --reason "mock exam"
+                                    --until +50m --by "Mr Jones" --reason "mock exam"
     Update the UT1 lists:       aupguard lists update ut1
     Summarise blocked attempts: aupguard report --since 2026-11-01
     Hand flagged ones to DSL:   aupguard dsl-export --out reports/dsl.csv
