@@ -12,6 +12,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from aupguard.classify import url_prefixes
 from aupguard.urlnorm import (
     DEFAULT_PORTS,
     NormalizedURL,
@@ -725,10 +726,12 @@ def test_every_server_equivalent_spelling_has_the_entrys_key(pair: tuple[str, st
 
 @PROPERTY
 @given(st.lists(_plain_segment, min_size=1, max_size=4), st.lists(_plain_segment, min_size=1, max_size=4))
-def test_different_paths_keep_different_keys(first: list[str], second: list[str]) -> None:
-    a, b = ("/".join(segments).lower() for segments in (first, second))
-    if a != b:
-        assert normalize_url(f"http://h.test/{a}").url_list_key() != normalize_url(f"http://h.test/{b}").url_list_key()
+@example(["adultpage"], ["adultpages"])
+def test_an_entry_matches_no_path_outside_it(entry: list[str], other: list[str]) -> None:
+    entry, other = [segment.lower() for segment in entry], [segment.lower() for segment in other]
+    key = normalize_url("http://h.test/" + "/".join(entry)).url_list_key()
+    prefixes = url_prefixes(normalize_url("http://h.test/" + "/".join(other)).url_list_key())
+    assert (key in prefixes) == (other[: len(entry)] == entry)
 
 
 @PROPERTY
