@@ -22,7 +22,7 @@ if __package__ in (None, ""):
 
 from aupguard.circumvention import HEURISTIC_THRESHOLD, inspect_request, inspect_url
 from aupguard.urlnorm import URLError, normalize_url
-from benchmarks.benign_urls import DEFAULT_COUNT, DEFAULT_SEED, benign_urls
+from benchmarks.benign_urls import CATEGORIES, DEFAULT_COUNT, DEFAULT_SEED, benign_urls
 
 VERDICTS = frozenset({"signature", "heuristic", "doh"})
 REPO = Path(__file__).resolve().parent.parent
@@ -54,6 +54,37 @@ def measure_benign(ut1_dir: Path, count: int = DEFAULT_COUNT, seed: int = DEFAUL
         "examples": positives[:20],
         "microseconds_per_url": elapsed / len(urls) * 1e6 if urls else 0.0,
     }
+
+
+# The host-name signals judge a site's home page alone: every host of the categories a school
+# leaves open (not a sample, since few names carry a proxy word), and UT1's own proxy sites.
+HOME_PAGE_BENIGN = (*CATEGORIES, "shopping", "liste_blanche")
+HOME_PAGE_PROXIES = ("redirector",)
+
+
+def _domain_names(ut1_dir: Path, categories: tuple[str, ...]) -> list[str]:
+    names: set[str] = set()
+    for category in categories:
+        path = ut1_dir / category / "domains"
+        if path.is_file():
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            names.update(line.strip().lower() for line in lines if line.strip() and not line.startswith("#"))
+    return sorted(names)
+
+
+def measure_home_pages(ut1_dir: Path, categories: tuple[str, ...]) -> dict:
+    """How many `https://<host>/` of the categories' domains get a heuristic verdict, with examples."""
+    flagged: list[str] = []
+    parsed = 0
+    for name in _domain_names(ut1_dir, categories):
+        try:
+            url = normalize_url(f"https://{name}/")
+        except URLError:
+            continue
+        parsed += 1
+        if any(finding.technique == "heuristic" for finding in inspect_url(url)):
+            flagged.append(name)
+    return {"hosts": parsed, "flagged": len(flagged), "examples": flagged[:10]}
 
 
 def measure_redirector(ut1_dir: Path) -> dict:
@@ -103,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
 
     redirector = measure_redirector(ut1)
     print(f"UT1 redirector/urls: {redirector['entries']} entries, {redirector['parsed']} parsed; flagged: {redirector['flagged']}")
+    for label, categories in (("benign", HOME_PAGE_BENIGN), ("proxy (UT1 redirector)", HOME_PAGE_PROXIES)):
+        homes = measure_home_pages(ut1, categories)
+        print(f"home pages, {label} hosts of {', '.join(categories)}: {homes['hosts']} hosts, {homes['flagged']} flagged by the heuristic")
+        if label == "benign" or homes["flagged"] < 10:
+            for name in homes["examples"]:
+                print(f"  flagged: {name}")
     return 0
 
 

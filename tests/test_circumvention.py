@@ -116,7 +116,30 @@ BENIGN = [
     "https://www.example.com/api?dns=AAAAAAAAAAAAAAAAAAAA",
     "https://surfline.com/surf-report/fistral/1234",
     "https://proxyvote.example.com/",
+    # a proxy word in a subdomain, or a registered name under an ordinary TLD: one signal only
+    "https://proxy.example.ac.uk/",
+    "https://proxy.example.xyz/",
+    "https://unblock.maths-club.top/",
+    "https://www.proxysolutions.co.uk/",
+    "https://unblocker.com/",
+    "https://vpn-shop.xyz/",  # a weak word does not count the TLD
 ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://3.unblocker.xyz/",
+        "https://unblock-proxy.top/",
+        "https://www.free-bypass.click/",
+        "https://mirror2.schoolproxy.online/watch",
+        "https://anonymizer.tk/",
+    ],
+)
+def test_a_registered_name_saying_proxy_under_a_cheap_tld_is_flagged_on_its_own(url):
+    (finding,) = verdicts(findings_for("GET", url, {"Accept": "text/html"}))
+    assert (finding.technique, finding.name) == ("heuristic", "web-proxy")
+    assert finding.score == 0.7  # HOST_WORD 0.35 + CHEAP_NAME 0.35, as benchmarks/README.md weighs them
 
 
 @pytest.mark.parametrize("url", BENIGN)

@@ -213,3 +213,8 @@ def test_the_cli_imports_the_shared_lists(shared_dir, tmp_path):
     assert result.exit_code == 0, result.output
     entries = set((tmp_path / "doh" / "doh" / "domains").read_text().split())
     assert {"dns.google", "1.1.1.1", "2606:4700:4700::1111"} <= entries
+
+
+def test_a_proxy_named_host_on_a_cheap_tld_is_blocked_for_pupils(engine):
+    verdict = engine.check("http://3.unblocker.xyz/", PUPIL)
+    assert verdict.blocked and verdict.technique == "heuristic"

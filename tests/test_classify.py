@@ -11,15 +11,16 @@ from hypothesis import strategies as st
 from aupguard.classify import Classifier, url_prefixes
 from aupguard.decide import decide, filter_error
 from aupguard.identify import Identity
+from aupguard.index import compile_from_folders, load_index
 from aupguard.lists import ListRoot, load_lists
 from aupguard.policy import load_policy
-from aupguard.urlnorm import normalize_url
+from aupguard.urlnorm import from_parts, normalize_url
 
 from conftest import BUNDLED_POLICY
 
 LISTS = {
     "adult/domains": "example-adult.com\n192.0.2.7\nпример.рф\n",
-    "adult/urls": "example-mixed.org/nsfw\n",
+    "adult/urls": "example-mixed.org/nsfw\nexample-mixed.org/s/malware.html\nexample-mixed.org/adultpage;v=2/\n",
     "gambling/domains": "bets.example\nexample-adult.com\n",
     "anonymizers/urls": "www.tools.example/proxy/\n",
     "anonymizers/expressions": "(^|[/.?=&])(glype|phproxy)[^/]*/browse\\.php\n",
@@ -64,6 +65,62 @@ def categories(classifier, url):
 )
 def test_categories(classifier, url, expected):
     assert categories(classifier, url) == expected
+
+
+# Each a spelling some mainstream server (nginx, Apache, IIS, a servlet container) serves as the listed page.
+SPELLINGS_OF_A_LISTED_PATH = [
+    "http://example-mixed.org/adultpage",
+    "http://example-mixed.org/adultpage;x",
+    "http://example-mixed.org/adultpage;jsessionid=AB12/pic.jpg",
+    "http://example-mixed.org/adultpage%2f",
+    "http://example-mixed.org/adultpage%2Fpic.jpg",
+    "http://example-mixed.org/s%2Fmalware.html",
+    "http://example-mixed.org/s%5cmalware.html",
+    "http://example-mixed.org/adultpage.",
+    "http://example-mixed.org/adultpage%20",
+    "http://example-mixed.org/adultpage%00",
+    "http://example-mixed.org/adultpage%00.html",
+    "http://example-mixed.org//adultpage",
+    "http://example-mixed.org/AdultPage",
+    "http://example-mixed.org/ok/..;/adultpage",
+    "http://example-mixed.org/ok%2f..%2fadultpage",
+    "http://example-mixed.org/%61dultpage",
+]
+
+
+@pytest.mark.parametrize("url", SPELLINGS_OF_A_LISTED_PATH)
+def test_a_urls_entry_matches_every_server_equivalent_spelling(classifier, url):
+    assert categories(classifier, url) == {"adult"}
+    # As the proxy builds it from mitmproxy's request: host, port and the raw path apart.
+    path = url.removeprefix("http://example-mixed.org")
+    assert set(classifier.classify(from_parts("http", "example-mixed.org", 80, path)).categories) == {"adult"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example-mixed.org/adultpages",  # still whole segments only
+        "http://example-mixed.org/adult/page",
+        "http://example-mixed.org/ok/adultpage",
+        "http://example-mixed.org/adultpage%252f",  # one decoding layer, as servers: a file "adultpage%2f"
+        "http://example-mixed.org/s/malware.htm",
+        "http://example-mixed.org/s%2ftiny/malware.html",
+    ],
+)
+def test_a_urls_entry_does_not_match_other_paths(classifier, url):
+    assert categories(classifier, url) == set()
+
+
+def test_the_compiled_index_matches_the_same_spellings(tmp_path):
+    root = tmp_path / "lists"
+    (root / "adult").mkdir(parents=True)
+    (root / "adult" / "urls").write_text("example-mixed.org/adultpage\nexample-mixed.org/s/malware.html\n")
+    summary = compile_from_folders([ListRoot(root, "t")], tmp_path / "lists.idx")
+    with load_index(summary.path) as index:
+        indexed = Classifier(index)
+        for url in SPELLINGS_OF_A_LISTED_PATH:
+            assert set(indexed.classify(normalize_url(url)).categories) == {"adult"}, url
+        assert not indexed.classify(normalize_url("http://example-mixed.org/adultpages")).matches
 
 
 def test_every_match_names_its_list_file_and_entry(classifier):

@@ -364,6 +364,6 @@ def test_index_lookups_equal_dict_lookups(tmp_path, domains, urls, probes, seed)
 def test_header_layout_is_what_the_docstring_says(index_file):
     raw = index_file.read_bytes()
     magic, version = struct.unpack_from("<8sI", raw)
-    assert (magic, version) == (b"AUPGIDX\x00", 2)
+    assert (magic, version) == (b"AUPGIDX\x00", 3)
     offsets = index_module._HEADER.unpack_from(raw)[7::3][:3]
     assert all(offset % 4096 == 0 for offset in offsets)

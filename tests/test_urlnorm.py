@@ -12,6 +12,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from aupguard.classify import url_prefixes
 from aupguard.urlnorm import (
     DEFAULT_PORTS,
     NormalizedURL,
@@ -20,6 +21,7 @@ from aupguard.urlnorm import (
     normalize_host,
     normalize_url,
     search_term,
+    server_path,
 )
 
 PROPERTY = settings(max_examples=300, deadline=None)
@@ -631,3 +633,112 @@ def test_search_term_round_trips_what_was_typed(prefix: str, typed: str) -> None
 def test_search_term_is_bounded(typed: str) -> None:
     term = search_term(normalize_url(f"https://www.google.com/search?q={quote_plus(typed)}"))
     assert term is None or len(term) <= 256
+
+
+# --- the path as servers resolve it (urls matching) ---------------------------
+
+SERVER_PATHS = [
+    # (the request's path, the path every listed server serves for it)
+    ("/adultpage", "/adultpage"),
+    ("/adultpage/", "/adultpage"),  # a trailing slash is the list format's "same entry"
+    ("/", "/"),
+    ("/adultpage;x", "/adultpage"),  # servlet path parameters (Tomcat, Jetty)
+    ("/adultpage;jsessionid=0123ABC", "/adultpage"),
+    ("/a;x/b;y=1", "/a/b"),
+    ("/a/..;/b", "/b"),  # Tomcat strips the parameter first: "..;" is ".."
+    ("/adultpage%3bx", "/adultpage"),  # decoded by a front proxy, then stripped behind it
+    ("/adultpage%2f", "/adultpage"),  # encoded slash (IIS, Apache AllowEncodedSlashes, nginx)
+    ("/s%2Fmalware.html", "/s/malware.html"),
+    ("/s%5Cmalware.html", "/s/malware.html"),  # encoded backslash: a separator on IIS
+    ("/a%2f..%2fb", "/b"),  # dot segments that only appear after decoding
+    ("/adultpage.", "/adultpage"),  # Windows drops trailing dots and spaces
+    ("/adultpage%20", "/adultpage"),
+    ("/adultpage.%20.", "/adultpage"),
+    ("/dir./page", "/dir/page"),
+    ("/a/..%20/b", "/b"),  # ".. " is ".." once Windows trims the space
+    ("/...", "/..."),  # three dots are a file name, not a dot segment
+    ("/adultpage%00", "/adultpage"),  # NUL ends the path in old CGI and Windows stacks
+    ("/adultpage%00.jpg", "/adultpage"),
+    ("//adultpage", "/adultpage"),  # nginx merge_slashes
+    ("/a///b//", "/a/b"),
+    ("/ADULTPAGE", "/adultpage"),  # IIS is case-insensitive, as squidGuard's keys are
+    ("/%C3%89T%C3%89", "/%c3%a9t%c3%a9"),  # ÉTÉ -> été: the case of non-ASCII letters too
+    ("/a%21b", "/a!b"),  # a sub-delimiter escaped or not is one file name
+    ("/a%3Fb", "/a%3fb"),  # an escaped '?' stays in the path, never starts the query
+    ("/a%23b", "/a%23b"),
+    # one decoding layer, as servers do: %252e is the file name "%2e", not "."
+    ("/a/%252e%252e/b", "/a/%252e%252e/b"),
+    ("/Ssa%2520Viewer", "/ssa%2520viewer"),
+    ("/a%252fb", "/a%252fb"),
+    ("/100%25", "/100%25"),
+    ("/%FF%FE", "/%ff%fe"),  # bytes that are not UTF-8 are kept
+]
+
+
+@pytest.mark.parametrize(("raw", "resolved"), SERVER_PATHS)
+def test_server_path(raw: str, resolved: str) -> None:
+    assert server_path(normalize_url("http://h.test" + raw).path).lower() == resolved
+
+
+def test_url_list_key_keeps_the_query_and_the_recorded_path() -> None:
+    url = normalize_url("http://www.Host.test/Adultpage;x/?Q=1")
+    assert url.url_list_key() == "host.test/adultpage?q=1"
+    assert url.path == "/Adultpage;x/" and url.squid_key() == "host.test/adultpage;x/?q=1"
+
+
+_plain_segment = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_~!$&'()*+,=:@-]{0,8}", fullmatch=True)
+
+
+def _respell(draw, segment: str) -> str:
+    """One spelling of `segment` that some mainstream server serves as the same file."""
+    chars = []
+    for char in segment:
+        form = draw(st.sampled_from(["same", "case", "escape"]))
+        if form == "case":
+            char = char.swapcase()
+        elif form == "escape":
+            char = "".join(f"%{byte:02{draw(st.sampled_from('xX'))}}" for byte in char.encode())
+        chars.append(char)
+    spelled = "".join(chars)
+    spelled += draw(st.sampled_from(["", ".", "%20", "..", ". ", "%2E"]))
+    spelled += draw(st.sampled_from(["", ";x", ";jsessionid=AB12", "%3bv=1"]))
+    return spelled
+
+
+@st.composite
+def _path_and_respelling(draw):
+    segments = draw(st.lists(_plain_segment, min_size=1, max_size=5))
+    separators = st.sampled_from(["/", "//", "%2f", "%2F", "%5C", "\\", "/./", "/x/../", "/x%2f..%2f"])
+    respelled = "".join(draw(separators) + _respell(draw, segment) for segment in segments)
+    respelled += draw(st.sampled_from(["", "/", "//", "%00", "%00.jpg", "%2f"]))
+    return "/" + "/".join(segments), respelled
+
+
+@PROPERTY
+@given(_path_and_respelling())
+@example(("/adultpage", "/adultpage;x"))
+@example(("/adultpage", "/adultpage%2f"))
+@example(("/s/malware.html", "/s%2Fmalware.html"))
+def test_every_server_equivalent_spelling_has_the_entrys_key(pair: tuple[str, str]) -> None:
+    path, respelled = pair
+    assert normalize_url("http://h.test/" + respelled).url_list_key() == normalize_url("http://h.test" + path).url_list_key()
+
+
+@PROPERTY
+@given(st.lists(_plain_segment, min_size=1, max_size=4), st.lists(_plain_segment, min_size=1, max_size=4))
+@example(["adultpage"], ["adultpages"])
+def test_an_entry_matches_no_path_outside_it(entry: list[str], other: list[str]) -> None:
+    entry, other = [segment.lower() for segment in entry], [segment.lower() for segment in other]
+    key = normalize_url("http://h.test/" + "/".join(entry)).url_list_key()
+    prefixes = url_prefixes(normalize_url("http://h.test/" + "/".join(other)).url_list_key())
+    assert (key in prefixes) == (other[: len(entry)] == entry)
+
+
+@PROPERTY
+@given(_any_input)
+def test_url_list_key_is_a_fixed_point(raw: str) -> None:
+    url = _normalized_or_none(raw)
+    if url is None or url.scheme not in ("http", "https"):
+        return
+    path = server_path(url.path)
+    assert server_path(normalize_url("http://h.test" + path).path) == path

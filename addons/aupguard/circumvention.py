@@ -48,8 +48,10 @@ MAX_NESTED_PARAMS = 4  # carried URLs reported per URL
 
 # Heuristic weights. A score is the sum of the signals present, clipped to [0, 1].
 # One signal never reaches the threshold alone, so a site is flagged only when
-# several independent traits of a web proxy coincide.
+# several independent traits of a web proxy coincide (a proxy word in the name
+# someone registered and a throwaway TLD are two).
 HOST_WORD = 0.35  # a host label contains proxy, unblock, anonymi, bypass, ...
+CHEAP_NAME = 0.35  # ... in the registered name itself, under a TLD sold for a dollar or two (xyz, top, ...)
 HOST_WEAK_WORD = 0.15  # a host label token starts with hide, anon, vpn, tunnel, surf, ...
 PATH_WORD = 0.35  # a path segment is exactly proxy, browse.php, unblock, webproxy, ...
 CARRIED_URL = 0.4  # a parameter or the path carries an absolute URL of another site
@@ -531,6 +533,16 @@ _HOST_WORD_LIST = (
     "proxy", "unblock", "anonymi", "anonymouse", "bypass", "unfilter", "hidemy", "hideme", "hideip", "croxy",
     "proxfree", "hidester",
 )  # fmt: skip
+# TLDs whose first year sells for about a dollar and that lead the abuse reports (Spamhaus's
+# most-abused TLDs, Interisle's phishing studies): where throwaway proxy mirrors are registered.
+# A name that says proxy under one is somebody's proxy, not a school's or a company's proxy host.
+_CHEAP_TLDS = frozenset(
+    {
+        "xyz", "top", "click", "sbs", "cfd", "icu", "buzz", "cyou", "bond", "rest", "monster", "lol",
+        "quest", "fun", "space", "site", "online", "website", "live", "store", "shop", "pw", "tk",
+        "ml", "ga", "cf", "gq", "club", "link", "work",
+    }
+)  # fmt: skip
 _HOST_WEAK_WORD_LIST = ("hide", "anon", "vpn", "tunnel", "surf", "mask", "incognito", "stealth", "unban", "unlock")
 _HOST_WORDS = re.compile("|".join(_HOST_WORD_LIST))
 _HOST_WEAK_WORDS = re.compile(rf"(?:^|[-0-9])(?:{'|'.join(_HOST_WEAK_WORD_LIST)})")
@@ -568,9 +580,13 @@ _FLAG_PARAMS = re.compile(r"(?:b=[0-9]{1,5}|hl=[0-9a-f]{1,3}|f=(?:frame|norefer)
 
 @functools.lru_cache(maxsize=4096)
 def _host_weight(host: str) -> float:
-    """HOST_WORD, HOST_WEAK_WORD or 0 for a host's labels left of its public suffix."""
-    labels = _site(host)[1]
+    """HOST_WORD (+ CHEAP_NAME), HOST_WEAK_WORD or 0 for a host's labels left of its public suffix."""
+    registered, labels = _site(host)
     if any(_HOST_WORDS.search(label) for label in labels):
+        # The registered name, not a subdomain: 3.unblocker.xyz, not proxy.university.ac.uk.
+        name, _, suffix = registered.partition(".")
+        if suffix in _CHEAP_TLDS and _HOST_WORDS.search(name):
+            return HOST_WORD + CHEAP_NAME
         return HOST_WORD
     if any(_HOST_WEAK_WORDS.search(label) for label in labels):
         return HOST_WEAK_WORD

@@ -79,7 +79,8 @@ class Classifier:
                 found.extend(self._expand(mask, "domain", candidate, "domains"))
         key = url.squid_key()
         if self.lookup.url_host_mask(url_host(key)):  # most hosts have no `urls` entry: one lookup, not one a segment
-            for prefix in url_prefixes(key):
+            # Entries are keyed by the same url_list_key, so every server-equivalent spelling meets them.
+            for prefix in url_prefixes(url.url_list_key()):
                 mask = url_mask(prefix)
                 if mask:
                     found.extend(self._expand(mask, "url", prefix, "urls"))

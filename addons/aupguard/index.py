@@ -67,7 +67,7 @@ from .paths import make_dir
 from .lists import ListData, ListRoot, ListSource
 
 MAGIC = b"AUPGIDX\x00"
-FORMAT_VERSION = 2  # 2: the url_hosts table
+FORMAT_VERSION = 3  # 2: the url_hosts table; 3: urls keyed by urlnorm.server_path
 KINDS = ("domains", "urls")  # the list files compiled
 TABLES = (*KINDS, "url_hosts")  # the tables of the file
 

@@ -394,9 +394,8 @@ def url_key(entry: str) -> str:
     """The squid key of a `urls` entry, as the classifier builds it for a request."""
     # The format has no scheme, but a pasted "https://..." means the same page.
     entry = _URL_SCHEME.sub("", entry, count=1)
-    key = normalize_url("http://" + entry).squid_key()
-    # "example.com/dir/" and "example.com/dir" are one entry; a query keeps its slashes.
-    return key if "?" in key else key.rstrip("/")
+    # url_list_key drops a trailing slash: "example.com/dir/" and "example.com/dir" are one entry.
+    return normalize_url("http://" + entry).url_list_key()
 
 
 # ---------------------------------------------------------------------------- mapping

@@ -17,7 +17,7 @@ import functools
 import ipaddress
 import re
 from typing import NamedTuple
-from urllib.parse import unquote_plus, unquote_to_bytes
+from urllib.parse import quote, unquote_plus, unquote_to_bytes
 
 import idna
 
@@ -28,6 +28,7 @@ __all__ = [
     "normalize_host",
     "from_parts",
     "search_term",
+    "server_path",
     "suffix_parts",
     "is_public_suffix",
 ]
@@ -73,13 +74,23 @@ class NormalizedURL(NamedTuple):  # made for every request: a NamedTuple for spe
 
     def squid_key(self) -> str:
         """The form squidGuard URL lists are written in: no scheme, port or leading www."""
+        return self._squid_form(self.path)
+
+    def url_list_key(self) -> str:
+        """The squid key with the path as servers resolve it (server_path): what `urls` entries match on.
+
+        List entries and requests both go through it, so every spelling of one resource meets one key.
+        """
+        return self._squid_form(server_path(self.path))
+
+    def _squid_form(self, path: str) -> str:
         www = None if self.is_ip else _WWW_PREFIX.match(self.host)
         host = self.host[www.end() :] if www else self.host
         if self.query:
-            return f"{host}{self.path}?{self.query}".lower()
-        if self.path == "/":
+            return f"{host}{path}?{self.query}".lower()
+        if path == "/":
             return host
-        return f"{host}{self.path}".lower()
+        return f"{host}{path}".lower()
 
     @property
     def url(self) -> str:
@@ -174,6 +185,54 @@ def _normalize_path(path: str) -> str:
     if "/." in path:
         path = _remove_dot_segments(path)
     return path
+
+
+# A normalised path that server_path would change: an escape, a path parameter, an empty
+# segment, a segment ending in a dot, or a backslash (a separator on IIS).
+_SERVER_PATH_WORK = re.compile(r"[%;\\]|//|\.(?:/|\Z)")
+_SEPARATORS = re.compile(r"[/\\]")
+# Kept literal when a resolved path is written back: unreserved and sub-delimiters but ';'
+# (a decoded one starts a path parameter), so '%', '?' and '#' from escapes stay escaped.
+_SERVER_PATH_SAFE = "!$&'()*+,=:@~"
+
+
+def server_path(path: str) -> str:
+    """A normalised path as the resource nginx, Apache, IIS and servlet containers serve for it.
+
+    One spelling for what some mainstream server treats as the same path, for `urls` matching
+    (the recorded URL keeps its own path). Escapes are decoded once, as servers do (%252e stays
+    "%2e", never "."); then a NUL ends the path (old CGI and Windows stacks truncate there);
+    '/', '\\' and their escapes separate segments (IIS, Apache's AllowEncodedSlashes, nginx);
+    empty segments merge (nginx merge_slashes); each segment loses its ";parameters" (Tomcat and
+    Jetty: /a;x/b is /a/b, and /a/..;/b is /b) and its trailing dots and spaces (Windows file
+    names); dot segments, including decoded ones, are resolved; a trailing slash is dropped (the
+    list format's own rule). Case folds, as IIS does and squidGuard's lower-casing already did.
+    """
+    if len(path) > 1 and path[-1] == "/":
+        path = path.rstrip("/") or "/"
+    if _SERVER_PATH_WORK.search(path) is None:
+        return path
+    raw = unquote_to_bytes(path)
+    nul = raw.find(b"\0")
+    if nul != -1:
+        raw = raw[:nul]
+    text = raw.decode("utf-8", "surrogateescape").lower()
+    segments: list[str] = []
+    for segment in _SEPARATORS.split(text):
+        segment = segment.partition(";")[0]
+        trimmed = segment.rstrip(". ")
+        if not trimmed:
+            # Only dots and spaces: "." and ".." (after Windows trims spaces) are dot segments,
+            # "..." a valid file name.
+            trimmed = segment.rstrip(" ")
+            if trimmed in ("", "."):
+                continue
+            if trimmed == "..":
+                if segments:
+                    segments.pop()
+                continue
+        segments.append(quote(trimmed, safe=_SERVER_PATH_SAFE, errors="surrogateescape"))
+    return "/" + "/".join(segments)
 
 
 def _parse_ipv4(host: str) -> str:
