@@ -376,12 +376,18 @@ class AupGuard:
             )
             if refused is not None:
                 self._block(flow, self._download_verdict(flow, identity, refused), replacing=True)
-            elif group.max_download_bytes is not None and "content-length" not in headers:
-                # No length announced: count the bytes as they pass, never holding them.
-                limit = group.max_download_bytes
-                flow.response.stream = downloads.SizeLimit(
-                    limit, lambda total: self._cut_download(flow, identity, downloads.size_block(total, limit))
+                return
+            sniffed = group.download_block_types & downloads.SNIFFED_TYPES
+            unmeasured = group.max_download_bytes is not None and "content-length" not in headers
+            if unmeasured or (sniffed and flow.response.stream):
+                # Streamed: bytes counted as they pass (no length announced), the first ones looked at.
+                flow.response.stream = downloads.BodyCheck(
+                    group.max_download_bytes if unmeasured else None,
+                    sniffed,
+                    lambda refused: self._cut_download(flow, identity, refused),
                 )
+            elif sniffed:
+                flow.metadata[_SNIFF] = (identity, sniffed)  # buffered by mitmproxy: looked at in `response`
         except Exception:
             log.exception("aupguard: checking the download %s failed", flow.request.pretty_url[:200])
             self._block(flow, self.engine.failed(identity, None, "download check failed"), replacing=True)
@@ -392,6 +398,17 @@ class AupGuard:
         page = flow.metadata.get("aupguard_page")
         if page is not None and flow.response is not None:
             flow.response.content = page
+        sniff = flow.metadata.pop(_SNIFF, None)
+        if sniff is not None and self.engine is not None and flow.response is not None and _BLOCKED not in flow.metadata:
+            identity, sniffed = sniff
+            try:
+                body = flow.response.get_content(strict=False) or b""
+                refused = downloads.content_block(sniffed, body[: downloads.SNIFF_BYTES])
+                if refused is not None:
+                    self._block(flow, self._download_verdict(flow, identity, refused))
+            except Exception:
+                log.exception("aupguard: checking the download %s failed", flow.request.pretty_url[:200])
+                self._block(flow, self.engine.failed(identity, None, "download check failed"))
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -410,7 +427,8 @@ class AupGuard:
         return Verdict(identity, url, None, decision)
 
     def _cut_download(self, flow: http.HTTPFlow, identity: Identity, refused: downloads.DownloadBlock) -> None:
-        """A streamed download went over the limit: its headers are sent, so the connection is reset."""
+        """A streamed download went over the limit or showed a blocked type: its headers are sent, so the
+        connection is reset."""
         try:
             self._record(flow, self._download_verdict(flow, identity, refused), "block")
         finally:
@@ -561,6 +579,7 @@ def _page_response(page: blockpage.BlockPage, report_url: str | None, no_store: 
 
 _BLOCKED = "aupguard_blocked"  # flow.metadata key: the response is aupguard's block page
 _IDENTITY = "aupguard_identity"  # flow.metadata key: (user, client_ip, group, why) of the request
+_SNIFF = "aupguard_sniff"  # flow.metadata key: (identity, types) whose buffered body `response` looks at
 
 
 def _in_connect_tunnel(context) -> bool:
