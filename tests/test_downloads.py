@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import http.client
-import io
-import zipfile
 import http.server
+import io
 import sqlite3
 import threading
 import time
+import zipfile
 
 import pytest
 from hypothesis import given, strategies as st
