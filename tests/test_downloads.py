@@ -267,6 +267,7 @@ def test_blocked_types_get_the_block_page_and_an_incident(proxy, files, path):
     status, headers, body = fetch(proxy, f"http://127.0.0.1:{files}{path}")
     assert status == 403 and b"MZ fake" not in body
     assert b"Blocked download" in body
+    assert b"because of its type: executable" in body and b"because of its size" not in body
     (row,) = incidents(proxy.db, headers["X-Aupguard-Incident"])
     assert row["category"] == "download" and "executable" in row["rule"]
 
@@ -274,6 +275,7 @@ def test_blocked_types_get_the_block_page_and_an_incident(proxy, files, path):
 def test_an_announced_size_over_the_limit_is_blocked(proxy, files):
     status, headers, body = fetch(proxy, f"http://127.0.0.1:{files}/big.pdf")
     assert status == 403 and len(body) < MB
+    assert b"because of its size: 3,145,728 bytes is over the limit of 1.0 MB" in body
     (row,) = incidents(proxy.db, headers["X-Aupguard-Incident"])
     assert "over the limit" in row["rule"]
 
@@ -301,7 +303,7 @@ def test_small_files_pass(proxy, files):
 def test_a_program_by_its_bytes_gets_the_block_page(proxy, files, path):
     """Buffered responses: an exe served as text/plain "homework.txt", a zip holding setup.exe."""
     status, headers, body = fetch(proxy, f"http://127.0.0.1:{files}{path}")
-    assert status == 403 and b"PE\0\0" not in body and b"setup.exe" not in body
+    assert status == 403 and b"PE\0\0" not in body and b"PK\x03\x04" not in body
     (row,) = incidents(proxy.db, headers["X-Aupguard-Incident"])
     assert row["category"] == "download" and "executable" in row["rule"]
 

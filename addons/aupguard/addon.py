@@ -419,7 +419,7 @@ class AupGuard:
     def _download_verdict(self, flow: http.HTTPFlow, identity: Identity, refused: downloads.DownloadBlock) -> Verdict:
         policy = self.engine.policy
         request = flow.request
-        match = Match("download", refused.reason, refused.detail, "aupguard/downloads")
+        match = Match("download", refused.reason, refused.detail, _DOWNLOADS_SOURCE)
         decision = Decision(
             "block", "download", policy.categories["download"].severity, (match,), (), f"download: {refused.detail}"
         )
@@ -518,12 +518,16 @@ class AupGuard:
     def _page(self, flow, verdict: Verdict, ref: str, date: str, time: str, text_only: bool = False):
         policy = self.engine.policy
         category = policy.categories[verdict.decision.category]
+        reason = category.reason
+        match = verdict.decision.blocked_by[0] if verdict.decision.blocked_by else None
+        if match is not None and match.source == _DOWNLOADS_SOURCE:  # say whether the type or the size did it
+            reason = f"{reason} {downloads.why_blocked(match.kind, match.entry)}"
         return blockpage.render(
             # A refused CONNECT is read by the browser's proxy code, not shown as a page.
             accept="text/plain" if text_only else flow.request.headers.get("accept"),
             school_name=policy.school_name,
             category_label=category.label,
-            reason=category.reason,
+            reason=reason,
             url=verdict.url.url if verdict.url else flow.request.pretty_url,
             date=date,
             time=time,
@@ -579,6 +583,7 @@ def _page_response(page: blockpage.BlockPage, report_url: str | None, no_store: 
 
 _BLOCKED = "aupguard_blocked"  # flow.metadata key: the response is aupguard's block page
 _IDENTITY = "aupguard_identity"  # flow.metadata key: (user, client_ip, group, why) of the request
+_DOWNLOADS_SOURCE = "aupguard/downloads"  # Match.source of a download refused by type or size
 _SNIFF = "aupguard_sniff"  # flow.metadata key: (identity, types) whose buffered body `response` looks at
 
 

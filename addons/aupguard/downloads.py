@@ -88,6 +88,11 @@ class DownloadBlock:
     detail: str  # e.g. "executable (.exe)" or "250 MB over the limit of 200 MB"
 
 
+def why_blocked(reason: str, detail: str) -> str:
+    """The block page's sentence on which it was, the type or the size (`DownloadBlock`'s two fields)."""
+    return f"This file was stopped because of its {'size' if reason == 'size' else 'type'}: {detail}."
+
+
 def file_type(content_type: str | None, filename: str | None) -> tuple[str, str] | None:
     """The blockable type of a download and what showed it, e.g. ("executable", ".exe"); None if neither says."""
     if filename:
