@@ -114,10 +114,10 @@ def test_the_pre_rendered_page_is_exactly_what_jinja_renders(values, absent, acc
 
 def test_a_circumvention_page_has_one_tone():
     """A detected bypass gets the AUP note alone; any other block the "you are not in trouble" one alone."""
-    values = dict(
-        accept="text/html", school_name="S", category_label="Web proxy", reason="R", url="http://x/", date="d",
-        time="t", ref="AG-2222-3333", it_contact="IT", accidental="You are not in trouble.",
-    )  # fmt: skip
+    values = {
+        "accept": "text/html", "school_name": "S", "category_label": "Web proxy", "reason": "R", "url": "http://x/",
+        "date": "d", "time": "t", "ref": "AG-2222-3333", "it_contact": "IT", "accidental": "You are not in trouble.",
+    }  # fmt: skip
     bypass = blockpage.render(**values, circumvention_note="It is against our AUP.").body.decode()
     assert "against our AUP" in bypass and "not in trouble" not in bypass
     other = blockpage.render(**values).body.decode()

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -229,3 +230,40 @@ def test_help_teaches_by_example():
         assert not hasattr(group, "commands") or sub in group.commands, (command, sub)
     lists = CliRunner().invoke(main, ["lists", "--help"]).output
     assert "aupguard lists update ut1" in lists and "aupguard lists compile" in lists and "import" in lists
+
+
+# -- aupguard run: start-up ----------------------------------------------------------------------------
+
+
+def run_on_a_busy_port(tmp_path, env: dict | None = None):
+    """`aupguard run` as far as it gets with its port taken: everything it says before listening, then the error."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        return aupguard(
+            "run", "--listen-port", str(port), "--db", str(tmp_path / "var" / "incidents.db"),
+            env={"AUPGUARD_DATA": str(tmp_path / "var"), **(env or {})}, check=False,
+        )  # fmt: skip
+
+
+def test_a_busy_port_says_to_choose_another_with_listen_port(tmp_path):
+    result = run_on_a_busy_port(tmp_path)
+    assert result.returncode != 0
+    assert "cannot listen on 127.0.0.1:" in result.stderr and "--listen-port" in result.stderr
+    assert "regular@" not in result.stderr + result.stdout  # mitmproxy's own advice, about its --mode option
+
+
+def test_the_start_says_what_is_loaded_and_how_to_import_ut1(tmp_path):
+    result = run_on_a_busy_port(tmp_path)
+    assert re.search(r"lists loaded: [\d,]+ domains, [\d,]+ urls and \d+ expressions from \d+ list folders \(blocklists \d+\)", result.stderr)
+    assert "only the bundled starter lists" in result.stderr and "aupguard lists update ut1" in result.stderr
+
+
+def test_no_ut1_hint_once_ut1_is_imported(tmp_path):
+    redirector = tmp_path / "var" / "lists" / "ut1" / "redirector"  # UT1's own folder layout
+    redirector.mkdir(parents=True)
+    (redirector / "domains").write_text("proxy-site.example\n")
+    result = run_on_a_busy_port(tmp_path)
+    assert re.search(r"list folders \(blocklists \d+, ut1 1\)", result.stderr), result.stderr
+    assert "only the bundled starter lists" not in result.stderr
