@@ -267,3 +267,21 @@ def test_no_ut1_hint_once_ut1_is_imported(tmp_path):
     result = run_on_a_busy_port(tmp_path)
     assert re.search(r"list folders \(blocklists \d+, ut1 1\)", result.stderr), result.stderr
     assert "only the bundled starter lists" not in result.stderr
+
+
+@pytest.mark.parametrize("verbosity", ["info", "debug"])
+def test_requests_log_no_connection_lines_at_the_default_level(tmp_path, origin, verbosity):
+    """mitmproxy's client connect / server connect / client disconnect lines only at termlog_verbosity=debug."""
+    running = start_proxy(tmp_path, extra=("--set", f"termlog_verbosity={verbosity}"))
+    try:
+        for url in [origin.url("/lesson"), "http://pornhub.com/", origin.url("/notes")]:
+            assert requests.get(url, proxies=running.proxies, timeout=30).status_code in (200, 403)
+    finally:
+        running.stop()
+    after_start = running.log.read_text().split("proxy listening at", 1)[1]
+    connection_lines = re.findall(r"client connect|server connect|client disconnect", after_start)
+    if verbosity == "debug":
+        assert len(connection_lines) >= 6
+    else:
+        assert connection_lines == []
+        assert len(after_start.splitlines()) <= 2  # the rest of the "listening" line and lean's one line

@@ -166,6 +166,8 @@ class AupGuard:
         if updated & self._pruned_options:  # their addons were left out at start (lean.prune_idle)
             changed = ", ".join(sorted(updated & self._pruned_options))
             log.warning("aupguard: %s changed while running: restart the proxy for it to apply", changed)
+        if "termlog_verbosity" in updated:
+            _quiet_connections(ctx.options.termlog_verbosity)
         if "aupguard_policy" in updated:
             try:
                 index = Path(ctx.options.aupguard_index) if ctx.options.aupguard_index else None
@@ -585,6 +587,12 @@ _BLOCKED = "aupguard_blocked"  # flow.metadata key: the response is aupguard's b
 _IDENTITY = "aupguard_identity"  # flow.metadata key: (user, client_ip, group, why) of the request
 _DOWNLOADS_SOURCE = "aupguard/downloads"  # Match.source of a download refused by type or size
 _SNIFF = "aupguard_sniff"  # flow.metadata key: (identity, types) whose buffered body `response` looks at
+
+
+def _quiet_connections(verbosity: str) -> None:
+    """mitmproxy logs "client connect", "server connect" and "client disconnect" at INFO: three lines per request
+    on a school gateway's terminal, around aupguard's one line per decision. They show at termlog_verbosity=debug."""
+    logging.getLogger("mitmproxy.proxy.server").setLevel(logging.NOTSET if verbosity == "debug" else logging.WARNING)
 
 
 def _in_connect_tunnel(context) -> bool:
