@@ -327,3 +327,26 @@ def test_a_streamed_program_by_its_bytes_is_cut_before_any_byte(proxy, files, pa
 def test_files_whose_bytes_show_no_blocked_type_pass_whole(proxy, files, path):
     status, _, body = fetch(proxy, f"http://127.0.0.1:{files}{path}")
     assert status == 200 and body == SERVED[path][0]
+
+
+@given(st.binary(max_size=2000), st.sampled_from([b"", b"MZ", b"PK\x03\x04", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", b"\xca\xfe\xba\xbe"]))
+def test_hostile_first_bytes_never_raise(tail, head):
+    for name, _ in downloads.content_type_of(head + tail):
+        assert name in downloads.SNIFFED_TYPES
+
+
+@given(st.binary(max_size=70000), st.lists(st.integers(1, 9000), min_size=1, max_size=40))
+def test_body_check_sends_a_passing_body_unchanged_however_it_is_cut(body, sizes):
+    refused = []
+    check = downloads.BodyCheck(None, frozenset({"disk_image", "executable", "apk"}), refused.append)
+    out, start = [], 0
+    for size in sizes * (len(body) // sum(sizes) + 1):
+        if start >= len(body):
+            break
+        sent = check(body[start : start + size])
+        out += [sent] if isinstance(sent, bytes) else sent
+        start += size
+    sent = check(b"")
+    out += [sent] if isinstance(sent, bytes) else sent
+    # Passed whole and in order, or (refused while held back) not one byte of it.
+    assert b"".join(out) == (b"" if refused else body) and len(refused) <= 1

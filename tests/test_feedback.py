@@ -136,7 +136,7 @@ def test_the_thank_you_page_is_framed_like_the_block_page_and_keeps_the_referenc
     token = re.search(r'name="token" value="([0-9a-f]+)"', page.text).group(1)
     thanks = post(proxy, {"ref": ref, "token": token, "kind": "review"})
     assert thanks.status_code == 200
-    style = re.compile(r"<style>(.*?)</style>", re.S)
+    style = re.compile(r"<style>(.*?)</style>", re.DOTALL)
     border = re.compile(r"border-top: 6px solid #[0-9a-f]{6}")  # the accent: red on the block page, green here
     assert border.sub("", style.search(thanks.text).group(1)) == border.sub("", style.search(page.text).group(1))
     assert '<div class="card">' in thanks.text

@@ -231,6 +231,8 @@ def _zip_types(prefix: bytes) -> list[tuple[str, str]]:
         if signature != b"PK\x03\x04":
             break
         start = offset + _ZIP_ENTRY.size
+        if start + name_length > len(prefix):
+            break  # a cut name could read as another type ("a.tar.gz" as "a.tar")
         name = prefix[start : start + name_length].decode("utf-8", "replace").lower()
         leaf = name.rsplit("/", 1)[-1]
         if leaf in ("androidmanifest.xml", "classes.dex"):
