@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import http.server
 import io
@@ -101,13 +102,15 @@ def zipped(*names: str) -> bytes:
         (zipped("notes.txt"), "archive"),
         (b"Rar!\x1a\x07\x01\x00", "archive"),
         (b"7z\xbc\xaf\x27\x1c\0\x04", "archive"),
+        (b"d8:announce35:udp://tracker.example:1337/announce4:infod", "torrent"),
     ],
 )
 def test_types_shown_by_the_first_bytes(body, expected):
     assert expected in [name for name, _ in downloads.content_type_of(body)]
     blocked = downloads.content_block(frozenset({expected}), body)
     assert blocked is not None and blocked.reason == "type"
-    assert downloads.content_block(frozenset({"torrent"}), body) is None  # only for groups that block the type
+    other = "script" if expected == "torrent" else "torrent"
+    assert downloads.content_block(frozenset({other}), body) is None  # only for groups that block the type
 
 
 @pytest.mark.parametrize(
@@ -123,6 +126,17 @@ def test_types_shown_by_the_first_bytes(body, expected):
 )
 def test_ordinary_files_show_no_type(body):
     assert downloads.content_type_of(body) == []
+
+
+def test_a_compressed_body_is_judged_decoded_decoding_only_its_start():
+    big = PE + b"\0" * (10 * MB)
+    packed = gzip.compress(big)
+    assert downloads.decoded_prefix(packed, "gzip") == big[: downloads.SNIFF_BYTES]
+    assert downloads.decoded_prefix(packed[:200], "gzip").startswith(PE[:100])  # the start of a stream
+    assert downloads.decoded_prefix(b"not gzip", "gzip") == b"not gzip"  # undecodable: judged as sent
+    blocked: list[downloads.DownloadBlock] = []
+    check = downloads.BodyCheck(None, frozenset({"executable"}), blocked.append, "gzip")
+    assert check(packed[:500]) == [] and blocked and blocked[0].detail == "executable (Windows program (PE))"
 
 
 def test_body_check_holds_back_the_first_bytes_until_they_tell():
@@ -168,6 +182,8 @@ SERVED = {
     "/disk": (ISO, "application/octet-stream", True),
     "/notes.zip": (zipped("notes.txt", "more.txt"), "application/zip", False),
     "/essay": (b"MZ is where this essay starts. " * 2000, "text/plain", True),
+    "/packed.txt": (gzip.compress(PE), "text/plain", False),  # sent with Content-Encoding: gzip
+    "/packed-stream": (gzip.compress(ELF), "text/plain", True),
 }
 
 
@@ -179,6 +195,8 @@ class DownloadHandler(http.server.BaseHTTPRequestHandler):
             body, content_type, chunked = SERVED[self.path]
             self.send_response(200)
             self.send_header("Content-Type", content_type)
+            if self.path.startswith("/packed"):
+                self.send_header("Content-Encoding", "gzip")
             if chunked:
                 self.send_header("Transfer-Encoding", "chunked")
             else:
@@ -299,7 +317,7 @@ def test_small_files_pass(proxy, files):
     assert status == 200 and body == b"MZ fake program"
 
 
-@pytest.mark.parametrize("path", ["/homework.txt", "/tools"])
+@pytest.mark.parametrize("path", ["/homework.txt", "/tools", "/packed.txt"])
 def test_a_program_by_its_bytes_gets_the_block_page(proxy, files, path):
     """Buffered responses: an exe served as text/plain "homework.txt", a zip holding setup.exe."""
     status, headers, body = fetch(proxy, f"http://127.0.0.1:{files}{path}")
@@ -308,7 +326,9 @@ def test_a_program_by_its_bytes_gets_the_block_page(proxy, files, path):
     assert row["category"] == "download" and "executable" in row["rule"]
 
 
-@pytest.mark.parametrize("path, kind", [("/setup", "executable"), ("/game", "apk"), ("/disk", "disk image")])
+@pytest.mark.parametrize(
+    "path, kind", [("/setup", "executable"), ("/game", "apk"), ("/disk", "disk image"), ("/packed-stream", "executable")]
+)
 def test_a_streamed_program_by_its_bytes_is_cut_before_any_byte(proxy, files, path, kind):
     with pytest.raises(http.client.IncompleteRead) as cut:
         fetch(proxy, f"http://127.0.0.1:{files}{path}")

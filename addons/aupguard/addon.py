@@ -387,6 +387,7 @@ class AupGuard:
                     group.max_download_bytes if unmeasured else None,
                     sniffed,
                     lambda refused: self._cut_download(flow, identity, refused),
+                    headers.get("content-encoding"),
                 )
             elif sniffed:
                 flow.metadata[_SNIFF] = (identity, sniffed)  # buffered by mitmproxy: looked at in `response`
@@ -404,8 +405,9 @@ class AupGuard:
         if sniff is not None and self.engine is not None and flow.response is not None and _BLOCKED not in flow.metadata:
             identity, sniffed = sniff
             try:
-                body = flow.response.get_content(strict=False) or b""
-                refused = downloads.content_block(sniffed, body[: downloads.SNIFF_BYTES])
+                response = flow.response
+                prefix = downloads.decoded_prefix(response.raw_content or b"", response.headers.get("content-encoding"))
+                refused = downloads.content_block(sniffed, prefix)
                 if refused is not None:
                     self._block(flow, self._download_verdict(flow, identity, refused))
             except Exception:

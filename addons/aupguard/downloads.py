@@ -10,9 +10,9 @@ server may send no length or lie about it.
 A file's first bytes are checked too (`content_type_of`), since a name and a
 Content-Type cost nothing to fake: a Windows program served as "homework.txt"
 (text/plain) is still an executable. What the first SNIFF_BYTES cannot show is
-not seen: a DMG (its "koly" trailer is at the end), a zip whose program is not
-among the entries in the first SNIFF_BYTES, or a body the server compressed
-(Content-Encoding) on a streamed response.
+not seen: a DMG (its "koly" trailer is at the end), or a zip whose program is
+not among the entries in the first SNIFF_BYTES. A body the server compressed
+(Content-Encoding) is looked at as the browser will save it, decoded.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import struct
 import urllib.parse
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -168,7 +169,7 @@ def _length(value: str) -> int | None:
 # How much of a body is looked at: enough for an ISO 9660 volume descriptor ("CD001" at 0x8001).
 SNIFF_BYTES = 0x8006
 # The types a body's first bytes can show; a group blocking none of them needs no look.
-SNIFFED_TYPES = frozenset({"executable", "installer", "disk_image", "apk", "archive", "script"})
+SNIFFED_TYPES = frozenset({"executable", "installer", "disk_image", "apk", "archive", "script", "torrent"})
 # Compound File Binary (OLE) root CLSIDs of Windows Installer databases and patches, as stored (little-endian).
 # Other CFB files (old .doc/.xls) are not installers.
 _MSI_CLSIDS = {bytes.fromhex("84100c000000000000c0000000000046"), bytes.fromhex("86100c000000000000c0000000000046")}
@@ -216,6 +217,8 @@ def content_type_of(prefix: bytes) -> list[tuple[str, str]]:
         return [("archive", "7z archive")]
     if head.startswith(b"MSCF"):
         return [("archive", "cabinet archive")]
+    if prefix.startswith((b"d8:announce", b"d13:announce-list", b"d4:info")):  # a bencoded metainfo dictionary
+        return [("torrent", "BitTorrent file")]
     if prefix[0x8001:0x8006] == b"CD001":
         return [("disk_image", "ISO 9660 image")]
     return []
@@ -253,6 +256,23 @@ def _zip_types(prefix: bytes) -> list[tuple[str, str]]:
     return found
 
 
+def decoded_prefix(raw: bytes, content_encoding: str | None) -> bytes:
+    """The first SNIFF_BYTES of a body as the browser saves it: decoded from its Content-Encoding, decoding no more
+    than that of gzip and deflate (the usual ones); `raw` may be the start of the body only."""
+    encoding = (content_encoding or "").strip().lower()
+    if encoding in ("", "identity"):
+        return raw[:SNIFF_BYTES]
+    try:
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            return zlib.decompressobj(zlib.MAX_WBITS | 32).decompress(raw, SNIFF_BYTES)  # gzip or zlib header
+        from mitmproxy.net import encoding as codecs  # br, zstd: whole-body decoders
+
+        decoded = codecs.decode(raw, encoding)
+    except (ValueError, zlib.error):  # undecodable (or only a start of it, for br/zstd): judged as sent
+        return raw[:SNIFF_BYTES]
+    return decoded[:SNIFF_BYTES] if isinstance(decoded, bytes) else raw[:SNIFF_BYTES]
+
+
 def content_block(blocked_types: frozenset[str], prefix: bytes) -> DownloadBlock | None:
     """Whether the first bytes of a body show a type in `blocked_types`."""
     for name, evidence in content_type_of(prefix):
@@ -272,8 +292,15 @@ class BodyCheck:
     never the file.
     """
 
-    def __init__(self, limit: int | None, blocked_types: frozenset[str], refused: Callable[[DownloadBlock], None]):
+    def __init__(
+        self,
+        limit: int | None,
+        blocked_types: frozenset[str],
+        refused: Callable[[DownloadBlock], None],
+        content_encoding: str | None = None,
+    ):
         self.limit = limit
+        self.content_encoding = content_encoding
         self.blocked_types = blocked_types
         self.refused = refused
         self.total = 0
@@ -292,7 +319,7 @@ class BodyCheck:
             return chunk
         taken = chunk[: SNIFF_BYTES - len(self.held)]
         self.held += taken
-        refused = content_block(self.blocked_types, bytes(self.held))
+        refused = content_block(self.blocked_types, decoded_prefix(bytes(self.held), self.content_encoding))
         if refused is not None:
             return self._stop(refused)
         if len(self.held) < SNIFF_BYTES and chunk:
