@@ -84,6 +84,30 @@ def zipped(*names: str) -> bytes:
     return buffer.getvalue()
 
 
+class _Unseekable(io.RawIOBase):
+    """A write-only stream: zipfile then writes each entry's sizes after its data (a data descriptor)."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def writable(self):
+        return True
+
+    def write(self, chunk):
+        self.data += chunk
+        return len(chunk)
+
+
+def streamed_zip(*names: str) -> bytes:
+    out = _Unseekable()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name in names:
+            with archive.open(name, "w") as entry:
+                entry.write(PE if name.endswith(".exe") else b"text " * 50)
+    assert out.data[6] & 0x08  # the general purpose flag: data descriptor
+    return bytes(out.data)
+
+
 @pytest.mark.parametrize(
     "body, expected",
     [
@@ -97,6 +121,7 @@ def zipped(*names: str) -> bytes:
         (b"xar!\0\x1c", "installer"),
         (ISO, "disk_image"),
         (zipped("readme.txt", "bin/setup.exe"), "executable"),
+        (streamed_zip("readme.txt", "notes.txt", "setup.exe"), "executable"),
         (zipped("AndroidManifest.xml", "classes.dex"), "apk"),
         (zipped("META-INF/MANIFEST.MF", "a/B.class"), "script"),
         (zipped("notes.txt"), "archive"),

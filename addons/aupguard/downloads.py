@@ -248,9 +248,13 @@ def _zip_types(prefix: bytes) -> list[tuple[str, str]]:
             inner = file_type(None, leaf)
             if inner is not None:
                 found.append((inner[0], f"{leaf} in a zip"))
-        if flags & 0x08:  # sizes follow the data (a data descriptor): the next header cannot be found
-            break
-        offset = start + name_length + extra_length + compressed
+        offset = start + name_length + extra_length
+        if flags & 0x08:  # sizes follow the data (a data descriptor, as streaming zip writers do): look for the next
+            offset = prefix.find(b"PK\x03\x04", offset)
+            if offset < 0:
+                break
+        else:
+            offset += compressed
     if not document:
         found.append(("archive", "zip archive"))
     return found
