@@ -19,15 +19,20 @@ FIELDS = (
 )  # fmt: skip
 
 
-def render_hostile(accept: str = "text/html") -> tuple[str, dict[str, str]]:
-    """The page with a distinct hostile value in every field it shows."""
+def render_hostile(accept: str = "text/html", leave_out: str = "accidental") -> tuple[str, dict[str, str]]:
+    """The page with a distinct hostile value in every field it shows (the accidental note or the circumvention
+    note: a page shows one of them)."""
     values = {name: f"{name}:{HOSTILE}" for name in FIELDS}
+    if leave_out == "circumvention_note":
+        values["circumvention_note"] = None  # type: ignore[assignment]
     page = blockpage.render(accept=accept, **values)
+    del values[leave_out]
     return page.body.decode("utf-8"), values
 
 
-def test_every_field_is_escaped_in_the_html_page():
-    body, values = render_hostile()
+@pytest.mark.parametrize("leave_out", ["accidental", "circumvention_note"])
+def test_every_field_is_escaped_in_the_html_page(leave_out):
+    body, values = render_hostile(leave_out=leave_out)
     assert "<script" not in body and "<img" not in body and "onerror='" not in body and "& co" not in body
     for name, value in values.items():
         assert str(markupsafe.escape(value)) in body, f"{name} is missing or not escaped"
@@ -105,3 +110,15 @@ def test_the_pre_rendered_page_is_exactly_what_jinja_renders(values, absent, acc
         text = blockpage._CONTROL.sub(" ", environment.get_template("block.txt").render(jinja_values)).strip()
         expected = (text + "\n").encode()
     assert page.body == expected
+
+
+def test_a_circumvention_page_has_one_tone():
+    """A detected bypass gets the AUP note alone; any other block the "you are not in trouble" one alone."""
+    values = {
+        "accept": "text/html", "school_name": "S", "category_label": "Web proxy", "reason": "R", "url": "http://x/",
+        "date": "d", "time": "t", "ref": "AG-2222-3333", "it_contact": "IT", "accidental": "You are not in trouble.",
+    }  # fmt: skip
+    bypass = blockpage.render(**values, circumvention_note="It is against our AUP.").body.decode()
+    assert "against our AUP" in bypass and "not in trouble" not in bypass
+    other = blockpage.render(**values).body.decode()
+    assert "not in trouble" in other and "against our AUP" not in other

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -277,3 +278,58 @@ def test_the_report_header_shows_the_period_in_the_schools_time_zone(recorded):
     # 09:30 on a summer's day in Europe/London (the bundled policy's zone) is 08:30 UTC.
     table = aupguard("report", "--db", str(recorded.db), "--since", "2026-07-01T09:30", "--until", "2026-07-02").stdout
     assert table.splitlines()[0].startswith("aupguard incidents from 2026-07-01 09:30:00+01:00 until 2026-07-02 00:00:00+01:00")
+
+
+# -- aupguard run: start-up ----------------------------------------------------------------------------
+
+
+def run_on_a_busy_port(tmp_path, env: dict | None = None):
+    """`aupguard run` as far as it gets with its port taken: everything it says before listening, then the error."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        return aupguard(
+            "run", "--listen-port", str(port), "--db", str(tmp_path / "var" / "incidents.db"),
+            env={"AUPGUARD_DATA": str(tmp_path / "var"), **(env or {})}, check=False,
+        )  # fmt: skip
+
+
+def test_a_busy_port_says_to_choose_another_with_listen_port(tmp_path):
+    result = run_on_a_busy_port(tmp_path)
+    assert result.returncode != 0
+    assert "cannot listen on 127.0.0.1:" in result.stderr and "--listen-port" in result.stderr
+    assert "regular@" not in result.stderr + result.stdout  # mitmproxy's own advice, about its --mode option
+
+
+def test_the_start_says_what_is_loaded_and_how_to_import_ut1(tmp_path):
+    result = run_on_a_busy_port(tmp_path)
+    assert re.search(r"lists loaded: [\d,]+ domains, [\d,]+ urls and \d+ expressions from \d+ list folders \(blocklists \d+\)", result.stderr)
+    assert "only the bundled starter lists" in result.stderr and "aupguard lists update ut1" in result.stderr
+
+
+def test_no_ut1_hint_once_ut1_is_imported(tmp_path):
+    redirector = tmp_path / "var" / "lists" / "ut1" / "redirector"  # UT1's own folder layout
+    redirector.mkdir(parents=True)
+    (redirector / "domains").write_text("proxy-site.example\n")
+    result = run_on_a_busy_port(tmp_path)
+    assert re.search(r"list folders \(blocklists \d+, ut1 1\)", result.stderr), result.stderr
+    assert "only the bundled starter lists" not in result.stderr
+
+
+@pytest.mark.parametrize("verbosity", ["info", "debug"])
+def test_requests_log_no_connection_lines_at_the_default_level(tmp_path, origin, verbosity):
+    """mitmproxy's client connect / server connect / client disconnect lines only at termlog_verbosity=debug."""
+    running = start_proxy(tmp_path, extra=("--set", f"termlog_verbosity={verbosity}"))
+    try:
+        for url in [origin.url("/lesson"), "http://pornhub.com/", origin.url("/notes")]:
+            assert requests.get(url, proxies=running.proxies, timeout=30).status_code in (200, 403)
+    finally:
+        running.stop()
+    after_start = running.log.read_text().split("proxy listening at", 1)[1]
+    connection_lines = re.findall(r"client connect|server connect|client disconnect", after_start)
+    if verbosity == "debug":
+        assert len(connection_lines) >= 6
+    else:
+        assert connection_lines == []
+        assert len(after_start.splitlines()) <= 2  # the rest of the "listening" line and lean's one line

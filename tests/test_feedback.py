@@ -128,3 +128,17 @@ def test_requests_go_when_their_incident_is_purged(proxy, tmp_path):
     db.conn.commit()
     assert purge(db, 30) == 1
     assert db.execute("SELECT COUNT(*) FROM incident_requests").fetchone()[0] == 0
+
+
+def test_the_thank_you_page_is_framed_like_the_block_page_and_keeps_the_reference_whole(proxy):
+    page = requests.get("http://pornhub.com/framed", proxies=proxy.proxies, timeout=15, headers={"Accept": "text/html"})
+    ref = page.headers["X-Aupguard-Incident"]
+    token = re.search(r'name="token" value="([0-9a-f]+)"', page.text).group(1)
+    thanks = post(proxy, {"ref": ref, "token": token, "kind": "review"})
+    assert thanks.status_code == 200
+    style = re.compile(r"<style>(.*?)</style>", re.DOTALL)
+    border = re.compile(r"border-top: 6px solid #[0-9a-f]{6}")  # the accent: red on the block page, green here
+    assert border.sub("", style.search(thanks.text).group(1)) == border.sub("", style.search(page.text).group(1))
+    assert '<div class="card">' in thanks.text
+    assert f'<dd class="ref">{ref}</dd>' in thanks.text  # not inside a sentence where it could wrap
+    assert re.search(r"\.ref \{[^}]*white-space: nowrap", thanks.text)

@@ -166,6 +166,8 @@ class AupGuard:
         if updated & self._pruned_options:  # their addons were left out at start (lean.prune_idle)
             changed = ", ".join(sorted(updated & self._pruned_options))
             log.warning("aupguard: %s changed while running: restart the proxy for it to apply", changed)
+        if "termlog_verbosity" in updated:
+            _quiet_connections(ctx.options.termlog_verbosity)
         if "aupguard_policy" in updated:
             try:
                 index = Path(ctx.options.aupguard_index) if ctx.options.aupguard_index else None
@@ -376,12 +378,19 @@ class AupGuard:
             )
             if refused is not None:
                 self._block(flow, self._download_verdict(flow, identity, refused), replacing=True)
-            elif group.max_download_bytes is not None and "content-length" not in headers:
-                # No length announced: count the bytes as they pass, never holding them.
-                limit = group.max_download_bytes
-                flow.response.stream = downloads.SizeLimit(
-                    limit, lambda total: self._cut_download(flow, identity, downloads.size_block(total, limit))
+                return
+            sniffed = group.download_block_types & downloads.SNIFFED_TYPES
+            unmeasured = group.max_download_bytes is not None and "content-length" not in headers
+            if unmeasured or (sniffed and flow.response.stream):
+                # Streamed: bytes counted as they pass (no length announced), the first ones looked at.
+                flow.response.stream = downloads.BodyCheck(
+                    group.max_download_bytes if unmeasured else None,
+                    sniffed,
+                    lambda refused: self._cut_download(flow, identity, refused),
+                    headers.get("content-encoding"),
                 )
+            elif sniffed:
+                flow.metadata[_SNIFF] = (identity, sniffed)  # buffered by mitmproxy: looked at in `response`
         except Exception:
             log.exception("aupguard: checking the download %s failed", flow.request.pretty_url[:200])
             self._block(flow, self.engine.failed(identity, None, "download check failed"), replacing=True)
@@ -392,6 +401,18 @@ class AupGuard:
         page = flow.metadata.get("aupguard_page")
         if page is not None and flow.response is not None:
             flow.response.content = page
+        sniff = flow.metadata.pop(_SNIFF, None)
+        if sniff is not None and self.engine is not None and flow.response is not None and _BLOCKED not in flow.metadata:
+            identity, sniffed = sniff
+            try:
+                response = flow.response
+                prefix = downloads.decoded_prefix(response.raw_content or b"", response.headers.get("content-encoding"))
+                refused = downloads.content_block(sniffed, prefix)
+                if refused is not None:
+                    self._block(flow, self._download_verdict(flow, identity, refused))
+            except Exception:
+                log.exception("aupguard: checking the download %s failed", flow.request.pretty_url[:200])
+                self._block(flow, self.engine.failed(identity, None, "download check failed"))
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -402,7 +423,7 @@ class AupGuard:
     def _download_verdict(self, flow: http.HTTPFlow, identity: Identity, refused: downloads.DownloadBlock) -> Verdict:
         policy = self.engine.policy
         request = flow.request
-        match = Match("download", refused.reason, refused.detail, "aupguard/downloads")
+        match = Match("download", refused.reason, refused.detail, _DOWNLOADS_SOURCE)
         decision = Decision(
             "block", "download", policy.categories["download"].severity, (match,), (), f"download: {refused.detail}"
         )
@@ -410,7 +431,8 @@ class AupGuard:
         return Verdict(identity, url, None, decision)
 
     def _cut_download(self, flow: http.HTTPFlow, identity: Identity, refused: downloads.DownloadBlock) -> None:
-        """A streamed download went over the limit: its headers are sent, so the connection is reset."""
+        """A streamed download went over the limit or showed a blocked type: its headers are sent, so the
+        connection is reset."""
         try:
             self._record(flow, self._download_verdict(flow, identity, refused), "block")
         finally:
@@ -500,12 +522,16 @@ class AupGuard:
     def _page(self, flow, verdict: Verdict, ref: str, date: str, time: str, text_only: bool = False):
         policy = self.engine.policy
         category = policy.categories[verdict.decision.category]
+        reason = category.reason
+        match = verdict.decision.blocked_by[0] if verdict.decision.blocked_by else None
+        if match is not None and match.source == _DOWNLOADS_SOURCE:  # say whether the type or the size did it
+            reason = f"{reason} {downloads.why_blocked(match.kind, match.entry)}"
         return blockpage.render(
             # A refused CONNECT is read by the browser's proxy code, not shown as a page.
             accept="text/plain" if text_only else flow.request.headers.get("accept"),
             school_name=policy.school_name,
             category_label=category.label,
-            reason=category.reason,
+            reason=reason,
             url=verdict.url.url if verdict.url else flow.request.pretty_url,
             date=date,
             time=time,
@@ -561,6 +587,14 @@ def _page_response(page: blockpage.BlockPage, report_url: str | None, no_store: 
 
 _BLOCKED = "aupguard_blocked"  # flow.metadata key: the response is aupguard's block page
 _IDENTITY = "aupguard_identity"  # flow.metadata key: (user, client_ip, group, why) of the request
+_DOWNLOADS_SOURCE = "aupguard/downloads"  # Match.source of a download refused by type or size
+_SNIFF = "aupguard_sniff"  # flow.metadata key: (identity, types) whose buffered body `response` looks at
+
+
+def _quiet_connections(verbosity: str) -> None:
+    """mitmproxy logs "client connect", "server connect" and "client disconnect" at INFO: three lines per request
+    on a school gateway's terminal, around aupguard's one line per decision. They show at termlog_verbosity=debug."""
+    logging.getLogger("mitmproxy.proxy.server").setLevel(logging.NOTSET if verbosity == "debug" else logging.WARNING)
 
 
 def _in_connect_tunnel(context) -> bool:

@@ -142,6 +142,13 @@ def _skeleton(
     return tuple(_SLOT.split(rendered))
 
 
+def render_message(title: str, message: str, ref: str | None = None, accent: str = "#2e7d5b") -> bytes:
+    """A page of the proxy's own (the report forms' replies) in the block page's frame and style, autoescaped;
+    `ref` is shown as the block page shows it, on one line."""
+    values = {"title": title, "message": message, "ref": ref, "accent": accent, "school_name": None}
+    return _environment().get_template("message.html").render(values).encode("utf-8")
+
+
 def _shown_url(url: str) -> str:
     url = _CONTROL.sub("", url)
     return url if len(url) <= MAX_SHOWN_URL else url[: MAX_SHOWN_URL - 1] + "…"

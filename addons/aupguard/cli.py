@@ -185,12 +185,44 @@ def run(listen_host, listen_port, policy_path, db, confdir, proxyauth, extra, sc
             _say_compiled(_with_progress(lambda progress: compile_from_folders(policy.lists, index_path, progress)))
         except (ListError, IndexFormatError, OSError) as exc:
             raise click.ClickException(str(exc)) from exc
+    _say_loaded(policy, index_path)
     args = mitmdump_args(listen_host, listen_port, policy_path, db, confdir, proxyauth, extra, scripts)
     args += ["--set", f"aupguard_index={Path(index_path).resolve()}"]
     try:
         sys.exit(serve(args, workers, listen_host, listen_port))
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {listen_host}:{listen_port}: {exc.strerror or exc}") from exc
+        raise click.ClickException(
+            f"cannot listen on {listen_host}:{listen_port}: {exc.strerror or exc} "
+            "(is aupguard already running? else choose another port with --listen-port)"
+        ) from exc
+
+
+UT1_HINT = (
+    "only the bundled starter lists are loaded: most adult, gambling and anonymizer sites are not in them and pass. "
+    "Import the full UT1 lists with `aupguard lists update ut1` (or `aupguard lists import ut1 blacklists.tar.gz`)."
+)
+
+
+def _say_loaded(policy, index_path: Path) -> None:
+    """What the proxy starts with, per list root; and, with no full (mapped, e.g. UT1) list set, how to import one."""
+    from collections import Counter
+
+    from .index import IndexFormatError, load_index
+
+    try:
+        with load_index(index_path) as index:
+            per_root = Counter(source.name.split("/", 1)[0] for source in index.sources)
+            counts, expressions = index.counts, len(index.expressions)
+    except (IndexFormatError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    roots = ", ".join(f"{root.name} {per_root[root.name]}" for root in policy.lists if per_root[root.name])
+    click.echo(
+        f"lists loaded: {counts['domains']:,} domains, {counts['urls']:,} urls and {expressions:,} expressions "
+        f"from {sum(per_root.values())} list folders ({roots or 'none'})",
+        err=True,
+    )
+    if not any(root.mapping is not None and per_root[root.name] for root in policy.lists):
+        click.echo(UT1_HINT, err=True)
 
 
 # mitmproxy options `aupguard run` sets (benchmarks/proxy_overhead.py measures them without aupguard too).

@@ -4,14 +4,23 @@ A file's type is judged by its Content-Type and by the extension of the name
 it would be saved under (the Content-Disposition filename, else the URL
 path's last segment), so renaming a type on one side does not get it through.
 The size is checked twice: Content-Length on the response headers, and the
-bytes actually streamed, counted without keeping them (`SizeLimit`), since a
+bytes actually streamed, counted without keeping them (`BodyCheck`), since a
 server may send no length or lie about it.
+
+A file's first bytes are checked too (`content_type_of`), since a name and a
+Content-Type cost nothing to fake: a Windows program served as "homework.txt"
+(text/plain) is still an executable. What the first SNIFF_BYTES cannot show is
+not seen: a DMG (its "koly" trailer is at the end), or a zip whose program is
+not among the entries in the first SNIFF_BYTES. A body the server compressed
+(Content-Encoding) is looked at as the browser will save it, decoded.
 """
 
 from __future__ import annotations
 
 import re
+import struct
 import urllib.parse
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -78,6 +87,11 @@ class DownloadBlock:
 
     reason: str  # "type" | "size"
     detail: str  # e.g. "executable (.exe)" or "250 MB over the limit of 200 MB"
+
+
+def why_blocked(reason: str, detail: str) -> str:
+    """The block page's sentence on which it was, the type or the size (`DownloadBlock`'s two fields)."""
+    return f"This file was stopped because of its {'size' if reason == 'size' else 'type'}: {detail}."
 
 
 def file_type(content_type: str | None, filename: str | None) -> tuple[str, str] | None:
@@ -150,27 +164,175 @@ def _length(value: str) -> int | None:
     return int(value) if value.isdigit() and len(value) < 20 else None
 
 
-class SizeLimit:
-    """A mitmproxy `response.stream` callable: passes chunks on, counting, until `limit` bytes have passed.
+# -- by content ----------------------------------------------------------------------------------------
 
-    The chunk that crosses the limit and everything after it are dropped, not
-    kept, and `exceeded(total)` is called once, so the caller can kill the flow
-    (the client then sees the connection reset, never a complete file).
+# How much of a body is looked at: enough for an ISO 9660 volume descriptor ("CD001" at 0x8001).
+SNIFF_BYTES = 0x8006
+# The types a body's first bytes can show; a group blocking none of them needs no look.
+SNIFFED_TYPES = frozenset({"executable", "installer", "disk_image", "apk", "archive", "script", "torrent"})
+# Compound File Binary (OLE) root CLSIDs of Windows Installer databases and patches, as stored (little-endian).
+# Other CFB files (old .doc/.xls) are not installers.
+_MSI_CLSIDS = {bytes.fromhex("84100c000000000000c0000000000046"), bytes.fromhex("86100c000000000000c0000000000046")}
+_ZIP_ENTRY = struct.Struct("<4s2xH10xII2H")  # signature, flags, compressed size, size, name length, extra length
+# Zip entries that make a zip an Office/ODF/EPUB document, not an archive.
+_DOCUMENT_ENTRIES = ("[content_types].xml", "mimetype", "_rels/", "word/", "xl/", "ppt/")
+
+
+def content_type_of(prefix: bytes) -> list[tuple[str, str]]:
+    """The blockable types the first bytes of a body show, with what showed them, e.g. [("executable", "PE program")].
+
+    A zip also yields the types of the entries whose headers are in `prefix`
+    (("executable", "setup.exe in a zip")). An MZ header counts only with its
+    PE header in place, so a text that happens to start with "MZ" is not a program.
+    """
+    head = prefix[:8]
+    if head.startswith(b"MZ") and len(prefix) >= 0x40:
+        (pe_offset,) = struct.unpack_from("<I", prefix, 0x3C)
+        if prefix[pe_offset : pe_offset + 4] == b"PE\0\0":
+            return [("executable", "Windows program (PE)")]
+        return []
+    if head.startswith(b"\x7fELF"):
+        return [("executable", "ELF program")]
+    if head[:4] in (b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xce\xfa\xed\xfe", b"\xcf\xfa\xed\xfe"):
+        return [("executable", "Mac program (Mach-O)")]
+    # CAFEBABE is a fat Mach-O binary and a Java class: a fat binary's next word is its (small) number of
+    # architectures, a class file's is its version (45 or more).
+    if head[:4] == b"\xca\xfe\xba\xbe" and len(head) == 8 and 0 < struct.unpack_from(">I", head, 4)[0] < 30:
+        return [("executable", "Mac program (Mach-O)")]
+    if head == b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" and len(prefix) >= 0x34:
+        shift, directory = struct.unpack_from("<H", prefix, 0x1E)[0], struct.unpack_from("<I", prefix, 0x30)[0]
+        root = ((directory + 1) << min(shift, 16)) + 0x50  # the root directory entry's CLSID
+        return [("installer", "Windows Installer (MSI)")] if prefix[root : root + 16] in _MSI_CLSIDS else []
+    if head.startswith(b"xar!"):
+        return [("installer", "macOS installer (xar)")]
+    if head[:4] == b"\xed\xab\xee\xdb":
+        return [("installer", "RPM package")]
+    if prefix.startswith(b"!<arch>\ndebian-binary"):
+        return [("installer", "Debian package")]
+    if head.startswith(b"PK\x03\x04"):
+        return _zip_types(prefix)
+    if head.startswith(b"Rar!\x1a\x07"):
+        return [("archive", "RAR archive")]
+    if head.startswith(b"7z\xbc\xaf\x27\x1c"):
+        return [("archive", "7z archive")]
+    if head.startswith(b"MSCF"):
+        return [("archive", "cabinet archive")]
+    if prefix.startswith((b"d8:announce", b"d13:announce-list", b"d4:info")):  # a bencoded metainfo dictionary
+        return [("torrent", "BitTorrent file")]
+    if prefix[0x8001:0x8006] == b"CD001":
+        return [("disk_image", "ISO 9660 image")]
+    return []
+
+
+def _zip_types(prefix: bytes) -> list[tuple[str, str]]:
+    """A zip's own type and its entries' types, from the local file headers within `prefix`."""
+    found: list[tuple[str, str]] = []
+    document = False
+    offset = 0
+    while offset + _ZIP_ENTRY.size <= len(prefix):
+        signature, flags, compressed, _size, name_length, extra_length = _ZIP_ENTRY.unpack_from(prefix, offset)
+        if signature != b"PK\x03\x04":
+            break
+        start = offset + _ZIP_ENTRY.size
+        if start + name_length > len(prefix):
+            break  # a cut name could read as another type ("a.tar.gz" as "a.tar")
+        name = prefix[start : start + name_length].decode("utf-8", "replace").lower()
+        leaf = name.rsplit("/", 1)[-1]
+        if leaf in ("androidmanifest.xml", "classes.dex"):
+            found.append(("apk", f"Android app ({leaf} in a zip)"))
+        elif name == "meta-inf/manifest.mf":
+            found.append(("script", "Java archive (JAR)"))
+        elif name.startswith(_DOCUMENT_ENTRIES):
+            document = True
+        else:
+            inner = file_type(None, leaf)
+            if inner is not None:
+                found.append((inner[0], f"{leaf} in a zip"))
+        offset = start + name_length + extra_length
+        if flags & 0x08:  # sizes follow the data (a data descriptor, as streaming zip writers do): look for the next
+            offset = prefix.find(b"PK\x03\x04", offset)
+            if offset < 0:
+                break
+        else:
+            offset += compressed
+    if not document:
+        found.append(("archive", "zip archive"))
+    return found
+
+
+def decoded_prefix(raw: bytes, content_encoding: str | None) -> bytes:
+    """The first SNIFF_BYTES of a body as the browser saves it: decoded from its Content-Encoding, decoding no more
+    than that of gzip and deflate (the usual ones); `raw` may be the start of the body only."""
+    encoding = (content_encoding or "").strip().lower()
+    if encoding in ("", "identity"):
+        return raw[:SNIFF_BYTES]
+    try:
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            return zlib.decompressobj(zlib.MAX_WBITS | 32).decompress(raw, SNIFF_BYTES)  # gzip or zlib header
+        from mitmproxy.net import encoding as codecs  # br, zstd: whole-body decoders
+
+        decoded = codecs.decode(raw, encoding)
+    except (ValueError, zlib.error):  # undecodable (or only a start of it, for br/zstd): judged as sent
+        return raw[:SNIFF_BYTES]
+    return decoded[:SNIFF_BYTES] if isinstance(decoded, bytes) else raw[:SNIFF_BYTES]
+
+
+def content_block(blocked_types: frozenset[str], prefix: bytes) -> DownloadBlock | None:
+    """Whether the first bytes of a body show a type in `blocked_types`."""
+    for name, evidence in content_type_of(prefix):
+        if name in blocked_types:
+            return DownloadBlock("type", f"{name.replace('_', ' ')} ({evidence})")
+    return None
+
+
+class BodyCheck:
+    """A mitmproxy `response.stream` callable: the size limit and the look at the first bytes of a streamed body.
+
+    With `limit`, chunks are counted as they pass; the chunk that crosses it and
+    everything after are dropped, not kept. With `blocked_types`, the first
+    SNIFF_BYTES are held back (bounded) until they show a blocked type or cannot
+    (or the body ends), then passed on. Either way `refused` is called once, so
+    the caller can kill the flow: the client then sees the connection reset,
+    never the file.
     """
 
-    def __init__(self, limit: int, exceeded: Callable[[int], None]):
+    def __init__(
+        self,
+        limit: int | None,
+        blocked_types: frozenset[str],
+        refused: Callable[[DownloadBlock], None],
+        content_encoding: str | None = None,
+    ):
         self.limit = limit
-        self.exceeded = exceeded
+        self.content_encoding = content_encoding
+        self.blocked_types = blocked_types
+        self.refused = refused
         self.total = 0
         self.stopped = False
+        self.held: bytearray | None = bytearray() if blocked_types & SNIFFED_TYPES else None
 
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
         # Nothing to send is [], not b"": mitmproxy would send an empty chunk, which ends a chunked body.
+        # mitmproxy calls with b"" once at the end of the body.
         if self.stopped:
             return []
         self.total += len(chunk)
-        if self.total <= self.limit:
+        if self.limit is not None and self.total > self.limit:
+            return self._stop(size_block(self.total, self.limit))
+        if self.held is None:
             return chunk
+        taken = chunk[: SNIFF_BYTES - len(self.held)]
+        self.held += taken
+        refused = content_block(self.blocked_types, decoded_prefix(bytes(self.held), self.content_encoding))
+        if refused is not None:
+            return self._stop(refused)
+        if len(self.held) < SNIFF_BYTES and chunk:
+            return []  # held back until there is enough to tell
+        held, self.held = bytes(self.held), None
+        return [part for part in (held, chunk[len(taken) :]) if part]
+
+    def _stop(self, refused: DownloadBlock) -> list[bytes]:
         self.stopped = True
-        self.exceeded(self.total)
+        self.held = None
+        self.refused(refused)
         return []

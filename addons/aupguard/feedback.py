@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import html
 import logging
 import os
 import re
@@ -34,6 +33,7 @@ import sqlite_utils
 from mitmproxy import ctx
 from mitmproxy.addons.asgiapp import WSGIApp
 
+from . import blockpage
 from .incidents import open_db, private_parent, utc_iso
 
 log = logging.getLogger(__name__)
@@ -180,8 +180,8 @@ def make_app(key: bytes, store: RequestStore, limiter: RateLimiter):
     """The WSGI app answering the reserved host: POST /report stores a request, anything else is refused."""
 
     def app(environ, start_response):
-        def reply(status: str, title: str, message: str):
-            body = _page(title, message)
+        def reply(status: str, title: str, message: str, ref: str | None = None):
+            body = blockpage.render_message(title, message, ref, accent=_THANKS if ref else _REFUSED)
             start_response(
                 status,
                 [
@@ -221,11 +221,11 @@ def make_app(key: bytes, store: RequestStore, limiter: RateLimiter):
             log.exception("storing the report for %s failed", ref)
             return reply("503 Service Unavailable", "Not sent", "The report could not be saved; please tell IT.")
         thanks = (
-            "Thank you. You are not in trouble."
+            "Your report has been sent. You are not in trouble."
             if kind == "accidental"
-            else "Thank you. The IT Department will look at this site."
+            else "Your request has been sent: the IT Department will look at this site."
         )
-        return reply("200 OK", "Thank you", f"{thanks} Your reference is {ref}.")
+        return reply("200 OK", "Thank you", thanks, ref)
 
     return app
 
@@ -235,14 +235,8 @@ def _one(form: dict[str, list[str]], name: str) -> str:
     return values[0][: MAX_REASON * 2]
 
 
-def _page(title: str, message: str) -> bytes:
-    return (
-        "<!doctype html><html lang=en><meta charset=utf-8>"
-        '<meta name=viewport content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title>"
-        '<body style="font:17px/1.5 system-ui,sans-serif;max-width:36rem;margin:2rem auto;padding:0 1rem">'
-        f"<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p></body></html>"
-    ).encode("utf-8")
+_THANKS = "#2e7d5b"  # the card's top border: green for a report received, the block page's red otherwise
+_REFUSED = "#c0392b"
 
 
 class FeedbackApp(WSGIApp):

@@ -51,11 +51,11 @@ def check_free(host: str, port: int) -> None:
 
 def serve(mitmdump_args: list[str], workers: int, host: str, port: int) -> int:
     """Run `workers` mitmdump processes on host:port until SIGINT/SIGTERM; the exit status of the first to fail."""
+    check_free(host, port)  # before mitmproxy, whose own message would suggest its --mode syntax, not --listen-port
     if workers == 1:
         from mitmproxy.tools.main import mitmdump
 
         return mitmdump(mitmdump_args) or 0
-    check_free(host, port)
     command = [sys.executable, "-m", "aupguard.workers", *mitmdump_args]
     children = [subprocess.Popen(command) for _ in range(workers)]
     stopping = False
