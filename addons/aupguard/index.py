@@ -64,8 +64,8 @@ from pathlib import Path
 from xxhash import xxh3_64, xxh3_64_intdigest
 
 from . import lists, paths
-from .paths import make_dir, private_dir
 from .lists import ListData, ListRoot, ListSource
+from .paths import make_dir, private_dir
 
 MAGIC = b"AUPGIDX\x00"
 FORMAT_VERSION = 2  # 2: the url_hosts table

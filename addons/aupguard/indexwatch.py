@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .classify import Classifier
-from .index import CompiledIndex, IndexFormatError, Signature, ensure_index, file_signature, serve_for
+from .index import (
+    CompiledIndex,
+    IndexFormatError,
+    Signature,
+    ensure_index,
+    file_signature,
+    serve_for,
+)
 from .lists import ListError, ListRoot
 
 if TYPE_CHECKING:
