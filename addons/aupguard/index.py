@@ -38,9 +38,13 @@ Why this design:
   directory, fsyncs it, `os.replace`s it over the target and fsyncs the directory.
   A reader keeps its mapping of the old inode, which stays valid after the
   replace (a versioned file plus a `current` pointer would add nothing), and
-  `CompiledIndex.stale()` tells it a newer file is there. Never rewrite an index
-  in place (`cp` over it): mapped readers would see the change.
-* **Corruption is caught at load**: magic, version, header checksum, file size,
+  `CompiledIndex.stale()` tells it a newer file is there.
+* **The proxy maps a private copy, never the published file.** A file written in place
+  (`cp` over it, zeroed blocks, a truncation) would change what a mapping shows, or SIGBUS
+  its reader. `serve_index` copies the file into a 0700 folder under AUPGUARD_DATA, as a
+  0400 file named by its SHA-256 (so every worker maps the same one), validates that copy
+  and maps it: nobody else writes it. Every probe loop is also bounded by its table's size.
+* **Corruption is caught at load** (of the copy, before any swap): magic, version, header checksum, file size,
   bounds, an xxh3 checksum of the whole body (read with `pread`, not through the
   mapping, so it adds no RSS) and the JSON structure. Any failure raises
   `IndexFormatError` so a reloading caller can keep the index it has.
