@@ -246,6 +246,7 @@ def flip_byte(path: Path, offset: int) -> None:
         (lambda p: p.write_bytes(b"NOTINDEX" + p.read_bytes()[8:]), "bad magic"),
         (lambda p: p.write_bytes(b"# a text list\nexample.com\n" * 20), "bad magic"),
         (lambda p: flip_byte(p, 20), "header checksum"),
+        (lambda p: flip_byte(p, HEADER_SIZE - 1), "header padding"),
         (lambda p: flip_byte(p, HEADER_SIZE + 3), "body checksum"),
         (lambda p: flip_byte(p, p.stat().st_size - 1), "body checksum"),
         (lambda p: rewrite_header(p, version=1), "format version 1"),
@@ -256,7 +257,7 @@ def flip_byte(path: Path, offset: int) -> None:
         (lambda p: rewrite_header(p, domains_slots=0), "entries in 0 slots"),
     ],
     ids=[
-        "empty", "short-header", "cut-end", "extra-byte", "wrong-magic", "text-file", "header-bit",
+        "empty", "short-header", "cut-end", "extra-byte", "wrong-magic", "text-file", "header-bit", "padding-bit",
         "json-bit", "table-bit", "version", "width", "size-field", "json-range", "table-range", "no-slots",
     ],
 )  # fmt: skip
@@ -471,3 +472,35 @@ def test_a_file_changed_while_copied_is_not_served(index_file, tmp_path, monkeyp
     with pytest.raises(IndexFormatError, match="changed while it was being copied"):
         index_module.serve_index(index_file, tmp_path / "served")
     assert not list((tmp_path / "served").iterdir())
+
+
+def test_a_partial_copy_left_by_a_killed_process_is_deleted_a_fresh_one_kept(index_file, tmp_path):
+    store = tmp_path / "served"
+    store.mkdir()
+    old, fresh = store / ".copy-old.tmp", store / ".copy-fresh.tmp"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"x")  # another worker's copy in progress
+    os.utime(old, (1, 1))
+    index_module.serve_index(index_file, store).close()
+    assert not old.exists() and fresh.exists()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(at=st.integers(min_value=0), junk=st.binary(min_size=1, max_size=600), cut=st.booleans())
+def test_any_write_into_a_served_file_changes_no_lookup_and_is_not_served(small_lists, tmp_path_factory, at, junk, cut):
+    folder = tmp_path_factory.mktemp("served")
+    path = compile_list_data(small_lists, folder / "lists.idx").path
+    size = path.stat().st_size
+    at %= size
+    with index_module.serve_index(path, folder / "store") as served:
+        original = path.read_bytes()
+        with open(path, "r+b") as f:
+            f.seek(at)
+            f.write(junk)
+            if cut:
+                f.truncate(at + len(junk) // 2)
+        for key, mask in small_lists.domains.items():
+            assert served.domain_mask(key) == mask
+        if path.read_bytes() != original:
+            with pytest.raises(IndexFormatError):
+                index_module.serve_index(path, folder / "store")

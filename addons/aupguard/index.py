@@ -96,6 +96,7 @@ Progress = Callable[[int, int], None]  # (done, total), in whatever unit the cal
 # What changes when a file is replaced or written in place: device, inode, size, mtime, ctime (ns).
 Signature = tuple[int, int, int, int, int]
 KEEP_SERVED = 2  # private copies kept in the served folder: the one in service and the one before
+_ABANDONED_COPY_S = 3600  # a partial copy this old was left by a killed process: deleted
 
 
 class IndexFormatError(ValueError):
@@ -687,7 +688,8 @@ def _copy(src: int, dst: int) -> str:
 
 
 def _prune(store: Path, serving: Path) -> None:
-    """Delete all but the KEEP_SERVED newest copies (a reader keeps its mapping of a deleted one)."""
+    """Delete all but the KEEP_SERVED newest copies (a reader keeps its mapping of a deleted one),
+    and partial copies a killed process left behind."""
 
     def age(path: Path) -> float:
         try:
@@ -698,6 +700,10 @@ def _prune(store: Path, serving: Path) -> None:
     for old in sorted(store.glob("*.idx"), key=age)[KEEP_SERVED:]:
         if old != serving:
             old.unlink(missing_ok=True)
+    abandoned = -(time.time() - _ABANDONED_COPY_S)
+    for partial in store.glob(".copy-*.tmp"):
+        if age(partial) > abandoned:  # older than _ABANDONED_COPY_S (age is minus the mtime)
+            partial.unlink(missing_ok=True)
 
 
 def serve_for(roots: Sequence[ListRoot], path: Path, store: Path | None = None) -> CompiledIndex:
@@ -721,6 +727,8 @@ def _read_header(raw: bytes, file_size: int, path: Path) -> dict:
     (stored,) = _HEADER_CHECKSUM.unpack_from(raw, _HEADER.size)
     if stored != xxh3_64_intdigest(raw[: _HEADER.size]):
         raise IndexFormatError(f"{path}: header checksum mismatch")
+    if any(raw[_HEADER.size + _HEADER_CHECKSUM.size : HEADER_SIZE]):  # the writer zeroes it: no byte goes unchecked
+        raise IndexFormatError(f"{path}: header padding is not zero")
     if size != file_size:
         raise IndexFormatError(f"{path}: file is {file_size} bytes, its header says {size} (truncated?)")
     if width not in _COMBO_TYPECODES:
