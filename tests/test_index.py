@@ -246,6 +246,7 @@ def flip_byte(path: Path, offset: int) -> None:
         (lambda p: p.write_bytes(b"NOTINDEX" + p.read_bytes()[8:]), "bad magic"),
         (lambda p: p.write_bytes(b"# a text list\nexample.com\n" * 20), "bad magic"),
         (lambda p: flip_byte(p, 20), "header checksum"),
+        (lambda p: flip_byte(p, HEADER_SIZE - 1), "header padding"),
         (lambda p: flip_byte(p, HEADER_SIZE + 3), "body checksum"),
         (lambda p: flip_byte(p, p.stat().st_size - 1), "body checksum"),
         (lambda p: rewrite_header(p, version=1), "format version 1"),
@@ -256,7 +257,7 @@ def flip_byte(path: Path, offset: int) -> None:
         (lambda p: rewrite_header(p, domains_slots=0), "entries in 0 slots"),
     ],
     ids=[
-        "empty", "short-header", "cut-end", "extra-byte", "wrong-magic", "text-file", "header-bit",
+        "empty", "short-header", "cut-end", "extra-byte", "wrong-magic", "text-file", "header-bit", "padding-bit",
         "json-bit", "table-bit", "version", "width", "size-field", "json-range", "table-range", "no-slots",
     ],
 )  # fmt: skip
@@ -367,3 +368,139 @@ def test_header_layout_is_what_the_docstring_says(index_file):
     assert (magic, version) == (b"AUPGIDX\x00", 3)
     offsets = index_module._HEADER.unpack_from(raw)[7::3][:3]
     assert all(offset % 4096 == 0 for offset in offsets)
+
+
+# -- a damaged table never hangs a lookup ----------------------------------------------------------
+
+
+class CountingSlots:
+    """A table's hash slots, every one occupied (no empty slot ends a probe), counting the slots read."""
+
+    def __init__(self, slots: int):
+        self.slots, self.reads = slots, 0
+
+    def __len__(self) -> int:
+        return self.slots
+
+    def __getitem__(self, i: int) -> int:
+        self.reads += 1
+        assert self.reads <= 10 * self.slots, "the probe ran on past the whole table"
+        return 0xDEADBEEF  # never a key's hash here, never 0
+
+
+def test_a_probe_of_a_full_table_stops_after_the_whole_table_and_says_damaged():
+    hashes = CountingSlots(1000)
+    table = index_module._Table(hashes, memoryview(bytes(1000)), 42, [1])  # type: ignore[arg-type]
+    with pytest.raises(IndexFormatError, match="no empty slot"):
+        table.mask("absent.example")
+    assert hashes.reads == 1000
+
+
+# -- serving a private copy: what is done to the file afterwards never reaches a lookup -----------
+
+
+def zero_in_place(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.write(bytes(path.stat().st_size))
+
+
+def random_in_place(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.write(os.urandom(path.stat().st_size))
+
+
+def truncate_in_place(path: Path) -> None:
+    os.truncate(path, HEADER_SIZE + 100)
+
+
+def other_index_copied_over(path: Path) -> None:
+    other = compile_list_data(ListData(make_sources(1), {"other.example": 1}, {}, [], []), path.with_name("o.idx"))
+    path.write_bytes(other.path.read_bytes())  # as `cp` does: the same inode, rewritten
+
+
+IN_PLACE = {"zeroes": zero_in_place, "random": random_in_place, "truncate": truncate_in_place, "cp-other": other_index_copied_over}
+
+
+@pytest.mark.parametrize("damage", IN_PLACE.values(), ids=IN_PLACE.keys())
+def test_a_served_index_answers_the_same_whatever_is_done_to_its_file(small_lists, tmp_path, damage):
+    path = compile_list_data(small_lists, tmp_path / "index" / "lists.idx").path
+    store = tmp_path / "served"
+    with index_module.serve_index(path, store) as served:
+        assert served.path.parent == store and served.origin == path
+        inode = path.stat().st_ino
+        damage(path)
+        assert path.stat().st_ino == inode  # written in place, not replaced
+        assert served.stale()
+        for key, mask in small_lists.domains.items():
+            assert served.domain_mask(key) == mask, key
+        assert served.url_mask("example.org/bad") == 1 and served.domain_mask("other.example") == 0
+        if damage is other_index_copied_over:
+            with index_module.serve_index(path, store) as other:  # a valid index is served, from its own copy
+                assert other.domain_mask("other.example") == 1 and other.path != served.path
+        else:
+            with pytest.raises(IndexFormatError):
+                index_module.serve_index(path, store)
+    assert {p.name for p in (tmp_path / "index").iterdir()} <= {"lists.idx", "o.idx"}  # no copy beside the index
+
+
+def test_served_copies_are_private_content_named_shared_and_only_the_two_newest_kept(tmp_path):
+    store = tmp_path / "served"
+    path = tmp_path / "lists.idx"
+    digests = []
+    for n in range(4):
+        compile_list_data(ListData(make_sources(1), {f"v{n}.example": 1}, {}, [], []), path)
+        digests.append(index_module.hashlib.sha256(path.read_bytes()).hexdigest())
+        first, second = index_module.serve_index(path, store), index_module.serve_index(path, store)
+        assert first.path == second.path == store / f"{digests[-1]}.idx"  # two workers map one file
+        assert os.stat(first.path).st_ino == os.stat(second.path).st_ino
+        first.close()
+        second.close()
+    assert sorted(p.name for p in store.iterdir()) == sorted(f"{d}.idx" for d in digests[-2:])
+    assert store.stat().st_mode & 0o777 == 0o700
+    assert all(p.stat().st_mode & 0o777 == 0o400 for p in store.iterdir())
+
+
+def test_a_file_changed_while_copied_is_not_served(index_file, tmp_path, monkeypatch):
+    real_copy = index_module._copy
+
+    def copy_then_touch(src, dst):
+        digest = real_copy(src, dst)
+        os.utime(index_file, ns=(1, 1))
+        return digest
+
+    monkeypatch.setattr(index_module, "_copy", copy_then_touch)
+    with pytest.raises(IndexFormatError, match="changed while it was being copied"):
+        index_module.serve_index(index_file, tmp_path / "served")
+    assert not list((tmp_path / "served").iterdir())
+
+
+def test_a_partial_copy_left_by_a_killed_process_is_deleted_a_fresh_one_kept(index_file, tmp_path):
+    store = tmp_path / "served"
+    store.mkdir()
+    old, fresh = store / ".copy-old.tmp", store / ".copy-fresh.tmp"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"x")  # another worker's copy in progress
+    os.utime(old, (1, 1))
+    index_module.serve_index(index_file, store).close()
+    assert not old.exists() and fresh.exists()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(at=st.integers(min_value=0), junk=st.binary(min_size=1, max_size=600), cut=st.booleans())
+def test_any_write_into_a_served_file_changes_no_lookup_and_is_not_served(small_lists, tmp_path_factory, at, junk, cut):
+    folder = tmp_path_factory.mktemp("served")
+    path = compile_list_data(small_lists, folder / "lists.idx").path
+    size = path.stat().st_size
+    at %= size
+    with index_module.serve_index(path, folder / "store") as served:
+        original = path.read_bytes()
+        with open(path, "r+b") as f:
+            f.seek(at)
+            f.write(junk)
+            if cut:
+                f.truncate(at + len(junk) // 2)
+        for key, mask in small_lists.domains.items():
+            assert served.domain_mask(key) == mask
+        if path.read_bytes() != original:
+            with pytest.raises(IndexFormatError):
+                index_module.serve_index(path, folder / "store")

@@ -38,9 +38,13 @@ Why this design:
   directory, fsyncs it, `os.replace`s it over the target and fsyncs the directory.
   A reader keeps its mapping of the old inode, which stays valid after the
   replace (a versioned file plus a `current` pointer would add nothing), and
-  `CompiledIndex.stale()` tells it a newer file is there. Never rewrite an index
-  in place (`cp` over it): mapped readers would see the change.
-* **Corruption is caught at load**: magic, version, header checksum, file size,
+  `CompiledIndex.stale()` tells it a newer file is there.
+* **The proxy maps a private copy, never the published file.** A file written in place
+  (`cp` over it, zeroed blocks, a truncation) would change what a mapping shows, or SIGBUS
+  its reader. `serve_index` copies the file into a 0700 folder under AUPGUARD_DATA, as a
+  0400 file named by its SHA-256 (so every worker maps the same one), validates that copy
+  and maps it: nobody else writes it. Every probe loop is also bounded by its table's size.
+* **Corruption is caught at load** (of the copy, before any swap): magic, version, header checksum, file size,
   bounds, an xxh3 checksum of the whole body (read with `pread`, not through the
   mapping, so it adds no RSS) and the JSON structure. Any failure raises
   `IndexFormatError` so a reloading caller can keep the index it has.
@@ -48,6 +52,7 @@ Why this design:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mmap
 import os
@@ -62,9 +67,9 @@ from pathlib import Path
 
 from xxhash import xxh3_64, xxh3_64_intdigest
 
-from . import lists
-from .paths import make_dir
+from . import lists, paths
 from .lists import ListData, ListRoot, ListSource
+from .paths import make_dir, private_dir
 
 MAGIC = b"AUPGIDX\x00"
 FORMAT_VERSION = 3  # 2: the url_hosts table; 3: urls keyed by urlnorm.server_path
@@ -88,6 +93,10 @@ _VERIFY_CHUNK = 1 << 20
 _MAX_JSON = 256 << 20
 
 Progress = Callable[[int, int], None]  # (done, total), in whatever unit the caller counts
+# What changes when a file is replaced or written in place: device, inode, size, mtime, ctime (ns).
+Signature = tuple[int, int, int, int, int]
+KEEP_SERVED = 2  # private copies kept in the served folder: the one in service and the one before
+_ABANDONED_COPY_S = 3600  # a partial copy this old was left by a killed process: deleted
 
 
 class IndexFormatError(ValueError):
@@ -403,9 +412,12 @@ def why_recompile(index_path: Path, roots: Sequence[ListRoot]) -> str | None:
         return f"no compiled index at {index_path}"
     except (IndexFormatError, OSError) as exc:
         return f"the index cannot be used ({exc})"
-    if meta.get("roots") != roots_fingerprint(roots):
+    return _stale_reason(meta.get("roots"), meta.get("compiled_at", 0), roots)
+
+
+def _stale_reason(recorded_roots: object, compiled_at: float, roots: Sequence[ListRoot]) -> str | None:
+    if recorded_roots != roots_fingerprint(roots):
         return "the policy's list folders or category mappings changed"
-    compiled_at = meta.get("compiled_at", 0)
     for root in roots:
         for path in _list_paths(root):
             try:
@@ -492,7 +504,8 @@ class _Table:
         slots = self.slots
         hashes = self.hashes
         i = h % slots
-        while True:
+        probes = slots  # a table with no empty slot (a damaged one) must not spin forever
+        while probes:
             v = hashes[i]
             if v == h:
                 return self.masks[self.combos[i]]
@@ -501,6 +514,8 @@ class _Table:
             i += 1
             if i == slots:
                 i = 0
+            probes -= 1
+        raise IndexFormatError("damaged index: a table has no empty slot")
 
     def release(self) -> None:
         self.hashes.release()
@@ -516,10 +531,13 @@ class CompiledIndex:
     url_mask: Callable[[str], int]
     url_host_mask: Callable[[str], int]
 
-    def __init__(self, path: Path, mapping: mmap.mmap, file_id: tuple[int, int], header: dict, meta: dict):
-        self.path = path
+    def __init__(self, path: Path, mapping: mmap.mmap, origin: Path, signature: Signature, header: dict, meta: dict):
+        self.path = path  # the file mapped: for the proxy, a private copy (`serve_index`)
+        self.origin = origin  # the file it was copied from, watched for a newer index
+        self.signature = signature  # `origin` as it was when copied
         self._mapping = mapping
-        self._file_id = file_id
+        self.roots = meta.get("roots")
+        self.compiled_at = meta.get("compiled_at", 0)
         self.sources = [
             ListSource(s["id"], s["category"], s["name"], Path(s["path"]), frozenset(s.get("skip", ())))
             for s in meta["sources"]
@@ -543,12 +561,11 @@ class CompiledIndex:
         self.url_host_mask = tables["url_hosts"].mask
 
     def stale(self) -> bool:
-        """True when `path` now names a different file (a newer index replaced this one)."""
+        """True when `origin` was replaced, written to or removed since this index was read from it."""
         try:
-            st = os.stat(self.path)
+            return file_signature(os.stat(self.origin)) != self.signature
         except FileNotFoundError:
             return True
-        return (st.st_dev, st.st_ino) != self._file_id
 
     def close(self) -> None:
         """Unmap the file. Lookups after this raise ValueError."""
@@ -572,26 +589,130 @@ def read_meta(path: Path) -> dict:
         return _parse_meta(os.pread(fd, header["json_len"], header["json_off"]), header, path)
 
 
+def file_signature(st: os.stat_result) -> Signature:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def load_index(path: Path) -> CompiledIndex:
     """Map the index at `path` after validating it; raises `IndexFormatError` when it is not valid.
 
-    The file descriptor is closed before returning: the mapping keeps the inode
-    alive, so a later `os.replace` of `path` does not disturb this reader.
+    The mapping shows whatever is later written into the file itself (zeroes, another
+    index, a truncation: SIGBUS), so only files nobody else writes are mapped this way
+    in service: the proxy maps the private copy `serve_index` makes.
     """
-    _check_little_endian()
     path = Path(path)
     with open(path, "rb") as f:
-        st = os.fstat(f.fileno())
-        fd = f.fileno()
-        header = _read_header(os.pread(fd, HEADER_SIZE, 0), st.st_size, path)
-        _verify_body(fd, header, path)
-        json_bytes = os.pread(fd, header["json_len"], header["json_off"])
-        meta = _parse_meta(json_bytes, header, path)
-        mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        return _map_valid(f.fileno(), path, path, file_signature(os.fstat(f.fileno())))
+
+
+def _map_valid(fd: int, path: Path, origin: Path, signature: Signature) -> CompiledIndex:
+    """Validate the index behind `fd` (header, whole-body checksum, json), then map that same file."""
+    _check_little_endian()
+    header = _read_header(os.pread(fd, HEADER_SIZE, 0), os.fstat(fd).st_size, path)
+    _verify_body(fd, header, path)
+    json_bytes = os.pread(fd, header["json_len"], header["json_off"])
+    meta = _parse_meta(json_bytes, header, path)
+    mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)  # stays valid after fd is closed
     if hasattr(mapping, "madvise"):
         # Lookups touch random pages: do not read ahead around each one.
         mapping.madvise(mmap.MADV_RANDOM)
-    return CompiledIndex(path, mapping, (st.st_dev, st.st_ino), header, meta)
+    return CompiledIndex(path, mapping, origin, signature, header, meta)
+
+
+def served_dir() -> Path:
+    """The private folder of the copies the proxy serves (0700, files 0400), outside the index's own folder."""
+    return paths.DATA_DIR / "served-index"
+
+
+def serve_index(path: Path, store: Path | None = None) -> CompiledIndex:
+    """The index at `path`, served from a validated private copy that nothing else writes.
+
+    Whatever is later done to `path` (written over in place, zeroed, truncated) cannot
+    reach the copy, so it can neither change a lookup nor SIGBUS the reader. The copy is
+    named by its SHA-256 in `store` (default `served_dir()`): every proxy worker maps the
+    same file, sharing its pages. Raises IndexFormatError when the file is not a valid
+    index (checked before anything is copied into service) or changed while copied.
+    """
+    path = Path(path)
+    store = private_dir(Path(store) if store is not None else served_dir())
+    with open(path, "rb") as source:
+        src = source.fileno()
+        st = os.fstat(src)
+        signature = file_signature(st)
+        _read_header(os.pread(src, HEADER_SIZE, 0), st.st_size, path)  # garbage is refused before any copying
+        fd, tmp = tempfile.mkstemp(prefix=".copy-", suffix=".tmp", dir=store)
+        try:
+            digest = _copy(src, fd)
+            if file_signature(os.fstat(src)) != signature:
+                raise IndexFormatError(f"{path}: changed while it was being copied")
+            os.fchmod(fd, 0o400)
+            index = _map_valid(fd, path, path, signature)  # the very inode mapped is the one validated
+            served = store / f"{digest}.idx"
+            try:
+                os.link(tmp, served)
+            except FileExistsError:
+                # Another worker (or an earlier start) made this copy: map that one so the workers share
+                # its pages, unless it does not validate (a copy cut short by a crash): then ours replaces it.
+                try:
+                    shared = _open_served(served, path, signature)
+                except (IndexFormatError, OSError):
+                    os.replace(tmp, served)
+                else:
+                    index.close()
+                    index = shared
+        finally:
+            os.close(fd)
+            Path(tmp).unlink(missing_ok=True)
+    index.path = served
+    os.utime(served)  # the newest copy, whichever worker made it
+    _prune(store, served)
+    return index
+
+
+def _open_served(served: Path, origin: Path, signature: Signature) -> CompiledIndex:
+    with open(served, "rb") as f:
+        return _map_valid(f.fileno(), served, origin, signature)
+
+
+def _copy(src: int, dst: int) -> str:
+    """Copy the file `src` to `dst`; its SHA-256 (hex)."""
+    digest = hashlib.sha256()
+    position = 0
+    while chunk := os.pread(src, _VERIFY_CHUNK, position):
+        digest.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view) :]
+        position += len(chunk)
+    return digest.hexdigest()
+
+
+def _prune(store: Path, serving: Path) -> None:
+    """Delete all but the KEEP_SERVED newest copies (a reader keeps its mapping of a deleted one),
+    and partial copies a killed process left behind."""
+
+    def age(path: Path) -> float:
+        try:
+            return -path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    for old in sorted(store.glob("*.idx"), key=age)[KEEP_SERVED:]:
+        if old != serving:
+            old.unlink(missing_ok=True)
+    abandoned = -(time.time() - _ABANDONED_COPY_S)
+    for partial in store.glob(".copy-*.tmp"):
+        if age(partial) > abandoned:  # older than _ABANDONED_COPY_S (age is minus the mtime)
+            partial.unlink(missing_ok=True)
+
+
+def serve_for(roots: Sequence[ListRoot], path: Path, store: Path | None = None) -> CompiledIndex:
+    """`serve_index`, refusing an index compiled for other list folders than `roots`."""
+    index = serve_index(path, store)
+    if index.roots != roots_fingerprint(roots):
+        index.close()
+        raise IndexFormatError(f"{path}: compiled for other list folders or mappings than the policy's")
+    return index
 
 
 def _read_header(raw: bytes, file_size: int, path: Path) -> dict:
@@ -606,6 +727,8 @@ def _read_header(raw: bytes, file_size: int, path: Path) -> dict:
     (stored,) = _HEADER_CHECKSUM.unpack_from(raw, _HEADER.size)
     if stored != xxh3_64_intdigest(raw[: _HEADER.size]):
         raise IndexFormatError(f"{path}: header checksum mismatch")
+    if any(raw[_HEADER.size + _HEADER_CHECKSUM.size : HEADER_SIZE]):  # the writer zeroes it: no byte goes unchecked
+        raise IndexFormatError(f"{path}: header padding is not zero")
     if size != file_size:
         raise IndexFormatError(f"{path}: file is {file_size} bytes, its header says {size} (truncated?)")
     if width not in _COMBO_TYPECODES:
@@ -663,19 +786,24 @@ def _parse_meta(raw: bytes, header: dict, path: Path) -> dict:
 
 
 def ensure_index(
-    roots: Sequence[ListRoot], path: Path, progress: Progress | None = None
+    roots: Sequence[ListRoot], path: Path, progress: Progress | None = None, store: Path | None = None
 ) -> tuple[CompiledIndex, str | None]:
-    """The index at `path` for `roots`, compiled first when `why_recompile` says so.
+    """The index at `path` for `roots`, compiled first when `why_recompile` says so, served by `serve_index`.
 
-    Returns the loaded index and why it was compiled (None when the one in place served).
-    Raises ListError when the lists cannot be compiled, IndexFormatError when the result cannot be loaded.
+    Returns the served index and why it was compiled (None when the one in place served).
+    Raises ListError when the lists cannot be compiled, IndexFormatError when the result cannot be served.
     """
     path = Path(path)
-    reason = why_recompile(path, roots)
+    reason = why_recompile(path, roots)  # the header alone: no copy of an index about to be recompiled
     if reason is None:
         try:
-            return load_index(path), None
+            index = serve_index(path, store)
         except (IndexFormatError, OSError) as exc:
             reason = f"the index cannot be used ({exc})"
+        else:
+            reason = _stale_reason(index.roots, index.compiled_at, roots)  # judge the copy that serves
+            if reason is None:
+                return index, None
+            index.close()
     compile_from_folders(roots, path, progress)
-    return load_index(path), reason
+    return serve_for(roots, path, store), reason

@@ -1,17 +1,21 @@
 """Serve the compiled list index: open it for a policy's lists, and switch to a recompiled one live.
 
 `aupguard lists compile` (and `lists update`) replace the index file atomically
-(`os.replace`). Every proxy worker polls `CompiledIndex.stale()` every
+(`os.replace`). The proxy never maps that file: it serves a private copy
+(`index.serve_index`), so nothing done to the file at the configured path (a
+`cp` over it, zeroed blocks, a truncation) reaches a lookup. Every proxy worker
+polls `CompiledIndex.stale()` (the file's inode, size, mtime and ctime) every
 POLL_SECONDS from its own thread, so the event loop never waits on a stat or a
-load. A new file is loaded and checked (`load_index` verifies the whole body),
-and its expressions compiled, in that thread; then `engine.classifier` is
-replaced in one assignment: a request being decided finishes on the old
-index, the next one uses the new, and no connection is touched. The old
-mapping is closed CLOSE_DELAY seconds later, long after any lookup on it.
+load. A changed file is copied, validated (header, whole-body checksum, json,
+and compiled for the policy's list folders) and its expressions compiled, in
+that thread; then `engine.classifier` is replaced in one assignment: a request
+being decided finishes on the old index, the next one uses the new, and no
+connection is touched. The old mapping is closed CLOSE_DELAY seconds later,
+long after any lookup on it.
 
-A replacement that does not load (corrupt, truncated, another format version)
-is reported once and the previous index keeps serving until a valid file
-takes its place.
+A file that is not a valid index for the policy (corrupt, truncated, written
+over, another format version, other list folders) is reported once and the
+previous index keeps serving until a valid file takes its place.
 """
 
 from __future__ import annotations
@@ -25,7 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .classify import Classifier
-from .index import CompiledIndex, IndexFormatError, ensure_index, load_index
+from .index import (
+    CompiledIndex,
+    IndexFormatError,
+    Signature,
+    ensure_index,
+    file_signature,
+    serve_for,
+)
 from .lists import ListError, ListRoot
 
 if TYPE_CHECKING:
@@ -59,7 +70,7 @@ class IndexWatcher:
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._failed: tuple[int, int] | None = None  # the file id of a replacement already reported as bad
+        self._failed: Signature | None = None  # a version of the index file already reported as bad
         self._current: Classifier | None = None  # the classifier this watcher last installed
         self._retiring: list[tuple[float, Classifier]] = []  # (close after, classifier)
 
@@ -94,17 +105,17 @@ class IndexWatcher:
         if not index.stale():
             return False
         try:
-            st = os.stat(index.path)
+            signature = file_signature(os.stat(index.origin))
         except OSError:
             return False  # removed: keep serving what we have
-        file_id = (st.st_dev, st.st_ino)
-        if file_id == self._failed:
+        if signature == self._failed:
             return False
         try:
-            new = Classifier(load_index(index.path))
+            # Copied beside the one in service, validated, and only then swapped in.
+            new = Classifier(serve_for(engine.policy.lists, index.origin, index.path.parent))
         except (IndexFormatError, OSError) as exc:
-            self._failed = file_id
-            log.error("aupguard: the new list index cannot be used; the previous one keeps serving: %s", exc)
+            self._failed = signature
+            log.error("aupguard: the list index file changed but cannot be used; the previous one keeps serving: %s", exc)
             return False
         old = engine.classifier
         engine.classifier = new  # one assignment: requests see the old index or the new, never a mix
@@ -113,7 +124,7 @@ class IndexWatcher:
         counts = new.lookup.counts
         log.info(
             "aupguard: switched to the recompiled list index %s (%d domains, %d urls)",
-            index.path,
+            index.origin,
             counts["domains"],
             counts["urls"],
         )
