@@ -28,6 +28,7 @@ from mitmproxy.net.http import status_codes
 from OpenSSL import SSL
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import HttpLayer, ServerTLSLayer, TCPLayer
+from mitmproxy.proxy.layers.http._http1 import Http1Server
 
 from . import blockpage, downloads, feedback, lean, paths
 from .circumvention import FIRST_LINE_WAIT, FirstLine, first_line
@@ -134,6 +135,35 @@ class RateLimitedLog:
         if left_out:
             message += f" ({left_out} more like it in the last {self.interval:g} s not logged)"
         self.logger.warning(message, *args, exc_info=exc_info)
+
+
+def _ignoring_blank_lines(read_headers):
+    """mitmproxy's Http1Server.read_headers, made to skip empty lines before a request line.
+
+    RFC 9112 2.2 says a server should ignore them. h11's buffer drops one and answers "no head"
+    (an empty list), which mitmproxy takes for "not yet": a client sending "\\r\\n\\r\\nGET ..."
+    in one piece then waits forever. They are taken off the buffer's front before mitmproxy reads it.
+    """
+
+    def skip_then_read(self, event):
+        if isinstance(event, events.DataReceived):
+            while (blank := _leading_blank_line(self.buf._data)) > 0:  # h11 has no public way to peek
+                self.buf.maybe_extract_at_most(blank)
+        yield from read_headers(self, event)
+
+    skip_then_read.ignores_blank_lines = True
+    return skip_then_read
+
+
+def _leading_blank_line(data: bytearray) -> int:
+    """The length of the empty line (CRLF or a bare LF, as h11 accepts) at the start of `data`, or 0."""
+    if data[:1] == b"\n":
+        return 1
+    return 2 if data[:2] == b"\r\n" else 0
+
+
+if not getattr(Http1Server.read_headers, "ignores_blank_lines", False):  # once, however often this is imported
+    Http1Server.read_headers = _ignoring_blank_lines(Http1Server.read_headers)  # type: ignore[method-assign]
 
 
 class AupGuard:
