@@ -149,3 +149,36 @@ def test_blank_lines_before_a_request_are_ignored(running, origin):
     request = f"\r\n\r\nGET {origin.url('/after-blank')} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     answer = exchange(running, request.encode())
     assert status_of(answer) == 200 and answer.endswith(b"origin says hello: /after-blank")
+
+
+# -- 9.9: request heads that never end -------------------------------------------------------------------
+
+
+def test_half_sent_request_heads_are_closed_after_the_header_timeout(tmp_path, origin):
+    proxy = start_proxy(tmp_path, write_policy(tmp_path / "policy.yaml"), extra=("--set", "aupguard_header_timeout=2"))
+    clients = []
+    try:
+        for _ in range(800):
+            sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+            sock.sendall(f"GET {origin.url('/slow')} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode())  # no blank line
+            clients.append(sock)
+        answers = []
+        for sock in clients:  # each is answered and closed by the proxy, not by this end
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+            answers.append(answer)
+        assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), {a[:40] for a in answers}
+        # A head sent whole, even slowly within the deadline, is served as before.
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=15) as sock:
+            sock.sendall(f"GET {origin.url('/whole')} HTTP/1.1\r\n".encode())
+            time.sleep(0.5)
+            sock.sendall(b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert status_of(answer) == 200 and answer.endswith(b"origin says hello: /whole")
+    finally:
+        for sock in clients:
+            sock.close()
+        proxy.stop()

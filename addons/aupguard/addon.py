@@ -27,10 +27,10 @@ from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.net.http import status_codes
 from OpenSSL import SSL
 from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy import server as proxy_server
 from mitmproxy.proxy.layers import HttpLayer, ServerTLSLayer, TCPLayer
-from mitmproxy.proxy.layers.http._http1 import Http1Server
 
-from . import blockpage, downloads, feedback, lean, paths
+from . import blockpage, downloads, feedback, http1, lean, paths
 from .circumvention import FIRST_LINE_WAIT, FirstLine, first_line
 from .classify import Match
 from .decide import Decision
@@ -137,35 +137,6 @@ class RateLimitedLog:
         self.logger.warning(message, *args, exc_info=exc_info)
 
 
-def _ignoring_blank_lines(read_headers):
-    """mitmproxy's Http1Server.read_headers, made to skip empty lines before a request line.
-
-    RFC 9112 2.2 says a server should ignore them. h11's buffer drops one and answers "no head"
-    (an empty list), which mitmproxy takes for "not yet": a client sending "\\r\\n\\r\\nGET ..."
-    in one piece then waits forever. They are taken off the buffer's front before mitmproxy reads it.
-    """
-
-    def skip_then_read(self, event):
-        if isinstance(event, events.DataReceived):
-            while (blank := _leading_blank_line(self.buf._data)) > 0:  # h11 has no public way to peek
-                self.buf.maybe_extract_at_most(blank)
-        yield from read_headers(self, event)
-
-    skip_then_read.ignores_blank_lines = True
-    return skip_then_read
-
-
-def _leading_blank_line(data: bytearray) -> int:
-    """The length of the empty line (CRLF or a bare LF, as h11 accepts) at the start of `data`, or 0."""
-    if data[:1] == b"\n":
-        return 1
-    return 2 if data[:2] == b"\r\n" else 0
-
-
-if not getattr(Http1Server.read_headers, "ignores_blank_lines", False):  # once, however often this is imported
-    Http1Server.read_headers = _ignoring_blank_lines(Http1Server.read_headers)  # type: ignore[method-assign]
-
-
 class AupGuard:
     def __init__(self) -> None:
         self.engine: Engine | None = None
@@ -215,7 +186,24 @@ class AupGuard:
             "aupguard: the host name the proxy itself answers for the block page's report forms.",
         )
 
+        loader.add_option(
+            "aupguard_header_timeout",
+            int,
+            int(http1.HEAD_DEADLINE.seconds),
+            "aupguard: seconds a client has to send a whole HTTP/1 request head once it has begun (then 408).",
+        )
+        loader.add_option(
+            "aupguard_idle_timeout",
+            int,
+            proxy_server.TCP_TIMEOUT,
+            "aupguard: seconds a connection may stay silent before it is closed (new connections).",
+        )
+
     def configure(self, updated: set[str]) -> None:
+        if "aupguard_header_timeout" in updated:
+            http1.HEAD_DEADLINE.seconds = max(1, ctx.options.aupguard_header_timeout)
+        if "aupguard_idle_timeout" in updated:
+            proxy_server.TCP_TIMEOUT = max(1, ctx.options.aupguard_idle_timeout)  # read per new connection
         if updated & self._pruned_options:  # their addons were left out at start (lean.prune_idle)
             changed = ", ".join(sorted(updated & self._pruned_options))
             log.warning("aupguard: %s changed while running: restart the proxy for it to apply", changed)
