@@ -182,3 +182,24 @@ def test_half_sent_request_heads_are_closed_after_the_header_timeout(tmp_path, o
         for sock in clients:
             sock.close()
         proxy.stop()
+
+
+# -- 10.7: what tls.intercept false still decrypts ------------------------------------------------------
+
+
+def test_without_interception_only_a_blocked_sni_in_an_allowed_tunnel_is_decrypted(tmp_path, origin):
+    def no_interception(policy):
+        policy["tls"]["intercept"] = False
+        allow_tunnels_to(origin)(policy)
+
+    proxy = start_proxy(tmp_path, write_policy(tmp_path / "policy.yaml", no_interception))
+    target = f"localhost:{origin.https_port}"
+    try:
+        # The blocked name the handshake asks for is decrypted to get its block page (as README says) ...
+        answer = tls_request(proxy, target, "www.pornhub.com", "/", "www.pornhub.com")
+        assert status_of(answer) == 403 and b"origin says hello" not in answer
+        # ... an allowed one is not: the proxy's CA cannot verify the origin's own certificate.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            tls_request(proxy, target, "localhost", "/", "localhost")
+    finally:
+        proxy.stop()
