@@ -9,8 +9,13 @@ import ssl
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from conftest import allow_tunnels_to, start_proxy, write_policy
+from aupguard.engine import Engine
+from aupguard.identify import Identity
+from aupguard.urlnorm import URLError, from_parts
+from conftest import BUNDLED_POLICY, allow_tunnels_to, start_proxy, write_policy
 
 STAFF_IP = "127.0.0.2"  # loopback addresses are all local: a second client address for free
 
@@ -58,6 +63,43 @@ def incident(proxy, answer: bytes) -> dict:
             return rows[0]
         time.sleep(0.2)
     raise AssertionError(f"incident {ref} was never stored")
+
+
+# -- the engine's part, without the proxy --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine.from_policy_file(BUNDLED_POLICY)
+
+
+@pytest.mark.parametrize("group", ["pupils", "staff"])
+def test_a_name_that_is_no_host_is_refused_and_carries_the_category_of_the_others(engine, group):
+    identity = Identity(None, "10.0.0.1", group, "test")
+    verdict = engine.check_request("http", ("pornhub.com", "pornhub.com:x"), 80, "/", identity)
+    assert verdict.blocked and verdict.technique == "malformed" and verdict.decision.category == "adult"
+    incident = engine.incident(verdict, method="GET", user_agent=None, action="refuse")
+    assert (incident.url, incident.host, incident.severity) == ("http://pornhub.com/", "pornhub.com", "high")
+    assert incident.categories[:2] == ("circumvention", "adult")
+
+
+def test_the_path_is_judged_under_every_name(engine):
+    identity = Identity(None, "10.0.0.1", "pupils", "test")
+    verdict = engine.check_request("https", ("example.com", "whoer.net"), 443, "/webproxy", identity)
+    assert verdict.blocked and verdict.url.host == "whoer.net"
+    assert not engine.check_request("https", ("example.com", "example.com"), 443, "/webproxy", identity).blocked
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(max_size=80))
+def test_any_host_text_is_decided_never_let_through_unread(engine, name):
+    identity = Identity(None, "10.0.0.1", "staff", "test")
+    verdict = engine.check_request("http", ("example.com", name), 80, "/", identity)
+    assert verdict.error is None  # bad input is never an internal error (which staff would pass)
+    try:
+        from_parts("http", name, 80, "/")
+    except URLError:
+        assert verdict.blocked and verdict.technique == "malformed" and verdict.url.host == "example.com"
 
 
 # -- 9.2 / 9.8: a malformed Host header is bad input, refused for every group and recorded ------------------
