@@ -231,7 +231,7 @@ class Engine:
         verdict: Verdict | None = None
         unreadable: tuple[str, URLError] | None = None
         urls: dict[NormalizedURL, None] = {}
-        for name in names:
+        for name in dict.fromkeys(names):  # most requests name one host two or three times
             try:
                 urls[from_parts(scheme, name, port, path)] = None
             except URLError as exc:
