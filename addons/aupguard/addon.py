@@ -185,7 +185,6 @@ class AupGuard:
             feedback.DEFAULT_HOST,
             "aupguard: the host name the proxy itself answers for the block page's report forms.",
         )
-
         loader.add_option(
             "aupguard_header_timeout",
             int,
