@@ -9,13 +9,12 @@ import ssl
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from aupguard.engine import Engine
 from aupguard.identify import Identity
 from aupguard.urlnorm import URLError, from_parts
 from conftest import BUNDLED_POLICY, allow_tunnels_to, start_proxy, write_policy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 STAFF_IP = "127.0.0.2"  # loopback addresses are all local: a second client address for free
 
