@@ -389,8 +389,6 @@ class AupGuard:
                 self._refuse_malformed(flow, verdict, names)
             elif verdict.blocked:
                 self._block(flow, verdict, when=when)
-            elif request.first_line_format == "absolute" and request.host_header != request.authority:
-                request.host_header = request.authority  # RFC 9112 3.2.2: the URL's authority is the Host
         except Exception:  # noqa: BLE001 (logged with its traceback, rate-limited)
             self._errors.warning("request", "aupguard: deciding %s failed", request.pretty_url[:200], exc_info=True)
             self._block(flow, self.engine.failed(identity, None, "request handling failed"))
