@@ -37,6 +37,9 @@ def faulty(tmp_path_factory):
     def staff_address(policy):
         policy["identity"]["networks"] = [{"cidr": f"{STAFF_IP}/32", "group": "staff"}]
 
+    feed = tmp / "var" / "lists" / "mandatory" / "illegal"  # where the bundled policy reads a licensed feed
+    feed.mkdir(parents=True)
+    (feed / "domains").write_text("illegal-feed.example\n")
     running = start_proxy(tmp, write_policy(tmp / "policy.yaml", staff_address), extra=("--script", str(FAULTS)))
     yield running
     running.stop()
@@ -55,8 +58,19 @@ def test_pupils_get_the_filter_error_page_and_an_incident(faulty, origin):
 
 
 def test_staff_who_fail_open_reach_the_site(faulty, origin):
-    status, _, body = fetch(faulty, origin.url("/fault-classify/staffroom"), source_ip=STAFF_IP)
-    assert status == 200 and body == "origin says hello: /fault-classify/staffroom"
+    status, _, body = fetch(faulty, origin.url("/fault-inspect/staffroom"), source_ip=STAFF_IP)
+    assert status == 200 and body == "origin says hello: /fault-inspect/staffroom"
+
+
+def test_a_failure_never_opens_the_mandatory_tier_for_staff(faulty):
+    # The failure comes after the list lookup: the mandatory tier is looked up again, and blocks.
+    status, _, page = fetch(faulty, "http://illegal-feed.example/fault-inspect/x", source_ip=STAFF_IP)
+    assert status == 403 and "Illegal content" in page
+
+
+def test_staff_are_blocked_when_the_mandatory_tier_itself_cannot_be_checked(faulty, origin):
+    status, _, page = fetch(faulty, origin.url("/fault-classify/staffroom"), source_ip=STAFF_IP)
+    assert status == 403 and "The filter could not check this page" in page
 
 
 def test_a_block_page_that_fails_to_render_still_blocks(faulty, origin):

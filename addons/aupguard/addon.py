@@ -15,6 +15,7 @@ no server is refused in `tls_clienthello` when the group's policy says so.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import weakref
@@ -26,13 +27,14 @@ from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.net.http import status_codes
 from OpenSSL import SSL
 from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy import server as proxy_server
 from mitmproxy.proxy.layers import HttpLayer, ServerTLSLayer, TCPLayer
 
-from . import blockpage, downloads, feedback, lean, paths
+from . import blockpage, downloads, feedback, http1, lean, paths
 from .circumvention import FIRST_LINE_WAIT, FirstLine, first_line
 from .classify import Match
 from .decide import Decision
-from .engine import Engine, Verdict
+from .engine import MALFORMED, MAX_ASKED_SHOWN, Engine, Verdict
 from .exemptions import ExemptionSet, ExemptionWatcher
 from .identify import Identity
 from .incidents import IncidentWriter
@@ -40,7 +42,7 @@ from .indexwatch import IndexWatcher
 from .lists import ListError
 from .policy import PolicyError
 from .reload import PolicyReloader
-from .urlnorm import from_parts, normalize_host
+from .urlnorm import from_parts
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,27 @@ class FirstLineWait(layer.Layer):
             yield from child.handle_event(event)
 
 
+class RateLimitedLog:
+    """At most one line per kind of event every `interval` seconds, saying how many were left out before it."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 60.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._last: dict[str, float] = {}  # kind -> when its last line was written (a few fixed kinds)
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, kind: str, message: str, *args, exc_info: bool = False) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.interval) < self.interval:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        left_out = self._suppressed.pop(kind, 0)
+        if left_out:
+            message += f" ({left_out} more like it in the last {self.interval:g} s not logged)"
+        self.logger.warning(message, *args, exc_info=exc_info)
+
+
 class AupGuard:
     def __init__(self) -> None:
         self.engine: Engine | None = None
@@ -135,6 +158,7 @@ class AupGuard:
         self._refused_tls: weakref.WeakSet[connection.Client] = weakref.WeakSet()  # TLS without SNI, refused
         self._held: weakref.WeakSet[connection.Client] = weakref.WeakSet()  # tunnels held once for their first line
         self._pruned_options: frozenset[str] = frozenset()  # options of idle mitmproxy addons removed at start
+        self._errors = RateLimitedLog(log)  # a flood of bad requests must not become a flood of log
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -161,8 +185,24 @@ class AupGuard:
             feedback.DEFAULT_HOST,
             "aupguard: the host name the proxy itself answers for the block page's report forms.",
         )
+        loader.add_option(
+            "aupguard_header_timeout",
+            int,
+            int(http1.HEAD_DEADLINE.seconds),
+            "aupguard: seconds a client has to send a whole HTTP/1 request head once it has begun (then 408).",
+        )
+        loader.add_option(
+            "aupguard_idle_timeout",
+            int,
+            proxy_server.TCP_TIMEOUT,
+            "aupguard: seconds a connection may stay silent before it is closed (new connections).",
+        )
 
     def configure(self, updated: set[str]) -> None:
+        if "aupguard_header_timeout" in updated:
+            http1.HEAD_DEADLINE.seconds = max(1, ctx.options.aupguard_header_timeout)
+        if "aupguard_idle_timeout" in updated:
+            proxy_server.TCP_TIMEOUT = max(1, ctx.options.aupguard_idle_timeout)  # read per new connection
         if updated & self._pruned_options:  # their addons were left out at start (lean.prune_idle)
             changed = ", ".join(sorted(updated & self._pruned_options))
             log.warning("aupguard: %s changed while running: restart the proxy for it to apply", changed)
@@ -244,7 +284,7 @@ class AupGuard:
             verdict = self.engine.check_connect(flow.request.host, flow.request.port, identity, _request_time(flow))
             # A tunnel rule's verdict cannot become a block page: refuse it now. A blocked host is
             # refused here only when its traffic will not be decrypted (so no page can be shown).
-            if verdict.blocked and (verdict.technique == "tunnel" or not self._will_decrypt(verdict)):
+            if verdict.blocked and (verdict.technique in ("tunnel", MALFORMED) or not self._will_decrypt(verdict)):
                 self._refuse(flow, verdict, "refuse")
         except Exception:
             log.exception("aupguard: CONNECT %s failed", flow.request.host)
@@ -331,25 +371,39 @@ class AupGuard:
         # Kept for responseheaders (plain values: mitmproxy may save flow metadata to a file).
         flow.metadata[_IDENTITY] = (identity.user, identity.client_ip, identity.group, identity.why)
         when = _request_time(flow)
+        request = flow.request
         try:
-            request = flow.request
-            url = from_parts(request.scheme, host, request.port, request.path)
-            verdict = self.engine.check(
-                url,
+            # The connection's host (the absolute URL's, or the tunnel's), the Host header's and the
+            # TLS SNI: a request naming two sites is decided on each, with its path (domain fronting).
+            names = (request.host, host, flow.client_conn.sni) if flow.client_conn.sni else (request.host, host)
+            verdict = self.engine.check_request(
+                request.scheme,
+                names,
+                request.port,
+                request.path,
                 identity,
                 method=request.method,
                 content_type=request.headers.get("content-type"),
                 accept=request.headers.get("accept"),
                 when=when,
             )
-            if not verdict.blocked and normalize_host(request.host) != url.host:
-                # The Host header names another site than the connection (domain fronting): both must pass.
-                verdict = self.engine.check_host(request.host, request.port, identity, when)
-            if verdict.blocked:
+            if verdict.technique == MALFORMED:
+                self._refuse_malformed(flow, verdict, names)
+            elif verdict.blocked:
                 self._block(flow, verdict, when=when)
-        except Exception:
-            log.exception("aupguard: deciding %s failed", flow.request.pretty_url[:200])
+        except Exception:  # noqa: BLE001 (logged with its traceback, rate-limited)
+            self._errors.warning("request", "aupguard: deciding %s failed", request.pretty_url[:200], exc_info=True)
             self._block(flow, self.engine.failed(identity, None, "request handling failed"))
+
+    def _refuse_malformed(self, flow: http.HTTPFlow, verdict: Verdict, names: tuple[str, ...]) -> None:
+        """Bad input, refused with 400 for every group and recorded with what could be read of it."""
+        self._errors.warning(
+            "malformed",
+            "aupguard: refused a request from %s naming %s",
+            verdict.identity.client_ip,
+            ", ".join(repr(name[:MAX_ASKED_SHOWN]) for name in dict.fromkeys(names)),
+        )
+        self._refuse(flow, verdict, "refuse", status=400)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Downloads the group may not make: by type and Content-Length now, by bytes counted as they stream."""
@@ -494,12 +548,15 @@ class AupGuard:
             flow.metadata["aupguard_page"] = page.body
             flow.response.stream = _Replacement(page.body)
 
-    def _refuse(self, flow: http.HTTPFlow, verdict: Verdict, action: str) -> None:
+    def _refuse(self, flow: http.HTTPFlow, verdict: Verdict, action: str, status: int | None = None) -> None:
         if not verdict.blocked:
             return
         incident = self._record(flow, verdict, action)
         page = self._page(flow, verdict, incident.ref, incident.local_date, incident.local_time, text_only=True)
+        if status is not None:
+            page = dataclasses.replace(page, status=status)
         flow.response = _page_response(page, None, False, incident.ref)
+        flow.metadata[_BLOCKED] = True
 
     def _record(self, flow: http.HTTPFlow, verdict: Verdict, action: str, when: datetime | None = None):
         return self._submit(

@@ -30,7 +30,7 @@ from .incidents import Incident, RepeatRule, new_ref
 from .lists import ListError, load_lists
 from .indexwatch import index_classifier
 from .policy import Policy, load_policy, severity_rank
-from .urlnorm import NormalizedURL, URLError, normalize_url, search_term
+from .urlnorm import NormalizedURL, URLError, from_parts, normalize_url, search_term
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ _FINDING_MATCHES = {
     "doh": ("doh", "aupguard/doh"),
 }
 MAX_INNER_URLS = 4  # carried URLs classified per request (inspect_url bounds their depth)
+MALFORMED = "malformed"  # the technique of a request naming its destination in a form no host has
+MAX_ASKED_SHOWN = 200  # characters of an unreadable destination kept in the incident's rule
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +65,7 @@ class Verdict(NamedTuple):  # a NamedTuple for speed: see classify.Match
     classification: Classification | None
     decision: Decision
     error: str | None = None  # set when aupguard itself failed and the group's failure rule decided
-    technique: str | None = None  # blocked as a circumvention attempt: list|signature|nested|heuristic|doh|tunnel
+    technique: str | None = None  # blocked as a circumvention attempt: list|signature|nested|heuristic|doh|tunnel|malformed
     inner_url: str | None = None  # the URL carried inside `url` (nested URL or a web proxy's target)
     # When `url` carried other URLs: its own decision (`decision` is the strictest of it and
     # theirs) and each carried URL's, so `aupguard explain` shows what check used, no second opinion.
@@ -157,8 +159,12 @@ class Engine:
         """
         normalized = url if isinstance(url, NormalizedURL) else None
         when = when or datetime.now(timezone.utc)
+        if normalized is None:
+            try:
+                normalized = normalize_url(url)  # type: ignore[arg-type]
+            except URLError as exc:  # bad input, not an internal error: refused for every group
+                return self.malformed(identity, None, str(url), str(exc))
         try:
-            normalized = normalized or normalize_url(url)
             listed = self.classifier.matches(normalized)
             findings = circumvention.inspect_request(normalized, method, content_type, accept)
             if not findings:  # the common case: nothing to add, no carried URL to decide
@@ -181,7 +187,7 @@ class Engine:
             )  # fmt: skip
         except Exception as exc:
             log.exception("deciding %r for %s failed", str(url)[:200], identity.group)
-            return self.failed(identity, normalized, f"{type(exc).__name__}: {exc}")
+            return self.failed(identity, normalized, f"{type(exc).__name__}: {exc}", when)
 
     def _decide_inner(self, inner_url: str, identity: Identity, when: datetime) -> CarriedURL:
         """The list decision for a carried URL (its own findings are already among the outer URL's)."""
@@ -206,9 +212,73 @@ class Engine:
             return decision
         return self.exemptions.apply(self.policy, identity, classification, decision, when)
 
-    def failed(self, identity: Identity, url: NormalizedURL | None, error: str) -> Verdict:
-        """The verdict when aupguard itself failed: the group's failure rule decides."""
-        return Verdict(identity, url, None, filter_error(self.policy, identity), error)
+    def check_request(
+        self,
+        scheme: str,
+        names: tuple[str, ...],
+        port: int,
+        path: str,
+        identity: Identity,
+        *,
+        method: str = "GET",
+        content_type: str | None = None,
+        accept: str | None = None,
+        when: datetime | None = None,
+    ) -> Verdict:
+        """Decide a request that names its destination more than once: the connection's host (a CONNECT
+        target, the absolute URL's), the Host header, the TLS SNI. Each name is checked with the path,
+        so a Host header naming another site cannot take the path past `urls` and `expressions`; the
+        strictest decision wins. A name that is no host makes the whole request malformed."""
+        verdict: Verdict | None = None
+        unreadable: tuple[str, URLError] | None = None
+        urls: dict[NormalizedURL, None] = {}
+        for name in dict.fromkeys(names):  # most requests name one host two or three times
+            try:
+                urls[from_parts(scheme, name, port, path)] = None
+            except URLError as exc:
+                unreadable = unreadable or (name, exc)
+        for url in urls:  # one in the common case: every name the same host
+            candidate = self.check(url, identity, method=method, content_type=content_type, accept=accept, when=when)
+            if verdict is None or _stricter(candidate.decision, verdict.decision):
+                verdict = candidate
+        if unreadable is not None:
+            return self.malformed(identity, verdict, unreadable[0], str(unreadable[1]))
+        assert verdict is not None, "a request names at least one host"
+        return verdict
+
+    def malformed(self, identity: Identity, within: Verdict | None, asked: str, why: str) -> Verdict:
+        """A request (or CONNECT, or SNI) whose destination cannot be read as a host: refused for
+        every group, as an attempt to get round the filter. `within` is the verdict on the names that
+        could be read: its URL is recorded and, when it blocks, its category is carried."""
+        entry = f"{asked[:MAX_ASKED_SHOWN]!r}: {why[:MAX_ASKED_SHOWN]}"
+        match = Match(CIRCUMVENTION, MALFORMED, entry, "aupguard/request")
+        url = within.url if within is not None else None
+        listed = within.classification.matches if within is not None and within.classification else ()
+        if within is not None and within.blocked:
+            decision = within.decision
+        else:
+            severity = self.policy.categories[CIRCUMVENTION].severity
+            decision = Decision("block", CIRCUMVENTION, severity, (match,), (), f"malformed destination; group {identity.group}")
+        classification = Classification(url, (*listed, match)) if url is not None else None
+        return Verdict(identity, url, classification, decision, technique=MALFORMED)
+
+    def failed(
+        self, identity: Identity, url: NormalizedURL | None, error: str, when: datetime | None = None
+    ) -> Verdict:
+        """The verdict when aupguard itself failed: the group's failure rule decides, but never for the
+        mandatory tier, which is looked up again for a known URL; if even that fails, everyone is blocked."""
+        decision = filter_error(self.policy, identity)
+        if decision.blocked or url is None or not self.policy.mandatory:
+            return Verdict(identity, url, None, decision, error)
+        try:
+            forced = tuple(m for m in self.classifier.matches(url) if m.category in self.policy.mandatory)
+        except Exception:
+            log.exception("the mandatory tier for %r could not be checked: blocked for everyone", url.url[:200])
+            return Verdict(identity, url, None, _mandatory_unchecked(self.policy, identity), error)
+        if not forced:
+            return Verdict(identity, url, None, decision, error)
+        classification = Classification(url, forced)
+        return Verdict(identity, url, classification, decide(self.policy, identity, classification, when), error)
 
     def check_host(self, host: str, port: int, identity: Identity, when: datetime | None = None) -> Verdict:
         """Decide a connection known only by host (CONNECT target or TLS SNI)."""
@@ -304,6 +374,12 @@ def _local_minute(minute: int, zone) -> tuple[str, str] | None:
     if local.utcoffset().total_seconds() % 60:
         return None
     return local.strftime("%Y-%m-%d"), local.strftime("%H:%M")
+
+
+def _mandatory_unchecked(policy: Policy, identity: Identity) -> Decision:
+    """The filter error decision for a group that fails open, when the mandatory tier could not be checked."""
+    severity = policy.categories["filter_error"].severity
+    return Decision("block", "filter_error", severity, (), (), f"mandatory tier unchecked; group {identity.group}")
 
 
 def _finding_matches(findings: tuple[circumvention.Finding, ...]) -> list[Match]:
