@@ -79,7 +79,7 @@ def test_a_name_that_is_no_host_is_refused_and_carries_the_category_of_the_other
     assert verdict.blocked and verdict.technique == "malformed" and verdict.decision.category == "adult"
     incident = engine.incident(verdict, method="GET", user_agent=None, action="refuse")
     assert (incident.url, incident.host, incident.severity) == ("http://pornhub.com/", "pornhub.com", "high")
-    assert incident.categories[:2] == ("circumvention", "adult")
+    assert incident.categories[:2] == ("adult", "circumvention")  # what it decided on first, as for every attempt
 
 
 def test_the_path_is_judged_under_every_name(engine):
