@@ -68,6 +68,29 @@ def test_a_failure_never_opens_the_mandatory_tier_for_staff(faulty):
     assert status == 403 and "Illegal content" in page
 
 
+def test_a_failing_hook_still_checks_the_mandatory_tier_for_staff(faulty, origin):
+    # The request hook itself fails around the engine: the names it was given are still looked up.
+    status, _, page = fetch(faulty, "http://illegal-feed.example/fault-hook/x", source_ip=STAFF_IP)
+    assert status == 403 and "Illegal content" in page
+    status, _, body = fetch(faulty, origin.url("/fault-hook/staffroom"), source_ip=STAFF_IP)
+    assert status == 200 and body == "origin says hello: /fault-hook/staffroom"  # the staff failure rule
+
+
+def test_a_failing_connect_hook_still_refuses_the_mandatory_tier_for_staff(faulty):
+    conn = http.client.HTTPConnection("127.0.0.1", faulty.port, timeout=15, source_address=(STAFF_IP, 0))
+    try:
+        conn.request("CONNECT", "fault-hook.illegal-feed.example:443")
+        response = conn.getresponse()
+        assert response.status == 403
+    finally:
+        conn.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not [r for r in incidents(faulty.db) if r["host"].startswith("fault-hook.")]:
+        time.sleep(0.2)
+    (row,) = [r for r in incidents(faulty.db) if r["host"].startswith("fault-hook.")]
+    assert row["category"] == "illegal" and row["user_group"] == "staff" and row["action"] == "refuse"
+
+
 def test_staff_are_blocked_when_the_mandatory_tier_itself_cannot_be_checked(faulty, origin):
     status, _, page = fetch(faulty, origin.url("/fault-classify/staffroom"), source_ip=STAFF_IP)
     assert status == 403 and "The filter could not check this page" in page

@@ -288,7 +288,9 @@ class AupGuard:
                 self._refuse(flow, verdict, "refuse")
         except Exception:
             log.exception("aupguard: CONNECT %s failed", flow.request.host)
-            self._refuse(flow, self.engine.failed(identity, None, "CONNECT handling failed"), "refuse")
+            request = flow.request
+            failed = self.engine.failed_request(identity, "https", (request.host,), request.port, "/", "CONNECT handling failed")
+            self._refuse(flow, failed, "refuse")
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         """Cut a CONNECT tunnel that carries neither TLS nor HTTP (SSH, OpenVPN, raw TCP, a line of text)."""
@@ -372,10 +374,10 @@ class AupGuard:
         flow.metadata[_IDENTITY] = (identity.user, identity.client_ip, identity.group, identity.why)
         when = _request_time(flow)
         request = flow.request
+        # The connection's host (the absolute URL's, or the tunnel's), the Host header's and the
+        # TLS SNI: a request naming two sites is decided on each, with its path (domain fronting).
+        names = (request.host, host, flow.client_conn.sni) if flow.client_conn.sni else (request.host, host)
         try:
-            # The connection's host (the absolute URL's, or the tunnel's), the Host header's and the
-            # TLS SNI: a request naming two sites is decided on each, with its path (domain fronting).
-            names = (request.host, host, flow.client_conn.sni) if flow.client_conn.sni else (request.host, host)
             verdict = self.engine.check_request(
                 request.scheme,
                 names,
@@ -393,7 +395,10 @@ class AupGuard:
                 self._block(flow, verdict, when=when)
         except Exception:  # noqa: BLE001 (logged with its traceback, rate-limited)
             self._errors.warning("request", "aupguard: deciding %s failed", request.pretty_url[:200], exc_info=True)
-            self._block(flow, self.engine.failed(identity, None, "request handling failed"))
+            failed = self.engine.failed_request(
+                identity, request.scheme, names, request.port, request.path, "request handling failed"
+            )
+            self._block(flow, failed)
 
     def _refuse_malformed(self, flow: http.HTTPFlow, verdict: Verdict, names: tuple[str, ...]) -> None:
         """Bad input, refused with 400 for every group and recorded with what could be read of it."""

@@ -230,13 +230,7 @@ class Engine:
         so a Host header naming another site cannot take the path past `urls` and `expressions`; the
         strictest decision wins. A name that is no host makes the whole request malformed."""
         verdict: Verdict | None = None
-        unreadable: tuple[str, URLError] | None = None
-        urls: dict[NormalizedURL, None] = {}
-        for name in dict.fromkeys(names):  # most requests name one host two or three times
-            try:
-                urls[from_parts(scheme, name, port, path)] = None
-            except URLError as exc:
-                unreadable = unreadable or (name, exc)
+        urls, unreadable = _readable_urls(scheme, names, port, path)
         for url in urls:  # one in the common case: every name the same host
             candidate = self.check(url, identity, method=method, content_type=content_type, accept=accept, when=when)
             if verdict is None or _stricter(candidate.decision, verdict.decision):
@@ -245,6 +239,18 @@ class Engine:
             return self.malformed(identity, verdict, unreadable[0], str(unreadable[1]))
         assert verdict is not None, "a request names at least one host"
         return verdict
+
+    def failed_request(
+        self, identity: Identity, scheme: str, names: tuple[str, ...], port: int, path: str, error: str
+    ) -> Verdict:
+        """`failed` for a request or CONNECT that broke in aupguard's hook: the mandatory tier is still
+        looked up under every name it gave that can be read, the strictest verdict wins."""
+        verdict: Verdict | None = None
+        for url in _readable_urls(scheme, names, port, path)[0]:
+            candidate = self.failed(identity, url, error)
+            if verdict is None or _stricter(candidate.decision, verdict.decision):
+                verdict = candidate
+        return verdict if verdict is not None else self.failed(identity, None, error)
 
     def malformed(self, identity: Identity, within: Verdict | None, asked: str, why: str) -> Verdict:
         """A request (or CONNECT, or SNI) whose destination cannot be read as a host: refused for
@@ -419,6 +425,20 @@ def _technique(outer: Decision, decision: Decision, deciding_inner: str | None) 
     if CIRCUMVENTION_CATEGORIES.intersection(m.category for m in decision.blocked_by):
         return "list"
     return None
+
+
+def _readable_urls(
+    scheme: str, names: tuple[str, ...], port: int, path: str
+) -> tuple[tuple[NormalizedURL, ...], tuple[str, URLError] | None]:
+    """The distinct URLs that `names` (each with the path) make, and the first name that is no host."""
+    unreadable: tuple[str, URLError] | None = None
+    urls: dict[NormalizedURL, None] = {}
+    for name in dict.fromkeys(names):  # most requests name one host two or three times
+        try:
+            urls[from_parts(scheme, name, port, path)] = None
+        except URLError as exc:
+            unreadable = unreadable or (name, exc)
+    return tuple(urls), unreadable
 
 
 def _host_url(host: str, port: int) -> str:
