@@ -28,10 +28,10 @@ def render(**values):
     return _render(**values)
 
 
-def submit(self, incident):
+def submit(self, incident, *args):
     if "/fault-writer" in incident.url:
         raise RuntimeError("injected writer fault")
-    return _submit(self, incident)
+    return _submit(self, incident, *args)
 
 
 def inspect_request(url, *args):

@@ -269,7 +269,7 @@ def test_concurrent_submits_are_all_written_once(tmp_path):
 
 def test_close_writes_what_was_just_submitted(tmp_path):
     path = tmp_path / "incidents.db"
-    writer = IncidentWriter(path, batch_size=10_000, flush_interval=3600)
+    writer = IncidentWriter(path)
     writer.start()
     made = [make_incident() for _ in range(7)]
     for incident in made:
@@ -283,7 +283,7 @@ def test_close_writes_what_was_just_submitted(tmp_path):
 
 def test_flush_makes_incidents_visible_to_other_connections(tmp_path):
     path = tmp_path / "incidents.db"
-    with IncidentWriter(path, batch_size=10_000, flush_interval=3600) as writer:
+    with IncidentWriter(path) as writer:
         incident = make_incident()
         writer.submit(incident)
         writer.flush()
@@ -293,28 +293,38 @@ def test_flush_makes_incidents_visible_to_other_connections(tmp_path):
         assert len(refs(path)) == 2
 
 
-def _wait_for_rows(path: Path, count: int) -> None:
-    done = threading.Event()
-    for _ in range(400):
-        if len(refs(path)) >= count:
-            return
-        done.wait(0.05)
-    raise AssertionError(f"{count} rows never appeared")
-
-
-def test_a_full_batch_is_written_without_waiting_for_the_interval(tmp_path):
+def test_an_incident_is_released_once_committed_and_not_before(tmp_path):
+    """Group commit: a lone incident is written at once, and its release sees it in the database."""
     path = tmp_path / "incidents.db"
-    with IncidentWriter(path, batch_size=50, flush_interval=3600) as writer:
-        for _ in range(50):
-            writer.submit(make_incident())
-        _wait_for_rows(path, 50)
+    seen: list[list[str]] = []
+    released = threading.Event()
+
+    def release() -> None:
+        seen.append(refs(path))  # another connection: only what is committed
+        released.set()
+
+    with IncidentWriter(path) as writer:
+        incident = make_incident()
+        assert writer.submit(incident, release)
+        assert released.wait(10)
+    assert seen == [[incident.ref]]
 
 
-def test_a_partial_batch_is_written_after_the_interval(tmp_path):
+def test_incidents_submitted_while_the_writer_is_busy_go_in_one_batch(tmp_path):
     path = tmp_path / "incidents.db"
-    with IncidentWriter(path, batch_size=10_000, flush_interval=0.05) as writer:
+    writer = IncidentWriter(path)
+    writer.start()
+    batches: list[int] = []
+    insert = writer._insert
+    writer._insert = lambda db, rows: batches.append(len(rows)) or insert(db, rows)
+    entered, gate = stall_inserts(writer)
+    writer.submit(make_incident())
+    assert entered.wait(10)
+    for _ in range(300):
         writer.submit(make_incident())
-        _wait_for_rows(path, 1)
+    gate.set()
+    writer.close()
+    assert batches == [1, 300] and len(refs(path)) == 301
 
 
 def test_submit_before_start_raises(tmp_path):
@@ -346,13 +356,13 @@ def stall_inserts(writer: IncidentWriter) -> tuple[threading.Event, threading.Ev
 
 def test_overflow_drops_counts_and_logs_without_blocking(tmp_path, caplog):
     path = tmp_path / "incidents.db"
-    writer = IncidentWriter(path, max_queued=10, flush_interval=0.01)
+    writer = IncidentWriter(path, max_held=11)
     writer.start()
     entered, gate = stall_inserts(writer)
     writer.submit(make_incident())
     assert entered.wait(10)  # the writer is busy with the first incident; the queue is empty
-    for _ in range(15):
-        writer.submit(make_incident())  # 10 fit, 5 do not: none of these calls may block
+    accepted = [writer.submit(make_incident()) for _ in range(15)]  # 10 fit, 5 do not: none may block
+    assert accepted == [True] * 10 + [False] * 5
     assert writer.dropped == 5
     with caplog.at_level(logging.ERROR, logger="aupguard.incidents"):
         gate.set()
@@ -364,7 +374,7 @@ def test_overflow_drops_counts_and_logs_without_blocking(tmp_path, caplog):
 def test_queued_incidents_hold_only_their_bounded_fields(tmp_path):
     """A flood of huge blocked requests waiting for the writer costs the queue a few KB each, not their size."""
     path = tmp_path / "incidents.db"
-    writer = IncidentWriter(path, batch_size=1)
+    writer = IncidentWriter(path, max_batch=1)
     writer.start()
     entered, gate = stall_inserts(writer)
     writer.submit(make_incident())
@@ -387,46 +397,72 @@ def test_queued_incidents_hold_only_their_bounded_fields(tmp_path):
     assert len(refs(path)) == flood + 1
 
 
-def test_a_failed_write_is_retried(tmp_path, caplog):
-    path = tmp_path / "incidents.db"
-    writer = IncidentWriter(path)
-    writer.start()
-    insert, failures = writer._insert, []
-
-    def flaky_insert(db, rows):
-        if len(failures) < 2:
-            failures.append(1)
-            raise sqlite3.OperationalError("disk I/O error")
-        return insert(db, rows)
-
-    writer._insert = flaky_insert
-    with caplog.at_level(logging.WARNING, logger="aupguard.incidents"):
-        writer.submit(make_incident())
-        writer.close()
-    assert len(refs(path)) == 1 and writer.dropped == 0
-    assert sum("retrying" in r.getMessage() for r in caplog.records) == 2
-
-
-def test_a_batch_that_keeps_failing_is_dropped_and_the_writer_goes_on(tmp_path, caplog):
-    path = tmp_path / "incidents.db"
-    writer = IncidentWriter(path, retries=2)
-    writer.start()
+def fail_inserts(writer: IncidentWriter) -> threading.Event:
+    """Make the writer's inserts fail as on a full disk until the returned event is set."""
+    fixed = threading.Event()
     insert = writer._insert
 
-    def broken_insert(db, rows):
-        raise sqlite3.OperationalError("database or disk is full")
+    def full_disk_insert(db, rows):
+        if not fixed.is_set():
+            raise sqlite3.OperationalError("database or disk is full")
+        return insert(db, rows)
 
-    writer._insert = broken_insert
+    writer._insert = full_disk_insert
+    return fixed
+
+
+def test_an_unwritable_database_releases_at_once_holds_the_incidents_and_writes_them_later(tmp_path, caplog):
+    path = tmp_path / "incidents.db"
+    writer = IncidentWriter(path, retry_interval=0.01)
+    writer.start()
+    fixed = fail_inserts(writer)
+    released = threading.Semaphore(0)
+    made = [make_incident() for _ in range(50)]
+    with caplog.at_level(logging.WARNING, logger="aupguard.incidents"):
+        for incident in made:
+            assert writer.submit(incident, released.release)
+        for _ in made:
+            assert released.acquire(timeout=10)  # every page goes out though nothing is written
+        assert refs(path) == [] and writer.held == 50 and writer.dropped == 0
+        with pytest.raises(TimeoutError):
+            writer.flush(timeout=0.2)
+        fixed.set()
+        writer.flush()
+        writer.close()
+    assert sorted(refs(path)) == sorted(i.ref for i in made)
+    assert writer.held == 0 and writer.dropped == 0 and writer.written == 50
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("INCIDENTS ARE NOT BEING WRITTEN" in m for m in messages) == 1  # once, however many tries
+    assert sum("can be written again" in m for m in messages) == 1
+    assert [r.levelno for r in caplog.records if "NOT BEING WRITTEN" in r.getMessage()] == [logging.CRITICAL]
+
+
+def test_beyond_the_bound_incidents_are_dropped_counted_and_said_and_the_held_ones_survive(tmp_path, caplog):
+    path = tmp_path / "incidents.db"
+    writer = IncidentWriter(path, max_held=20, retry_interval=0.01)
+    writer.start()
+    fixed = fail_inserts(writer)
+    made = [make_incident() for _ in range(25)]
+    with caplog.at_level(logging.ERROR, logger="aupguard.incidents"):
+        accepted = [writer.submit(incident) for incident in made]
+        assert accepted == [True] * 20 + [False] * 5
+        fixed.set()
+        writer.close()
+    assert sorted(refs(path)) == sorted(i.ref for i in made[:20]) and writer.dropped == 5
+    assert any("5 incidents dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_a_writer_stopping_while_the_database_stays_unwritable_says_what_is_lost(tmp_path, caplog):
+    path = tmp_path / "incidents.db"
+    writer = IncidentWriter(path, retry_interval=0.05)
+    writer.start()
+    fail_inserts(writer)
     with caplog.at_level(logging.ERROR, logger="aupguard.incidents"):
         writer.submit(make_incident())
         writer.submit(make_incident())
-        writer.flush()
-    assert writer.dropped == 2 and any("lost" in r.getMessage() for r in caplog.records)
-    writer._insert = insert
-    survivor = make_incident()
-    writer.submit(survivor)
-    writer.close()
-    assert refs(path) == [survivor.ref]
+        writer.close(timeout=1)
+    assert writer.dropped == 2 and refs(path) == []
+    assert any("2 incidents are lost" in r.getMessage() for r in caplog.records)
 
 
 def test_a_colliding_ref_gets_a_suffix_instead_of_failing_the_batch(tmp_path):
@@ -452,7 +488,7 @@ def test_a_colliding_ref_gets_a_suffix_instead_of_failing_the_batch(tmp_path):
 def test_two_writers_share_one_database(tmp_path):
     """Several proxy workers write to one file: the busy timeout and IMMEDIATE transactions serialise them."""
     path = tmp_path / "incidents.db"
-    with IncidentWriter(path, batch_size=7) as one, IncidentWriter(path, batch_size=11) as two:
+    with IncidentWriter(path, max_batch=7) as one, IncidentWriter(path, max_batch=11) as two:
         made = [make_incident() for _ in range(3000)]
         for n, incident in enumerate(made):
             (one if n % 2 else two).submit(incident)
@@ -489,7 +525,7 @@ def test_the_attempt_reaching_the_threshold_and_later_ones_become_high(tmp_path,
         attempt(13),  # 0 has left the window; 2, 4, 5 and 13 are in it
         attempt(30),  # alone in its window
     ]
-    with IncidentWriter(path, repeat_rule=REPEATS, batch_size=1 if not one_batch else 100) as writer:
+    with IncidentWriter(path, repeat_rule=REPEATS, max_batch=1 if not one_batch else 100) as writer:
         for incident in reversed(made) if one_batch else made:  # a batch's order is not time order
             writer.submit(incident)
             if not one_batch:
@@ -538,7 +574,7 @@ sys.path[:0] = {[str(Path(__file__).parent)]!r}
 from pathlib import Path
 from aupguard.incidents import IncidentWriter
 from test_incidents import make_incident
-writer = IncidentWriter(Path({str(path)!r}), flush_interval=3600, batch_size=10_000)
+writer = IncidentWriter(Path({str(path)!r}))
 writer.start()
 for _ in range(25):
     writer.submit(make_incident())

@@ -46,6 +46,11 @@ from .urlnorm import from_parts
 
 log = logging.getLogger(__name__)
 
+# The longest a block page waits for its incident to be committed (normally milliseconds): a disk
+# slower than this, or a database lock held this long by another worker or `aupguard purge`, must
+# not hang a pupil's browser. The incident is then written later; only a kill in between loses it.
+HOLD_S = 2.0
+
 
 class CutTunnel(layer.Layer):
     """Takes the place of the layer mitmproxy chose for a tunnel, and closes it: nothing is relayed."""
@@ -224,7 +229,7 @@ class AupGuard:
         if "aupguard_db" in updated:
             if self.writer:
                 self.writer.close()
-            self.writer = IncidentWriter(Path(ctx.options.aupguard_db))
+            self.writer = IncidentWriter(Path(ctx.options.aupguard_db), loop=ctx.master.event_loop)
             self.writer.start()
             self.feedback_key = feedback.load_key(Path(ctx.options.aupguard_db).parent / feedback.KEY_FILE)
         if {"aupguard_db", "aupguard_exemptions"} & updated:
@@ -541,7 +546,7 @@ class AupGuard:
             return
         ref = None
         try:
-            incident = self._record(flow, verdict, "block", when)
+            incident = self._record(flow, verdict, "block", when, page_for=flow)
             page = self._page(flow, verdict, incident.ref, incident.local_date, incident.local_time)
             ref = incident.ref
         except Exception:
@@ -556,27 +561,42 @@ class AupGuard:
     def _refuse(self, flow: http.HTTPFlow, verdict: Verdict, action: str, status: int | None = None) -> None:
         if not verdict.blocked:
             return
-        incident = self._record(flow, verdict, action)
+        incident = self._record(flow, verdict, action, page_for=flow)
         page = self._page(flow, verdict, incident.ref, incident.local_date, incident.local_time, text_only=True)
         if status is not None:
             page = dataclasses.replace(page, status=status)
         flow.response = _page_response(page, None, False, incident.ref)
         flow.metadata[_BLOCKED] = True
 
-    def _record(self, flow: http.HTTPFlow, verdict: Verdict, action: str, when: datetime | None = None):
+    def _record(
+        self, flow: http.HTTPFlow, verdict: Verdict, action: str, when: datetime | None = None, page_for=None
+    ):
         return self._submit(
             verdict,
             method=flow.request.method,
             user_agent=flow.request.headers.get("user-agent"),
             action=action,
             when=when or _request_time(flow),
+            page_for=page_for,
         )
 
-    def _submit(self, verdict: Verdict, *, method: str, user_agent: str | None, action: str, when: datetime):
+    def _submit(
+        self,
+        verdict: Verdict,
+        *,
+        method: str,
+        user_agent: str | None,
+        action: str,
+        when: datetime,
+        page_for: http.HTTPFlow | None = None,
+    ):
+        """Record the incident. `page_for`: the flow whose response will show its reference, held until
+        the incident is committed (issue 9.6), or the database found unwritable, or HOLD_S at most."""
         incident = self.engine.incident(verdict, method=method, user_agent=user_agent, action=action, when=when)
         try:
-            if self.writer:
-                self.writer.submit(incident)
+            if self.writer and self.writer.submit(incident, page_for.resume if page_for else None) and page_for:
+                page_for.intercept()  # mitmproxy sends nothing of the flow until resume()
+                ctx.master.event_loop.call_later(HOLD_S, page_for.resume)  # a no-op once resumed
         except Exception:  # a stopped writer loses the record, not the block
             log.exception("aupguard: incident %s could not be queued", incident.ref)
         return incident

@@ -1,7 +1,8 @@
 """Record: the incident log. One row per blocked (or flagged) request, in SQLite.
 
 The proxy never writes to the database on its event loop: `IncidentWriter.submit`
-only queues, and a background thread writes in batched transactions. The file
+only queues, and a background thread writes everything queued in one transaction at a time
+(group commit), telling the proxy when a block page's incident is committed. The file
 holds pupils' personal data (UK GDPR), so it is created 0600 inside a 0700
 directory, holds only the fields the AUP promises to log, and `purge` enforces
 retention. Strings are stored as received, bounded in length; escaping is the
@@ -10,18 +11,19 @@ job of whatever outputs them (report.py).
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import hashlib
 import json
 import logging
 import operator
 import os
-import queue
 import re
 import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -37,6 +39,10 @@ ACTIONS = ("block", "refuse", "allow")
 SEVERITIES = ("low", "medium", "high", "critical")  # in increasing order
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0  # several proxy workers may write to one file; a batch commit takes milliseconds
+# Incidents an IncidentWriter keeps in memory at most, queued or waiting for an unwritable database
+# to take them. Measured (tracemalloc): ~0.9 KB each for a typical block page's incident, 42 KB at
+# most (every field at its bound, in 4-byte characters): 18 MB typical, 0.8 GB in the worst case.
+MAX_HELD = 20_000
 
 # Crockford-like: 32 symbols (5 bits each) without 0/O and 1/I, which pupils and IT confuse.
 _REF_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
@@ -318,6 +324,11 @@ _COLUMNS = (
 )  # fmt: skip
 _values = operator.itemgetter(*_COLUMNS)
 _INSERT = f"INSERT INTO incidents ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+# The same for a batch given as one JSON array of rows (each an array in _COLUMNS' order).
+_INSERT_BATCH = (
+    f"INSERT INTO incidents ({', '.join(_COLUMNS)}) "
+    f"SELECT {', '.join(f'value->>{n}' for n in range(len(_COLUMNS)))} FROM json_each(?)"
+)
 
 
 def purge(db: sqlite_utils.Database, older_than_days: int, now: datetime | None = None) -> int:
@@ -336,27 +347,43 @@ def purge(db: sqlite_utils.Database, older_than_days: int, now: datetime | None 
 
 # -- the writer thread ---------------------------------------------------------------------------
 
-_STOP = object()
-_POLL_S = 0.5
+_POLL_S = 0.5  # how often an idle writer checks that the program has not ended without close()
+_PROBE_ROWS = 100  # how many held incidents a writer that could not write tries first when it tries again
+_DROP_LOG_S = 10.0  # how often dropped incidents are counted in the log, while they are
 
 
 class IncidentWriter:
-    """Writes submitted incidents to the database at `path` from its own thread, in batches.
+    """Writes submitted incidents to the database at `path` from its own thread, by group commit.
 
-    `submit` is safe from any thread and never blocks or does I/O, so the proxy's
-    event loop can call it. The thread writes up to `batch_size` incidents per
-    transaction, at the latest `flush_interval` seconds after the first of them
-    arrived. At most `max_queued` incidents wait; beyond that `submit` drops the
-    incident, counts it in `dropped` and the thread logs an error: losing a log
-    line is better than stalling every pupil's browsing. A batch that fails to
-    write is retried with backoff, then dropped (counted and logged).
+    `submit` is safe from any thread and never blocks or does I/O, so the proxy's event loop
+    can call it. The thread takes everything submitted since its last commit and writes it in
+    one transaction (at most `max_batch` rows): the more incidents arrive, the larger its
+    batches, so it keeps up under load instead of falling behind. An incident submitted with
+    a `release` callback is released once its transaction has committed: the proxy holds the
+    block page that shows its reference until then, so a page that was sent is never for an
+    incident the database does not have. Committed means handed to the OS (WAL with
+    synchronous=NORMAL: no fsync per commit): that survives the proxy being killed, even by
+    SIGKILL, but a power cut or kernel crash may lose the last commits.
 
-    Lifecycle: start(), submit()..., close(). close() returns once every
-    submitted incident is written. If the program ends without close(), the
-    thread notices the main thread has finished, writes what is queued and stops.
+    When the database cannot be written (a full disk, I/O errors, a lock held for longer than
+    the busy timeout) the thread says so once, loudly; releases what waits at once, so block
+    pages go out without waiting (the requests are blocked all the same, and filtering goes
+    on); keeps the incidents in memory; and tries again every `retry_interval` seconds,
+    writing all of them once it can, when it says so once again. At most `max_held`
+    incidents are held (queued or waiting to be written); beyond that `submit` drops the
+    incident, counts it in `dropped` and the thread says so: losing a log line is better than
+    stalling every pupil's browsing or exhausting the memory.
 
-    With a `repeat_rule`, repeated attempts are raised to its severity as they
-    are written (RepeatRule). It may be replaced while running (a policy reload).
+    Releases run on `loop` (one call_soon_threadsafe per batch) when one is given, otherwise
+    in the writer's thread.
+
+    Lifecycle: start(), submit()..., close(). close() returns once every submitted incident
+    is written (or, when the database stays unwritable until its timeout, lost and said so).
+    If the program ends without close(), the thread notices the main thread has finished,
+    writes what is queued and stops.
+
+    With a `repeat_rule`, repeated attempts are raised to its severity as they are written
+    (RepeatRule). It may be replaced while running (a policy reload).
     """
 
     def __init__(
@@ -364,23 +391,32 @@ class IncidentWriter:
         path: Path,
         *,
         repeat_rule: RepeatRule | None = None,
-        batch_size: int = 500,
-        flush_interval: float = 0.25,
-        max_queued: int = 100_000,
-        retries: int = 5,
+        loop: asyncio.AbstractEventLoop | None = None,
+        max_held: int = MAX_HELD,
+        max_batch: int = 5_000,
+        retry_interval: float = 1.0,
     ) -> None:
         self.path = Path(path)
         self.repeat_rule = repeat_rule
-        self.batch_size = batch_size
-        self.flush_interval = flush_interval
-        self.retries = retries
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queued)
-        self._lock = threading.Lock()  # orders submit() against close()
+        self.loop = loop
+        self.max_held = max_held
+        self.max_batch = max_batch
+        self.retry_interval = retry_interval
+        self._lock = threading.Lock()
+        self._submitted = threading.Condition(self._lock)  # the thread waits on it for work
+        self._progress = threading.Condition(self._lock)  # flush() waits on it
+        self._rows: list[dict[str, Any]] = []  # submitted, not yet taken by the thread
+        self._releases: list[Callable[[], None]] = []  # the callbacks of those rows
         self._state = "new"  # -> "running" -> "closed"
+        self._stop_by: float | None = None  # set by close(): when the thread must have finished
         self._thread: threading.Thread | None = None
+        self._held = 0  # submitted, neither written nor lost: what max_held bounds
+        self._accepted = 0  # submitted since start, for flush()
+        self._settled = 0  # of those, written or lost
         self._written = 0
         self._dropped = 0
         self._dropped_logged = 0
+        self._drops_logged_at = 0.0
 
     @property
     def written(self) -> int:
@@ -389,8 +425,13 @@ class IncidentWriter:
 
     @property
     def dropped(self) -> int:
-        """Incidents lost: queue full, unwritable after retries, or malformed."""
+        """Incidents lost: beyond `max_held`, malformed, or still unwritable when the writer stopped."""
         return self._dropped
+
+    @property
+    def held(self) -> int:
+        """Incidents in memory: submitted and not yet written."""
+        return self._held
 
     def start(self) -> None:
         """Open the database (raising if that fails) and start the writer thread."""
@@ -408,12 +449,14 @@ class IncidentWriter:
             raise failure[0]
         self._state = "running"
 
-    def submit(self, incident: Incident) -> None:
-        """Queue `incident` for writing. Never blocks; drops (and counts) it when the queue is full.
+    def submit(self, incident: Incident, release: Callable[[], None] | None = None) -> bool:
+        """Queue `incident` for writing; `release` is called once it is committed, or at once if the
+        database cannot be written now (it is then held in memory). Never blocks.
 
-        What is queued is the stored row, every field already cut to its bound: a
-        flood of blocked 64 KB URLs or 1 MB User-Agents waits in the queue at a few
-        KB each, not at the size it arrived. A malformed incident raises here.
+        Returns False when the incident was dropped (`max_held` are held): `release` is then never
+        called. What is queued is the stored row, every field already cut to its bound: a flood
+        of blocked 64 KB URLs or 1 MB User-Agents waits at a few KB each, not at the size it
+        arrived. A malformed incident raises here.
         """
         try:
             row = _row(incident)  # outside the lock: the writer thread and other callers wait on it
@@ -423,38 +466,41 @@ class IncidentWriter:
         with self._lock:
             if self._state != "running":
                 raise RuntimeError(f"IncidentWriter is {self._state}, not running")
-            try:
-                self._queue.put_nowait(row)
-            except queue.Full:
+            if self._held >= self.max_held:
                 self._dropped += 1  # logged by the writer thread: no I/O here
+                return False
+            self._held += 1
+            self._accepted += 1
+            self._rows.append(row)
+            if release is not None:
+                self._releases.append(release)
+            self._submitted.notify()
+        return True
 
     def flush(self, timeout: float = 10.0) -> None:
-        """Return once every incident submitted before this call is in the database."""
-        if self._state != "running":
-            raise RuntimeError(f"IncidentWriter is {self._state}, not running")
-        deadline = time.monotonic() + timeout
-        done = threading.Event()
-        try:
-            self._queue.put(done, timeout=timeout)
-        except queue.Full:
-            raise TimeoutError(f"incident queue still full after {timeout} s") from None
-        if not done.wait(max(0.0, deadline - time.monotonic())):
-            raise TimeoutError(f"incidents not written within {timeout} s")
+        """Return once every incident submitted before this call is in the database (or lost)."""
+        with self._lock:
+            if self._state != "running":
+                raise RuntimeError(f"IncidentWriter is {self._state}, not running")
+            target = self._accepted
+            if not self._progress.wait_for(lambda: self._settled >= target, timeout):
+                raise TimeoutError(f"incidents not written within {timeout} s")
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write everything submitted, then stop the thread. Later submits raise RuntimeError."""
+        """Write everything submitted, then stop the thread. Later submits raise RuntimeError.
+
+        While the database cannot be written, the thread keeps trying until shortly before
+        `timeout`, then gives up on what it holds (counted in `dropped`, logged).
+        """
         with self._lock:
             if self._state != "running":
                 self._state = "closed"
                 return
             self._state = "closed"
+            self._stop_by = time.monotonic() + timeout * 0.9
+            self._submitted.notify()
         assert self._thread is not None
-        deadline = time.monotonic() + timeout
-        try:
-            self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:
-            raise TimeoutError(f"incident queue still full after {timeout} s") from None
-        self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._thread.join(timeout)
         if self._thread.is_alive():
             raise TimeoutError(f"incident writer did not finish within {timeout} s")
 
@@ -474,6 +520,7 @@ class IncidentWriter:
             failure.append(exc)
             ready.set()
             return
+        db.conn.isolation_level = None  # no implicit BEGIN: a lone INSERT commits by itself (_insert)
         ready.set()
         try:
             self._loop(db)
@@ -481,89 +528,129 @@ class IncidentWriter:
             log.exception("the incident writer stopped; incidents are no longer recorded")
             raise
         finally:
-            self._log_drops()
+            self._log_drops(at_once=True)
             db.close()
 
     def _loop(self, db: sqlite_utils.Database) -> None:
-        pending: list[dict[str, Any]] = []
-        deadline = 0.0
+        unwritten: list[dict[str, Any]] = []  # taken, not yet written: the database would not take them
+        failing_since: float | None = None  # when the database last stopped taking incidents
+        retry_at = 0.0  # while failing: when to try again
+        stop_by: float | None = None
         while True:
-            # Wake up at least every _POLL_S, to notice the program ending without close().
-            wait = min(deadline - time.monotonic(), _POLL_S) if pending else _POLL_S
-            try:
-                item = self._queue.get(timeout=max(0.0, wait))
-            except queue.Empty:
-                if not threading.main_thread().is_alive():
-                    with self._lock:
-                        self._state = "closed"
-                    self._write_all(db, pending)
+            if failing_since is not None:
+                wait = max(0.0, retry_at - time.monotonic())
+            else:
+                wait = 0.0 if stop_by is not None else _POLL_S
+            rows, releases, stop_by = self._take(wait)
+            unwritten += rows
+            if unwritten and time.monotonic() >= retry_at:
+                failure = self._write(db, unwritten, first=_PROBE_ROWS if failing_since is not None else None)
+                if failure is None and failing_since is not None:
+                    log.warning(
+                        "the incident database %s can be written again: the incidents held for %.0f s are written",
+                        self.path,
+                        time.monotonic() - failing_since,
+                    )
+                    failing_since = None
+                elif failure is not None:
+                    if failing_since is None:
+                        failing_since = time.monotonic()
+                        log.critical(
+                            "INCIDENTS ARE NOT BEING WRITTEN: the incident database %s cannot be written (%s). "
+                            "Filtering goes on and block pages go out without waiting; up to %d incidents "
+                            "are kept in memory and written once it can be written, tried every %g s; "
+                            "beyond that they are lost. Free space on its disk or fix the error.",
+                            self.path,
+                            failure,
+                            self.max_held,
+                            self.retry_interval,
+                        )
+                    retry_at = time.monotonic() + self.retry_interval
+            self._release(releases)
+            self._log_drops()
+            if stop_by is not None:
+                if not unwritten:
                     return
-                if pending and time.monotonic() >= deadline:
-                    self._write(db, pending)
-                    pending = []
-                self._log_drops()
-                continue
-            if isinstance(item, dict):  # a row
-                if not pending:
-                    deadline = time.monotonic() + self.flush_interval
-                pending.append(item)
-                if len(pending) >= self.batch_size or time.monotonic() >= deadline:
-                    self._write(db, pending)
-                    pending = []
-                continue
-            self._write(db, pending)
-            pending = []
-            if item is _STOP:
-                return
-            if isinstance(item, threading.Event):  # a flush() waiting
-                item.set()
+                if time.monotonic() + self.retry_interval > stop_by:
+                    log.critical(
+                        "the incident writer is stopping and %s still cannot be written: %d incidents are lost",
+                        self.path,
+                        len(unwritten),
+                    )
+                    self._settle(len(unwritten), lost=len(unwritten))
+                    return
+            elif not rows and not threading.main_thread().is_alive():
+                with self._lock:  # the program ended without close(): write what is queued, then stop
+                    self._state = "closed"
+                    self._stop_by = time.monotonic()
 
-    def _write_all(self, db: sqlite_utils.Database, pending: list[dict[str, Any]]) -> None:
-        """Write `pending` and everything still queued (the program is ending)."""
-        waiting: list[threading.Event] = []
-        while True:
+    def _take(self, wait: float) -> tuple[list[dict[str, Any]], list[Callable[[], None]], float | None]:
+        """Everything submitted (waiting up to `wait` s for something), its releases, and close()'s deadline."""
+        with self._lock:
+            if not self._rows and wait > 0 and self._stop_by is None:
+                self._submitted.wait(wait)
+            rows, self._rows = self._rows, []
+            releases, self._releases = self._releases, []
+            return rows, releases, self._stop_by
+
+    def _write(self, db: sqlite_utils.Database, rows: list[dict[str, Any]], first: int | None) -> Exception | None:
+        """Write `rows` oldest first, `max_batch` per transaction (`first` in the first), removing each
+        batch from `rows` once committed; the error that stopped it, if any."""
+        size = first or self.max_batch
+        while rows:
+            batch = rows[:size]
             try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, dict):  # a row
-                pending.append(item)
-            elif isinstance(item, threading.Event):
-                waiting.append(item)
-        for start in range(0, len(pending), self.batch_size):
-            self._write(db, pending[start : start + self.batch_size])
-        for event in waiting:
-            event.set()
+                written = self._insert(db, batch)
+            except Exception as exc:  # sqlite3.Error or OSError: the batch stays for the next try
+                return exc
+            del rows[: len(batch)]
+            self._settle(len(batch), written=written)
+            size = self.max_batch
+        return None
 
-    def _write(self, db: sqlite_utils.Database, rows: list[dict[str, Any]]) -> None:
-        self._log_drops()
-        if not rows:
+    def _settle(self, count: int, *, written: int = 0, lost: int = 0) -> None:
+        """`count` held incidents are done with: `written`, `lost` (the rest were dropped as malformed)."""
+        with self._lock:
+            self._held -= count
+            self._settled += count
+            self._written += written
+            self._dropped += lost
+            self._progress.notify_all()
+
+    def _release(self, releases: list[Callable[[], None]]) -> None:
+        if not releases:
             return
-        for attempt in range(self.retries):
-            try:
-                self._written += self._insert(db, rows)
-                return
-            except Exception as exc:
-                if attempt + 1 == self.retries:
-                    log.error("writing %d incidents to %s failed: %s; they are lost", len(rows), self.path, exc)
-                    self._count_dropped(len(rows))
-                    return
-                log.warning("writing %d incidents to %s failed (%s); retrying", len(rows), self.path, exc)
-                time.sleep(min(0.1 * 2**attempt, 2.0))
+        if self.loop is None:
+            _call_each(releases)
+            return
+        try:
+            self.loop.call_soon_threadsafe(_call_each, releases)
+        except RuntimeError:  # the loop is closed: nothing waits any more
+            pass
 
     def _insert(self, db: sqlite_utils.Database, rows: list[dict[str, Any]]) -> int:
-        """Insert `rows` in one transaction; return how many were inserted."""
+        """Insert `rows` in one transaction; return how many were inserted.
+
+        Usually one statement taking the batch as one JSON parameter, committed by itself: each
+        call into SQLite lets go of the GIL, and taking it back from a busy event loop can cost a
+        switch interval (5 ms), which every block page in the batch waits for.
+        """
+        rule = self.repeat_rule
+        if rule is None or not any(f'"{rule.category}"' in row["categories"] for row in rows):
+            try:
+                db.conn.execute(_INSERT_BATCH, [json.dumps(list(map(_values, rows)), ensure_ascii=False)])
+                return len(rows)
+            except sqlite3.IntegrityError:  # a taken ref: nothing was inserted; one by one below
+                pass
         table = db.table("incidents")
         inserted = len(rows)
         db.execute("BEGIN IMMEDIATE")  # take the write lock now: a deferred upgrade can fail without waiting
         try:
             # Inside the write lock: no other writer can add an attempt between the count and the insert.
-            if self.repeat_rule is not None:
-                _raise_repeats(db, rows, self.repeat_rule)
+            if rule is not None:
+                _raise_repeats(db, rows, rule)
             try:
                 with db.atomic():  # a savepoint: a failed insert leaves nothing behind
-                    # One prepared statement for the batch (sqlite-utils' insert_all rebuilt it per
-                    # chunk): the writer shares the proxy's GIL, so its CPU is the proxy's too.
                     db.conn.executemany(_INSERT, map(_values, rows))
             except sqlite3.IntegrityError:
                 inserted = sum(self._insert_one(db, table, row) for row in rows)
@@ -598,15 +685,29 @@ class IncidentWriter:
         with self._lock:
             self._dropped += count
 
-    def _log_drops(self) -> None:
+    def _log_drops(self, at_once: bool = False) -> None:
+        """Say how many incidents were dropped since last said: the first at once, then every _DROP_LOG_S."""
         dropped = self._dropped
-        if dropped > self._dropped_logged:
-            log.error(
-                "%d incidents dropped (queue full or unwritable), %d in total since start",
-                dropped - self._dropped_logged,
-                dropped,
-            )
-            self._dropped_logged = dropped
+        if dropped == self._dropped_logged:
+            return
+        now = time.monotonic()
+        if self._dropped_logged and not at_once and now - self._drops_logged_at < _DROP_LOG_S:
+            return
+        log.error(
+            "%d incidents dropped (more than %d held, malformed, or unwritable when stopping), %d in total since start",
+            dropped - self._dropped_logged,
+            self.max_held,
+            dropped,
+        )
+        self._dropped_logged, self._drops_logged_at = dropped, now
+
+
+def _call_each(callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:  # one waiting flow gone wrong must not keep the others waiting
+            log.exception("releasing a flow waiting for its incident failed")
 
 
 def _raise_repeats(db: sqlite_utils.Database, rows: list[dict[str, Any]], rule: RepeatRule) -> None:
