@@ -229,10 +229,11 @@ def test_categories_are_json_with_the_primary_first():
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(max_size=3000))
 def test_any_text_is_stored_bounded_and_as_given(tmp_path, text):
-    """Untrusted text, lone surrogates included, never fails a write; valid text reads back as given."""
+    """Untrusted text, lone surrogates and NULs included, never fails the writer's batch insert;
+    valid text reads back as given."""
     db = open_db(tmp_path / "prop.db")
     incident = make_incident(url=text, username=text, user_agent=text, search_term=text, host=text)
-    db["incidents"].insert(incidents._row(incident), replace=True)
+    assert IncidentWriter(tmp_path / "prop.db")._insert(db, [incidents._row(incident)]) == 1
     stored = db.execute(
         "SELECT url, username, user_agent, search_term, host FROM incidents WHERE ref = ?", [incident.ref]
     ).fetchone()

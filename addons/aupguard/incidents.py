@@ -637,11 +637,14 @@ class IncidentWriter:
         """
         rule = self.repeat_rule
         if rule is None or not any(f'"{rule.category}"' in row["categories"] for row in rows):
-            try:
-                db.conn.execute(_INSERT_BATCH, [json.dumps(list(map(_values, rows)), ensure_ascii=False)])
-                return len(rows)
-            except sqlite3.IntegrityError:  # a taken ref: nothing was inserted; one by one below
-                pass
+            batch = json.dumps(list(map(_values, rows)), ensure_ascii=False)
+            # SQLite's JSON functions cut a string at an escaped NUL: such a batch goes the long way, whole.
+            if "\\u0000" not in batch:
+                try:
+                    db.conn.execute(_INSERT_BATCH, [batch])
+                    return len(rows)
+                except sqlite3.IntegrityError:  # a taken ref: nothing was inserted; one by one below
+                    pass
         table = db.table("incidents")
         inserted = len(rows)
         db.execute("BEGIN IMMEDIATE")  # take the write lock now: a deferred upgrade can fail without waiting
