@@ -172,13 +172,14 @@ def test_every_worker_maps_the_same_private_copy_not_the_configured_file(tmp_pat
     proxy = start_proxy(tmp_path, extra=("--workers", "2"))
     try:
         assert proxied_status(proxy.port, ADULT) == 403
-        listing = subprocess.run(
-            ["ss", "-ltnpH", f"sport = :{proxy.port}"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-        pids = set(re.findall(r"pid=(\d+)", listing))
+        deadline = time.monotonic() + 30  # the port answers once the first worker listens; wait for the second
+        pids: set[str] = set()
+        while len(pids) < 2 and time.monotonic() < deadline:
+            listing = subprocess.run(
+                ["ss", "-ltnpH", f"sport = :{proxy.port}"], capture_output=True, text=True, check=False
+            ).stdout
+            pids = set(re.findall(r"pid=(\d+)", listing))
+            time.sleep(0.1)
         assert len(pids) == 2
         mapped = set()
         for pid in pids:
