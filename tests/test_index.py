@@ -474,6 +474,13 @@ def test_a_file_changed_while_copied_is_not_served(index_file, tmp_path, monkeyp
     assert not list((tmp_path / "served").iterdir())
 
 
+def test_a_fifo_at_the_index_path_is_refused_without_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "lists.idx"
+    os.mkfifo(fifo)
+    with pytest.raises(IndexFormatError, match="not a regular file"):
+        index_module.serve_index(fifo, tmp_path / "served")
+
+
 def test_a_partial_copy_left_by_a_killed_process_is_deleted_a_fresh_one_kept(index_file, tmp_path):
     store = tmp_path / "served"
     store.mkdir()

@@ -56,6 +56,7 @@ import hashlib
 import json
 import mmap
 import os
+import stat
 import struct
 import sys
 import tempfile
@@ -635,9 +636,12 @@ def serve_index(path: Path, store: Path | None = None) -> CompiledIndex:
     """
     path = Path(path)
     store = private_dir(Path(store) if store is not None else served_dir())
-    with open(path, "rb") as source:
+    # O_NONBLOCK: a FIFO put at the path must not hang the watcher (or the start) waiting for a writer.
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as source:
         src = source.fileno()
         st = os.fstat(src)
+        if not stat.S_ISREG(st.st_mode):
+            raise IndexFormatError(f"{path}: not a regular file")
         signature = file_signature(st)
         _read_header(os.pread(src, HEADER_SIZE, 0), st.st_size, path)  # garbage is refused before any copying
         fd, tmp = tempfile.mkstemp(prefix=".copy-", suffix=".tmp", dir=store)
