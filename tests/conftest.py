@@ -238,3 +238,29 @@ def proxy(tmp_path_factory, origin) -> Proxy:
     running = start_proxy(tmp, write_policy(tmp / "policy.yaml", allow_tunnels_to(origin)))
     yield running
     running.stop()
+
+
+def wait_for(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def tls_request(proxy, target: str, sni: str, path: str, host: str, source_ip: str = "127.0.0.1") -> bytes:
+    """CONNECT to `target`, TLS naming `sni` (trusting the proxy's CA), one GET of `path` with `host`."""
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=15, source_address=(source_ip, 0))
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(4096) or b"\r\n\r\n"
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    context = ssl.create_default_context(cafile=str(proxy.ca))
+    with context.wrap_socket(sock, server_hostname=sni) as tls:
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+        return data

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from aupguard.index import HEADER_SIZE
-from conftest import start_proxy, write_policy
+from conftest import start_proxy, wait_for, write_policy
 
 ILLEGAL, ADULT = "illegal-feed.test", "www.pornhub.com"
 
@@ -39,15 +39,6 @@ def proxied_status(port: int, host: str) -> int:
         return response.status
     finally:
         conn.close()
-
-
-def wait_for(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def with_local_lists(tmp_path: Path) -> tuple[Path, Path]:

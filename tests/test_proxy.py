@@ -13,7 +13,9 @@ import sys
 import pytest
 import requests
 
-from conftest import REPO, Proxy, allow_tunnels_to, free_port, start_proxy, wait_listening, write_policy, write_htpasswd
+from conftest import (
+    REPO, Proxy, allow_tunnels_to, free_port, start_proxy, tls_request, wait_listening, write_policy, write_htpasswd,
+)  # fmt: skip
 
 REF = re.compile(r"AG-[A-Z2-9]{4}-[A-Z2-9]{4}")
 
@@ -248,21 +250,7 @@ def test_blocked_no_decrypt_category_is_refused_at_connect(tmp_path):
 
 def tls_in_tunnel(proxy: Proxy, target: str, sni: str) -> bytes:
     """CONNECT to `target`, then TLS naming `sni` (trusting the proxy's CA) and one GET; the answer."""
-    import socket
-
-    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=15)
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        answer += sock.recv(4096) or b"\r\n\r\n"
-    assert answer.startswith(b"HTTP/1.1 200"), answer
-    context = ssl.create_default_context(cafile=str(proxy.ca))
-    with context.wrap_socket(sock, server_hostname=sni) as tls:
-        tls.sendall(f"GET /x HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := tls.recv(65536):
-            data += chunk
-        return data
+    return tls_request(proxy, target, sni, "/x", sni)
 
 
 def test_a_blocked_no_decrypt_host_named_by_sni_in_an_allowed_tunnel_is_refused_never_decrypted(tmp_path, origin):

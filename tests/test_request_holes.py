@@ -12,7 +12,7 @@ import pytest
 from aupguard.engine import Engine
 from aupguard.identify import Identity
 from aupguard.urlnorm import URLError, from_parts
-from conftest import BUNDLED_POLICY, allow_tunnels_to, start_proxy, write_policy
+from conftest import BUNDLED_POLICY, allow_tunnels_to, start_proxy, tls_request, write_policy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -137,23 +137,6 @@ def test_a_host_header_cannot_take_a_blocked_path_past_the_filter(running):
     answer = exchange(running, request)
     assert status_of(answer) == 403, answer[:300]
     assert incident(running, answer)["url"] == "http://whoer.net/webproxy"
-
-
-def tls_request(proxy, target: str, sni: str, path: str, host: str, source_ip: str = "127.0.0.1") -> bytes:
-    """CONNECT to `target`, TLS naming `sni` (trusting the proxy's CA), one GET of `path` with `host`."""
-    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=15, source_address=(source_ip, 0))
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        answer += sock.recv(4096) or b"\r\n\r\n"
-    assert answer.startswith(b"HTTP/1.1 200"), answer
-    context = ssl.create_default_context(cafile=str(proxy.ca))
-    with context.wrap_socket(sock, server_hostname=sni) as tls:
-        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := tls.recv(65536):
-            data += chunk
-        return data
 
 
 def test_inside_intercepted_tls_the_sni_is_judged_with_the_path(running, origin):

@@ -26,7 +26,7 @@ from aupguard import lists
 from aupguard.index import compile_from_folders, ensure_index, load_index, why_recompile
 from aupguard.lists import ListError, ListRoot, NarrowedRule, domain_list_entries, import_domain_list, load_lists
 from aupguard.policy import load_policy
-from conftest import start_proxy, write_policy
+from conftest import start_proxy, wait_for, write_policy
 from test_index import rewrite_header
 
 REF = re.compile(r"AG-[A-Z2-9]{4}-[A-Z2-9]{4}(?:-\d+)?")
@@ -395,15 +395,6 @@ def proxied_status(conn: http.client.HTTPConnection, host: str) -> int:
     response = conn.getresponse()
     response.read()
     return response.status
-
-
-def wait_for(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_a_recompiled_index_is_served_without_dropping_connections(tmp_path, origin):
