@@ -474,6 +474,24 @@ def test_a_file_changed_while_copied_is_not_served(index_file, tmp_path, monkeyp
     assert not list((tmp_path / "served").iterdir())
 
 
+def test_only_an_index_the_writer_published_here_is_served(small_lists, tmp_path, monkeypatch):
+    path = tmp_path / "index" / "lists.idx"
+    # Compiled by an aupguard with another data folder (another machine, or a file forged with valid
+    # checksums): it validates, but this data folder never recorded publishing it.
+    monkeypatch.setattr(index_module.paths, "DATA_DIR", tmp_path / "elsewhere")
+    compile_list_data(ListData(small_lists.sources, {}, {}, [], []), path)  # same folders, nothing listed
+    monkeypatch.setattr(index_module.paths, "DATA_DIR", tmp_path / "here")
+    load_index(path).close()  # a valid index in every other respect
+    with pytest.raises(IndexFormatError, match="not an index that `aupguard lists compile` published here"):
+        index_module.serve_index(path, tmp_path / "served")
+    compile_list_data(small_lists, path)  # published here: served
+    with index_module.serve_index(path, tmp_path / "served") as served:
+        assert served.domain_mask("porn.example") == small_lists.domains["porn.example"]
+    marks = list(index_module.published_dir().iterdir())
+    assert [m.stat().st_mode & 0o777 for m in marks] == [0o400]
+    assert index_module.published_dir().stat().st_mode & 0o777 == 0o700
+
+
 def test_a_fifo_at_the_index_path_is_refused_without_waiting_for_a_writer(tmp_path):
     fifo = tmp_path / "lists.idx"
     os.mkfifo(fifo)

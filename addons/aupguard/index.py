@@ -44,6 +44,10 @@ Why this design:
   its reader. `serve_index` copies the file into a 0700 folder under AUPGUARD_DATA, as a
   0400 file named by its SHA-256 (so every worker maps the same one), validates that copy
   and maps it: nobody else writes it. Every probe loop is also bounded by its table's size.
+* **Only what aupguard compiled is served.** The writer records the SHA-256 of every index
+  it publishes in a 0700 folder under AUPGUARD_DATA (`published_dir`); `serve_index` serves
+  nothing else, so a file put at the index path by anyone else (a copy from elsewhere, one
+  forged with valid checksums) is refused, however well it validates.
 * **Corruption is caught at load** (of the copy, before any swap): magic, version, header checksum, file size,
   bounds, an xxh3 checksum of the whole body (read with `pread`, not through the
   mapping, so it adds no RSS) and the JSON structure. Any failure raises
@@ -97,6 +101,7 @@ Progress = Callable[[int, int], None]  # (done, total), in whatever unit the cal
 # What changes when a file is replaced or written in place: device, inode, size, mtime, ctime (ns).
 Signature = tuple[int, int, int, int, int]
 KEEP_SERVED = 2  # private copies kept in the served folder: the one in service and the one before
+KEEP_PUBLISHED = 64  # digests of recent publications kept (empty files): an older compile copied back is still taken
 _ABANDONED_COPY_S = 3600  # a partial copy this old was left by a killed process: deleted
 
 
@@ -292,14 +297,17 @@ class IndexWriter:
         header += bytes(HEADER_SIZE - len(header))
 
         make_dir(out_path.parent)
+        published = hashlib.sha256(header)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(header)
                 for chunk in chunks:
                     f.write(chunk)
+                    published.update(chunk)
                 f.flush()
                 os.fsync(f.fileno())
+            _record_publication(published.hexdigest())  # before the file appears: a watcher may be quick
             os.replace(tmp_name, out_path)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
@@ -625,6 +633,29 @@ def served_dir() -> Path:
     return paths.DATA_DIR / "served-index"
 
 
+def published_dir() -> Path:
+    """The private folder where the writer records the SHA-256 of each index it publishes."""
+    return paths.DATA_DIR / "published-index"
+
+
+def _record_publication(digest: str) -> None:
+    """Note `digest` as published (an empty 0400 file named by it); keep the KEEP_PUBLISHED newest."""
+    folder = private_dir(published_dir())
+    mark = folder / digest
+    mark.touch(mode=0o400)
+    os.utime(mark)  # published again: the newest
+    _fsync_dir(folder)
+    for old in sorted(folder.iterdir(), key=_mtime, reverse=True)[KEEP_PUBLISHED:]:
+        old.unlink(missing_ok=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # pruned meanwhile by another compile
+        return 0.0
+
+
 def serve_index(path: Path, store: Path | None = None) -> CompiledIndex:
     """The index at `path`, served from a validated private copy that nothing else writes.
 
@@ -632,7 +663,8 @@ def serve_index(path: Path, store: Path | None = None) -> CompiledIndex:
     reach the copy, so it can neither change a lookup nor SIGBUS the reader. The copy is
     named by its SHA-256 in `store` (default `served_dir()`): every proxy worker maps the
     same file, sharing its pages. Raises IndexFormatError when the file is not a valid
-    index (checked before anything is copied into service) or changed while copied.
+    index (checked before anything is copied into service), changed while copied, or is
+    not one the writer published (`published_dir`).
     """
     path = Path(path)
     store = private_dir(Path(store) if store is not None else served_dir())
@@ -649,6 +681,8 @@ def serve_index(path: Path, store: Path | None = None) -> CompiledIndex:
             digest = _copy(src, fd)
             if file_signature(os.fstat(src)) != signature:
                 raise IndexFormatError(f"{path}: changed while it was being copied")
+            if not (published_dir() / digest).is_file():
+                raise IndexFormatError(f"{path}: not an index that `aupguard lists compile` published here")
             os.fchmod(fd, 0o400)
             index = _map_valid(fd, path, path, signature)  # the very inode mapped is the one validated
             served = store / f"{digest}.idx"
