@@ -10,11 +10,13 @@ import datetime as dt
 import http.server
 import ipaddress
 import os
+import re
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +26,10 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# In-process code writes its data (compiled and served indexes, incident databases) into a folder of
+# this test process's own, never into the checkout's var/, and parallel workers never share one.
+# Set before any test module imports aupguard, which reads AUPGUARD_DATA once.
+os.environ["AUPGUARD_DATA"] = tempfile.mkdtemp(prefix="aupguard-test-data-")
 SHARED = REPO.parent / "shared"
 BUNDLED_POLICY = REPO / "config" / "policy.yaml"
 
@@ -199,7 +205,20 @@ def start_proxy(tmp: Path, policy: Path = BUNDLED_POLICY, extra: tuple[str, ...]
     handle = log.open("wb")
     process = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=environment, cwd=tmp)
     wait_listening(process, port, log)
+    if "--workers" in extra:  # the port answers once the first worker listens: wait for them all
+        workers = int(extra[extra.index("--workers") + 1])
+        deadline = time.monotonic() + 60
+        while len(listening_pids(port)) < workers:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{len(listening_pids(port))} of {workers} workers listen:\n{log.read_text()}")
+            time.sleep(0.1)
     return Proxy(process, port, confdir, db, log)
+
+
+def listening_pids(port: int) -> set[str]:
+    """The processes with a socket listening on `port` (one per worker, SO_REUSEPORT)."""
+    listing = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True, check=False)
+    return set(re.findall(r"pid=(\d+)", listing.stdout))
 
 
 def wait_listening(process: subprocess.Popen, port: int, log: Path | None = None, timeout: float = 60) -> None:

@@ -17,7 +17,6 @@ import socket
 import socketserver
 import sqlite3
 import ssl
-import subprocess
 import sys
 import threading
 import time
@@ -28,7 +27,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 import requests
 
-from conftest import REPO, SHARED, Proxy, start_proxy, write_policy
+from conftest import REPO, SHARED, Proxy, listening_pids, start_proxy, write_policy
 from test_cli import aupguard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -396,8 +395,7 @@ def test_repeats_add_up_over_workers(tmp_path):
             conn.close()
             # Recorded before the next: a worker counts the attempts the others have written.
             assert rows(proxy.db, "ref = ?", (refs[-1],))
-        pids = subprocess.run(["ss", "-ltnpH", f"sport = :{proxy.port}"], capture_output=True, text=True).stdout
-        assert len(set(re.findall(r"pid=(\d+)", pids))) == 2
+        assert len(listening_pids(proxy.port)) == 2
     finally:
         assert proxy.stop() == 0
     found = {r["ref"]: r["severity"] for r in rows(proxy.db, expect=6)}

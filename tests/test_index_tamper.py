@@ -8,12 +8,11 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from aupguard.index import HEADER_SIZE
-from conftest import start_proxy, wait_for, write_policy
+from conftest import listening_pids, start_proxy, wait_for, write_policy
 
 ILLEGAL, ADULT = "illegal-feed.test", "www.pornhub.com"
 
@@ -87,6 +86,13 @@ def cp_other_lists(tmp_path: Path, index: Path, policy: Path) -> str:
     return "compiled for other list folders"
 
 
+def cp_compiled_elsewhere(tmp_path: Path, index: Path, policy: Path) -> str:
+    # A valid index that this proxy's data folder never published (another machine's, or forged).
+    compile_to(policy, tmp_path / "elsewhere.idx", tmp_path / "elsewhere")
+    subprocess.run(["cp", str(tmp_path / "elsewhere.idx"), str(index)], check=True)
+    return "not an index that `aupguard lists compile` published here"
+
+
 def zeroes(tmp_path: Path, index: Path, policy: Path) -> str:
     write_in_place(index, bytes(index.stat().st_size))
     return "bad magic"
@@ -104,7 +110,7 @@ def truncation(tmp_path: Path, index: Path, policy: Path) -> str:
 
 TAMPERING = {
     f.__name__: f
-    for f in (cp_same_lists, cp_other_lists, zeroes, random_bytes, truncation)
+    for f in (cp_same_lists, cp_other_lists, cp_compiled_elsewhere, zeroes, random_bytes, truncation)
 }
 
 
@@ -163,14 +169,7 @@ def test_every_worker_maps_the_same_private_copy_not_the_configured_file(tmp_pat
     proxy = start_proxy(tmp_path, extra=("--workers", "2"))
     try:
         assert proxied_status(proxy.port, ADULT) == 403
-        deadline = time.monotonic() + 30  # the port answers once the first worker listens; wait for the second
-        pids: set[str] = set()
-        while len(pids) < 2 and time.monotonic() < deadline:
-            listing = subprocess.run(
-                ["ss", "-ltnpH", f"sport = :{proxy.port}"], capture_output=True, text=True, check=False
-            ).stdout
-            pids = set(re.findall(r"pid=(\d+)", listing))
-            time.sleep(0.1)
+        pids = listening_pids(proxy.port)
         assert len(pids) == 2
         mapped = set()
         for pid in pids:

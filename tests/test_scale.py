@@ -26,7 +26,7 @@ from aupguard import lists
 from aupguard.index import compile_from_folders, ensure_index, load_index, why_recompile
 from aupguard.lists import ListError, ListRoot, NarrowedRule, domain_list_entries, import_domain_list, load_lists
 from aupguard.policy import load_policy
-from conftest import start_proxy, wait_for, write_policy
+from conftest import listening_pids, start_proxy, wait_for, write_policy
 from test_index import rewrite_header
 
 REF = re.compile(r"AG-[A-Z2-9]{4}-[A-Z2-9]{4}(?:-\d+)?")
@@ -449,8 +449,7 @@ def test_two_workers_share_one_port_and_record_every_incident_once(tmp_path):
             assert response.status == 403
             refs.append(response.headers["X-Aupguard-Incident"])
             conn.close()
-        pids = subprocess.run(["ss", "-ltnpH", f"sport = :{proxy.port}"], capture_output=True, text=True).stdout
-        assert len(set(re.findall(r"pid=(\d+)", pids))) == 2
+        assert len(listening_pids(proxy.port)) == 2
     finally:
         assert proxy.stop() == 0  # clean shutdown: both workers flush and exit
     with sqlite3.connect(proxy.db) as db:
