@@ -173,6 +173,18 @@ def test_body_check_holds_back_the_first_bytes_until_they_tell():
     assert check(b"more") == [] and check(b"") == [] and len(refused) == 1
 
 
+def test_a_body_sent_a_byte_a_chunk_is_judged_a_few_times_not_once_a_byte(monkeypatch):
+    judged = []
+    real = downloads.content_block
+    monkeypatch.setattr(downloads, "content_block", lambda types, prefix: judged.append(len(prefix)) or real(types, prefix))
+    check = downloads.BodyCheck(None, frozenset({"disk_image"}), pytest.fail)
+    body = b"x" * (downloads.SNIFF_BYTES + 10)
+    out = [check(body[i : i + 1]) for i in range(len(body))] + [check(b"")]
+    sent = b"".join(b"".join(part) if isinstance(part, list) else part for part in out)
+    assert sent == body  # passed whole, in order
+    assert len(judged) <= 20  # 1, 2, 4, ... 32768 and the whole prefix: not 32,774 judgements
+
+
 def test_body_check_passes_an_ordinary_body_whole_and_in_order():
     check = downloads.BodyCheck(None, frozenset({"disk_image", "executable"}), pytest.fail)
     body = bytes(range(256)) * 200  # 51,200 bytes: past SNIFF_BYTES in the middle of a chunk

@@ -291,7 +291,9 @@ class BodyCheck:
     With `limit`, chunks are counted as they pass; the chunk that crosses it and
     everything after are dropped, not kept. With `blocked_types`, the first
     SNIFF_BYTES are held back (bounded) until they show a blocked type or cannot
-    (or the body ends), then passed on. Either way `refused` is called once, so
+    (or the body ends), then passed on. They are judged again only once they have
+    doubled since last judged, so a server sending a byte per chunk costs a few
+    judgements, not one a byte. Either way `refused` is called once, so
     the caller can kill the flow: the client then sees the connection reset,
     never the file.
     """
@@ -310,6 +312,7 @@ class BodyCheck:
         self.total = 0
         self.stopped = False
         self.held: bytearray | None = bytearray() if blocked_types & SNIFFED_TYPES else None
+        self.judged = 0  # how many held bytes were judged last
 
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
         # Nothing to send is [], not b"": mitmproxy would send an empty chunk, which ends a chunked body.
@@ -323,10 +326,14 @@ class BodyCheck:
             return chunk
         taken = chunk[: SNIFF_BYTES - len(self.held)]
         self.held += taken
+        complete = len(self.held) >= SNIFF_BYTES or not chunk
+        if not complete and len(self.held) < 2 * self.judged:
+            return []  # held back: too little new to judge again
+        self.judged = len(self.held)
         refused = content_block(self.blocked_types, decoded_prefix(bytes(self.held), self.content_encoding))
         if refused is not None:
             return self._stop(refused)
-        if len(self.held) < SNIFF_BYTES and chunk:
+        if not complete:
             return []  # held back until there is enough to tell
         held, self.held = bytes(self.held), None
         return [part for part in (held, chunk[len(taken) :]) if part]
