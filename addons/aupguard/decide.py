@@ -124,11 +124,11 @@ def overridden_allows(policy: Policy, classifier: Classifier) -> list[str]:
                 continue
             path = source.path / kind
             for number, entry in read_entries(path, Problems(), strip_comments=True):
-                if kind == "domains":
-                    try:
-                        key = domain_key(entry)
-                    except ValueError:
-                        continue  # the list loader reports the line
+                try:
+                    key = domain_key(entry) if kind == "domains" else None  # a urls key only when looked up
+                except ValueError:
+                    continue  # the list loader reports the line
+                if key is not None:
                     try:
                         one_site(key)
                     except ValueError as exc:
@@ -138,7 +138,7 @@ def overridden_allows(policy: Policy, classifier: Classifier) -> list[str]:
                 if not policy.mandatory or checked > MAX_ALLOW_ENTRIES_CHECKED:
                     continue
                 try:
-                    key = domain_key(entry) if kind == "domains" else url_key(entry)
+                    key = key if key is not None else url_key(entry)
                     bracketed = f"[{key}]" if kind == "domains" and ":" in key else key  # an IPv6 address
                     url = normalize_url(f"http://{bracketed}")
                 except ValueError:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -229,12 +230,11 @@ class Engine:
         target, the absolute URL's), the Host header, the TLS SNI. Each name is checked with the path,
         so a Host header naming another site cannot take the path past `urls` and `expressions`; the
         strictest decision wins. A name that is no host makes the whole request malformed."""
-        verdict: Verdict | None = None
         urls, unreadable = _readable_urls(scheme, names, port, path)
-        for url in urls:  # one in the common case: every name the same host
-            candidate = self.check(url, identity, method=method, content_type=content_type, accept=accept, when=when)
-            if verdict is None or _stricter(candidate.decision, verdict.decision):
-                verdict = candidate
+        verdict = _strictest(  # one URL in the common case: every name the same host
+            self.check(url, identity, method=method, content_type=content_type, accept=accept, when=when)
+            for url in urls
+        )
         if unreadable is not None:
             return self.malformed(identity, verdict, unreadable[0], str(unreadable[1]))
         assert verdict is not None, "a request names at least one host"
@@ -245,11 +245,7 @@ class Engine:
     ) -> Verdict:
         """`failed` for a request or CONNECT that broke in aupguard's hook: the mandatory tier is still
         looked up under every name it gave that can be read, the strictest verdict wins."""
-        verdict: Verdict | None = None
-        for url in _readable_urls(scheme, names, port, path)[0]:
-            candidate = self.failed(identity, url, error)
-            if verdict is None or _stricter(candidate.decision, verdict.decision):
-                verdict = candidate
+        verdict = _strictest(self.failed(identity, url, error) for url in _readable_urls(scheme, names, port, path)[0])
         return verdict if verdict is not None else self.failed(identity, None, error)
 
     def malformed(self, identity: Identity, within: Verdict | None, asked: str, why: str) -> Verdict:
@@ -425,6 +421,15 @@ def _technique(outer: Decision, decision: Decision, deciding_inner: str | None) 
     if CIRCUMVENTION_CATEGORIES.intersection(m.category for m in decision.blocked_by):
         return "list"
     return None
+
+
+def _strictest(verdicts: Iterable[Verdict]) -> Verdict | None:
+    """The verdict whose decision is strictest (the first of equals); None for none."""
+    strictest: Verdict | None = None
+    for verdict in verdicts:
+        if strictest is None or _stricter(verdict.decision, strictest.decision):
+            strictest = verdict
+    return strictest
 
 
 def _readable_urls(

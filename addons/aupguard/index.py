@@ -645,14 +645,20 @@ def _record_publication(digest: str) -> None:
     mark.touch(mode=0o400)
     os.utime(mark)  # published again: the newest
     _fsync_dir(folder)
-    for old in sorted(folder.iterdir(), key=_mtime, reverse=True)[KEEP_PUBLISHED:]:
-        old.unlink(missing_ok=True)
+    _delete_all_but_newest(folder.iterdir(), KEEP_PUBLISHED)
+
+
+def _delete_all_but_newest(files: Iterable[Path], keep: int, spare: Path | None = None) -> None:
+    """Delete all but the `keep` most recently modified of `files`, and never `spare`."""
+    for old in sorted(files, key=_mtime, reverse=True)[keep:]:
+        if old != spare:
+            old.unlink(missing_ok=True)
 
 
 def _mtime(path: Path) -> float:
     try:
         return path.stat().st_mtime
-    except FileNotFoundError:  # pruned meanwhile by another compile
+    except OSError:  # removed meanwhile (by another worker or compile): the oldest
         return 0.0
 
 
@@ -728,19 +734,10 @@ def _copy(src: int, dst: int) -> str:
 def _prune(store: Path, serving: Path) -> None:
     """Delete all but the KEEP_SERVED newest copies (a reader keeps its mapping of a deleted one),
     and partial copies a killed process left behind."""
-
-    def age(path: Path) -> float:
-        try:
-            return -path.stat().st_mtime
-        except OSError:
-            return 0.0
-
-    for old in sorted(store.glob("*.idx"), key=age)[KEEP_SERVED:]:
-        if old != serving:
-            old.unlink(missing_ok=True)
-    abandoned = -(time.time() - _ABANDONED_COPY_S)
+    _delete_all_but_newest(store.glob("*.idx"), KEEP_SERVED, spare=serving)
+    abandoned = time.time() - _ABANDONED_COPY_S
     for partial in store.glob(".copy-*.tmp"):
-        if age(partial) > abandoned:  # older than _ABANDONED_COPY_S (age is minus the mtime)
+        if _mtime(partial) < abandoned:
             partial.unlink(missing_ok=True)
 
 
