@@ -5,8 +5,8 @@
 `aupguard run` loads this same file; see README.md for the options it adds.
 """
 
-from aupguard.addon import AupGuard
-from aupguard.feedback import FeedbackApp
+from aupguard.proxy.addon import AupGuard
+from aupguard.proxy.feedback import FeedbackApp
 
 # AupGuard first: it declares the options FeedbackApp reads, and decides every request before
 # FeedbackApp answers the block page's forms on the reserved host.

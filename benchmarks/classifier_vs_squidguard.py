@@ -43,8 +43,8 @@ GROUP = "pupils"
 def blocked_folders(root: Path) -> dict[str, tuple[str, frozenset[str]]]:
     """UT1 folder -> (aupguard category, list files not read), for the folders the bundled policy
     blocks for GROUP, as config/ut1-mapping.yaml maps them (its long form may skip some files)."""
-    from aupguard.lists import load_mapping, mapped
-    from aupguard.policy import load_policy
+    from aupguard.config.policy import load_policy
+    from aupguard.lists.folders import load_mapping, mapped
 
     policy = load_policy(REPO / "config" / "policy.yaml")
     mapping = {name: mapped(value) for name, value in load_mapping(REPO / "config" / "ut1-mapping.yaml").items()}
@@ -150,8 +150,8 @@ def decisions_squidguard(path: Path) -> list[str]:
 
 def explain(url: str, ours: str, listed_ips: list[str], url_entries: set[str]) -> str:
     """Why aupguard and squidGuard decided `url` differently, as far as can be told."""
-    from aupguard.classify import url_prefixes
-    from aupguard.urlnorm import URLError, normalize_url
+    from aupguard.core.classify import url_prefixes
+    from aupguard.core.urlnorm import URLError, normalize_url
 
     try:
         normalized = normalize_url(url)

@@ -21,12 +21,12 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import yaml
-
 import circumvention_corpus as corpus
-from aupguard.engine import Engine
-from aupguard.identify import Identity
-from aupguard.lists import import_host_list
+import yaml
+from aupguard.core.engine import Engine
+from aupguard.core.identify import Identity
+from aupguard.lists.folders import import_host_list
+
 from benchmarks.benign_urls import DEFAULT_COUNT, benign_urls
 
 REPO = Path(__file__).resolve().parent.parent

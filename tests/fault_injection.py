@@ -6,7 +6,9 @@ circumvention inspection (after the list lookup) raise; /fault-hook, and a CONNE
 "fault-hook.", make aupguard's own hook fail around the engine. Nothing here ships.
 """
 
-from aupguard import blockpage, circumvention, classify, engine, incidents
+from aupguard.core import circumvention, classify, engine
+from aupguard.proxy import blockpage
+from aupguard.store import incidents
 
 _matches = classify.Classifier.matches
 _render = blockpage.render

@@ -10,8 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-
-from aupguard.policy import PolicyError, load_policy
+from aupguard.config.policy import PolicyError, load_policy
 
 
 def write(tmp_path: Path, text: str, name: str = "policy.yaml") -> Path:

@@ -8,10 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from aupguard.circumvention import (
+from aupguard.core.circumvention import (
     HEURISTIC_THRESHOLD,
     MAX_DEPTH,
     MAX_REQUEST_LINE,
@@ -21,7 +18,9 @@ from aupguard.circumvention import (
     inspect_request,
     inspect_url,
 )
-from aupguard.urlnorm import URLError, normalize_url
+from aupguard.core.urlnorm import URLError, normalize_url
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

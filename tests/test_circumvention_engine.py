@@ -7,12 +7,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-
-from aupguard.engine import Engine
-from aupguard.identify import Identity
-from aupguard.incidents import RepeatRule
-from aupguard.lists import ListError, host_entry, import_host_list
-from aupguard.policy import CircumventionRules, PolicyError, load_policy
+from aupguard.config.policy import CircumventionRules, PolicyError, load_policy
+from aupguard.core.engine import Engine
+from aupguard.core.identify import Identity
+from aupguard.core.incident import RepeatRule
+from aupguard.lists.folders import ListError, host_entry, import_host_list
 from conftest import write_policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -203,9 +202,8 @@ def test_a_folder_that_is_no_checkout_is_refused_and_the_old_lists_stay(tmp_path
 
 
 def test_the_cli_imports_the_shared_lists(shared_dir, tmp_path):
+    from aupguard.cli.main import main
     from click.testing import CliRunner
-
-    from aupguard.cli import main
 
     result = CliRunner().invoke(
         main, ["lists", "import", "doh", str(shared_dir / "blocklists-extra" / "dibdot-doh"), "--dest", str(tmp_path / "doh")]

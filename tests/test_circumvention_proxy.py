@@ -26,7 +26,6 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 import requests
-
 from conftest import REPO, SHARED, Proxy, listening_pids, start_proxy, write_policy
 from test_cli import aupguard
 

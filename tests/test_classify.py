@@ -5,18 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
+from aupguard.config.policy import load_policy
+from aupguard.core.classify import Classifier, url_prefixes
+from aupguard.core.decide import decide, filter_error
+from aupguard.core.identify import Identity
+from aupguard.core.urlnorm import from_parts, normalize_url
+from aupguard.lists.folders import ListRoot, load_lists
+from aupguard.lists.index import compile_from_folders, load_index
+from conftest import BUNDLED_POLICY
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from aupguard.classify import Classifier, url_prefixes
-from aupguard.decide import decide, filter_error
-from aupguard.identify import Identity
-from aupguard.index import compile_from_folders, load_index
-from aupguard.lists import ListRoot, load_lists
-from aupguard.policy import load_policy
-from aupguard.urlnorm import from_parts, normalize_url
-
-from conftest import BUNDLED_POLICY
 
 LISTS = {
     "adult/domains": "example-adult.com\n192.0.2.7\nпример.рф\n",

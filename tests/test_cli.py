@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import start_proxy, write_policy
 
 
@@ -218,9 +217,8 @@ def test_a_mistyped_database_is_refused_not_created(tmp_path, command):
 
 
 def test_help_teaches_by_example():
+    from aupguard.cli.main import main
     from click.testing import CliRunner
-
-    from aupguard.cli import main
 
     top = CliRunner().invoke(main, ["--help"]).output
     for needed in ("aupguard explain ", "aupguard exempt add ", "aupguard classroom set ", "AUPGUARD_DATA", "AUPGUARD_HOME"):

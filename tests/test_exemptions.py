@@ -14,19 +14,19 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import requests
 import tldextract
+from aupguard.cli.main import main
+from aupguard.config.policy import load_policy
+from aupguard.core import exemptions as ex
+from aupguard.core.classify import Classification, Match
+from aupguard.core.decide import decide
+from aupguard.core.identify import Identity
+from aupguard.core.urlnorm import normalize_url, suffix_parts
+from aupguard.lists.folders import one_site
+from aupguard.store import exemptions as exstore
+from click.testing import CliRunner
+from conftest import BUNDLED_POLICY, REPO, start_proxy, write_policy
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from click.testing import CliRunner
-
-from aupguard import exemptions as ex
-from aupguard.cli import main
-from aupguard.classify import Classification, Match
-from aupguard.decide import decide
-from aupguard.identify import Identity
-from aupguard.lists import one_site
-from aupguard.policy import load_policy
-from aupguard.urlnorm import normalize_url, suffix_parts
-from conftest import BUNDLED_POLICY, REPO, start_proxy, write_policy
 from test_cli import aupguard
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
@@ -38,7 +38,7 @@ OTHER_PUPIL = Identity(None, "10.99.0.1", "pupils", "test")
 
 @pytest.fixture
 def store(tmp_path):
-    db = ex.open_store(tmp_path / "data" / "exemptions.db")
+    db = exstore.open_store(tmp_path / "data" / "exemptions.db")
     yield db
     db.close()
 
@@ -58,22 +58,22 @@ def add(db, **kwargs):
     kwargs.setdefault("until", LATER)
     kwargs.setdefault("by", "Ms Khan")
     kwargs.setdefault("reason", "coding lesson")
-    return ex.add(db, POLICY, now=NOW, **kwargs)
+    return exstore.add(db, POLICY, now=NOW, **kwargs)
 
 
 # -- the store -------------------------------------------------------------------------------------
 
 
 def test_the_store_is_private(tmp_path):
-    ex.open_store(tmp_path / "data" / "exemptions.db").close()
+    exstore.open_store(tmp_path / "data" / "exemptions.db").close()
     assert stat.S_IMODE(os.stat(tmp_path / "data").st_mode) == 0o700
     assert stat.S_IMODE(os.stat(tmp_path / "data" / "exemptions.db").st_mode) == 0o600
 
 
 def test_every_change_is_audited_and_the_audit_is_append_only(store):
     item = add(store, group="pupils", category="games")
-    ex.revoke(store, item.id, by="Mr Head", reason="lesson over", now=NOW + timedelta(minutes=5))
-    trail = ex.audit_trail(store)
+    exstore.revoke(store, item.id, by="Mr Head", reason="lesson over", now=NOW + timedelta(minutes=5))
+    trail = exstore.audit_trail(store)
     assert [(r["action"], r["actor"], r["exemption_id"]) for r in trail] == [
         ("add", "Ms Khan", item.id),
         ("revoke", "Mr Head", item.id),
@@ -87,10 +87,10 @@ def test_every_change_is_audited_and_the_audit_is_append_only(store):
 
 def test_exemptions_expire_by_themselves(store):
     item = add(store, group="pupils", category="games")
-    assert [i.id for i in ex.listing(store, now=NOW)] == [item.id]
-    assert ex.listing(store, now=LATER) == []
-    assert [i.id for i in ex.listing(store, include_ended=True)] == [item.id]
-    snapshot = ex.ExemptionSet(ex.listing(store, now=NOW))
+    assert [i.id for i in exstore.listing(store, now=NOW)] == [item.id]
+    assert exstore.listing(store, now=LATER) == []
+    assert [i.id for i in exstore.listing(store, include_ended=True)] == [item.id]
+    snapshot = ex.ExemptionSet(exstore.listing(store, now=NOW))
     assert decided(snapshot.items, PUPIL, "https://minecraft.net/", "games").action == "allow"
     assert decided(snapshot.items, PUPIL, "https://minecraft.net/", "games", when=LATER).action == "block"
 
@@ -118,14 +118,14 @@ def test_bad_exemptions_are_refused_with_a_reason(store, kwargs, message):
     categories = {"illegal-feed.example": ["illegal"], "adult-and-illegal.example": ["adult", "illegal"]}
     with pytest.raises(ex.ExemptionError, match=message):
         add(store, sites=[site] if site else [], site_categories=lambda d: categories.get(d, []), **kwargs)
-    assert ex.audit_trail(store) == []
+    assert exstore.audit_trail(store) == []
 
 
 @pytest.mark.parametrize("network", ["0.0.0.0/0", "10.0.0.0/8", "10.20.0.0/15", "::/0", "2001:db8::/47"])
 def test_a_classroom_override_wider_than_a_site_range_needs_whole_school(store, network):
     with pytest.raises(ex.ExemptionError, match="--whole-school"):
         add(store, kind=ex.BLOCK_ALL, network=network)
-    assert ex.audit_trail(store) == []
+    assert exstore.audit_trail(store) == []
     wide = add(store, kind=ex.BLOCK_ALL, network=network, whole_school=True)
     assert str(wide.network) == network
 
@@ -196,7 +196,7 @@ def test_the_heads_permission_can_lift_an_adult_block(store):
     added = add(store, group="pupils", sites=["art-history.example"], site_categories=lambda d: categories.get(d, []))
     assert added.sites == ("art-history.example",)
     assert add(store, user="a.pupil", category="adult").category == "adult"
-    snapshot = ex.ExemptionSet(ex.listing(store, now=NOW))
+    snapshot = ex.ExemptionSet(exstore.listing(store, now=NOW))
     assert decided([], PUPIL, "https://art-history.example/", "adult").action == "block"
     assert decided(snapshot.items, PUPIL, "https://art-history.example/", "adult").action == "allow"
     assert decided(snapshot.items, OTHER_PUPIL, "https://other.example/", "adult").action == "block"
@@ -221,7 +221,7 @@ def test_classroom_block_all_and_allow_only():
 
 
 def test_filter_errors_are_not_lifted():
-    from aupguard.decide import filter_error
+    from aupguard.core.decide import filter_error
 
     classification = classified("https://poki.com/", "games")
     snapshot = ex.ExemptionSet([item(group="pupils", sites=("poki.com",))])
@@ -239,13 +239,13 @@ def test_active_for_lists_what_explain_shows():
 
 def test_parse_until():
     zone = POLICY.timezone
-    assert ex.parse_until("+45m", zone, NOW) == NOW + timedelta(minutes=45)
-    assert ex.parse_until("+2d", zone, NOW) == NOW + timedelta(days=2)
+    assert exstore.parse_until("+45m", zone, NOW) == NOW + timedelta(minutes=45)
+    assert exstore.parse_until("+2d", zone, NOW) == NOW + timedelta(days=2)
     summer = datetime(2026, 7, 1, 9, 0, tzinfo=timezone.utc)
-    assert ex.parse_until("15:30", zone, summer) == datetime(2026, 7, 1, 14, 30, tzinfo=timezone.utc)  # BST
-    assert ex.parse_until("2026-11-23T15:30", zone, NOW) == datetime(2026, 11, 23, 15, 30, tzinfo=timezone.utc)
+    assert exstore.parse_until("15:30", zone, summer) == datetime(2026, 7, 1, 14, 30, tzinfo=timezone.utc)  # BST
+    assert exstore.parse_until("2026-11-23T15:30", zone, NOW) == datetime(2026, 11, 23, 15, 30, tzinfo=timezone.utc)
     with pytest.raises(ex.ExemptionError):
-        ex.parse_until("tomorrow", zone, NOW)
+        exstore.parse_until("tomorrow", zone, NOW)
 
 
 # -- the command line --------------------------------------------------------------------------------
@@ -376,7 +376,7 @@ def test_an_exemption_or_classroom_site_is_never_a_public_suffix(store, site):
         add(store, group="pupils", sites=[site])
     with pytest.raises(ex.ExemptionError, match="it would match every site under it"):
         add(store, kind=ex.ALLOW_ONLY, network="10.20.4.0/24", sites=["bbc.co.uk", site])
-    assert ex.audit_trail(store) == []
+    assert exstore.audit_trail(store) == []
 
 
 def test_sites_below_a_public_suffix_are_one_site(store):
@@ -436,7 +436,7 @@ def store_row(db, kind, sites, **columns):
 
 
 def test_a_stored_public_suffix_exemption_does_not_let_an_adult_site_through(tmp_path, caplog):
-    from aupguard.engine import Engine
+    from aupguard.core.engine import Engine
 
     def adult_list(policy):
         policy["lists"].append({"name": "testlists", "path": str(tmp_path / "lists")})
@@ -445,12 +445,12 @@ def test_a_stored_public_suffix_exemption_does_not_let_an_adult_site_through(tmp
     (tmp_path / "lists" / "adult" / "domains").write_text("adult-site.com\n")
     engine = Engine.from_policy_file(write_policy(tmp_path / "policy.yaml", adult_list))
     path = tmp_path / "exemptions.db"
-    db = ex.open_store(path)
+    db = exstore.open_store(path)
     store_row(db, ex.EXEMPTION, ["com"], group_name="pupils")
     store_row(db, ex.ALLOW_ONLY, ["co.uk", "kahoot.it"], network="10.20.5.0/24")
     db.close()
-    with caplog.at_level("WARNING", logger="aupguard.exemptions"):
-        engine.exemptions = ex.load_active(path)
+    with caplog.at_level("WARNING", logger="aupguard.store.exemptions"):
+        engine.exemptions = exstore.load_active(path)
     warnings = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(warnings) == 1 and "#1 'com'" in warnings[0] and "#2 'co.uk'" in warnings[0]
     verdict = engine.check("https://www.adult-site.com/", engine.identify("a.pupil", "10.20.4.7"))
@@ -542,9 +542,9 @@ def test_the_os_account_falls_back_to_the_uid(monkeypatch):
     def no_entry(uid):
         raise KeyError(uid)
 
-    monkeypatch.setattr(ex.pwd, "getpwuid", no_entry)
+    monkeypatch.setattr(exstore.pwd, "getpwuid", no_entry)
     monkeypatch.delenv("SUDO_USER", raising=False)
-    assert ex.current_os_user() == f"uid {os.getuid()}"
+    assert exstore.current_os_user() == f"uid {os.getuid()}"
 
 
 def test_an_older_store_gains_the_os_user_columns(tmp_path):
@@ -560,10 +560,10 @@ def test_an_older_store_gains_the_os_user_columns(tmp_path):
              VALUES ('2026-01-01T00:00:00Z', 'old', 'add', 1, '{}', 'r');"""
     )
     old.close()
-    db = ex.open_store(path)
+    db = exstore.open_store(path)
     try:
         add(db, group="pupils", category="games")
-        trail = ex.audit_trail(db)
-        assert trail[0]["os_user"] is None and trail[1]["os_user"] == ex.current_os_user()
+        trail = exstore.audit_trail(db)
+        assert trail[0]["os_user"] is None and trail[1]["os_user"] == exstore.current_os_user()
     finally:
         db.close()

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timezone
 
-from aupguard.engine import Engine
-from aupguard.explain import explain, render_text
-
+from aupguard.core.engine import Engine
+from aupguard.report.explain import explain, render_text
 from conftest import write_policy
 from test_cli import aupguard, verdicts
 

@@ -7,7 +7,6 @@ import sqlite3
 import time
 
 import pytest
-
 from conftest import REPO, start_proxy, write_policy
 
 FAULTS = REPO / "tests" / "fault_injection.py"

@@ -11,8 +11,8 @@ import time
 
 import pytest
 import requests
-
-from aupguard import feedback
+from aupguard.proxy import feedback
+from aupguard.store import feedback as feedback_store
 from conftest import start_proxy
 from test_cli import aupguard
 
@@ -84,7 +84,7 @@ def test_accidental_and_review_requests_are_stored_and_listed(proxy):
     rows = [r for r in wait_rows(proxy, 2) if r["ref"] == ref]
     assert sorted(r["kind"] for r in rows) == ["accidental", "review"]
     review = next(r for r in rows if r["kind"] == "review")
-    assert len(review["reason"]) == feedback.MAX_REASON and review["reason"].startswith("=HYPERLINK")
+    assert len(review["reason"]) == feedback_store.MAX_REASON and review["reason"].startswith("=HYPERLINK")
     assert review["url"] == "http://pornhub.com/first" and review["category"] == "adult"  # joined to its incident
     out = aupguard("report", "--requests", "--db", str(proxy.db), "--format", "csv").stdout
     assert "'=HYPERLINK" in out  # neutralised for spreadsheets
@@ -115,16 +115,16 @@ def test_posts_are_rate_limited_per_client(tmp_path):
 
 
 def test_requests_go_when_their_incident_is_purged(proxy, tmp_path):
-    from aupguard.incidents import open_db, purge
+    from aupguard.store.incidents import open_db, purge
 
     db = open_db(tmp_path / "i.db")
-    feedback.ensure_schema(db)
+    feedback_store.ensure_schema(db)
     db.execute(
         "INSERT INTO incidents (ref, ts_utc, local_date, local_time, client_ip, user_group, method, url, url_sha256,"
         " url_length, host, categories, rule, action, severity) VALUES ('AG-2222-3333', '2000-01-01T00:00:00.000000Z',"
         " '2000-01-01', '00:00:00', '1.2.3.4', 'pupils', 'GET', 'u', 'h', 1, 'h', '[]', '', 'block', 'low')"
     )
-    feedback.record(db, "AG-2222-3333", "review", "please")
+    feedback_store.record(db, "AG-2222-3333", "review", "please")
     db.conn.commit()
     assert purge(db, 30) == 1
     assert db.execute("SELECT COUNT(*) FROM incident_requests").fetchone()[0] == 0

@@ -12,14 +12,14 @@ import json
 import zoneinfo
 
 import pytest
+from aupguard.cli.main import main as cli_main
+from aupguard.config.timetable import Span, Timetable
+from aupguard.core import circumvention
+from aupguard.core.urlnorm import URLError, _parse_url, normalize_url
+from aupguard.proxy import lean
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from aupguard import circumvention, lean
-from aupguard.cli import main as cli_main
-from aupguard.timetable import Span, Timetable
-from aupguard.urlnorm import URLError, _parse_url, normalize_url
 
 # --- URL normalisation: the plain-URL fast path ------------------------------------------------
 
@@ -179,7 +179,7 @@ def test_an_addon_whose_option_is_set_is_kept():
 )
 def test_the_incident_local_time_is_what_astimezone_gives(timestamp, zone_name):
     """engine.local_date_time caches per minute; Amsterdam before 1937 (+00:19:32) takes the slow path."""
-    from aupguard.engine import local_date_time
+    from aupguard.core.engine import local_date_time
 
     zone = zoneinfo.ZoneInfo(zone_name)
     when = dt.datetime.fromtimestamp(timestamp, dt.timezone.utc)
@@ -302,10 +302,9 @@ def test_the_handler_table_follows_addons_added_removed_and_options_set():
 @pytest.mark.parametrize("report_url", [None, "http://aupguard.invalid/report"])
 @pytest.mark.parametrize("ref", [None, "AG-7F3K-2Q9M"])
 def test_the_page_response_is_what_response_make_gives(content_type, report_url, ref):
+    from aupguard.proxy import blockpage
+    from aupguard.proxy.addon import _page_response
     from mitmproxy import http
-
-    from aupguard import blockpage
-    from aupguard.addon import _page_response
 
     page = blockpage.BlockPage(403, content_type, "<p>blocked – école</p>".encode())
     made = _page_response(page, report_url, report_url is not None, ref)

@@ -17,11 +17,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from aupguard.core.incident import Incident, RepeatRule, new_ref
+from aupguard.store import incidents
+from aupguard.store.incidents import IncidentWriter, SchemaError, open_db, purge
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from aupguard import incidents
-from aupguard.incidents import Incident, IncidentWriter, SchemaError, new_ref, open_db, purge
 
 NOW = datetime(2025, 3, 14, 10, 30, 0, tzinfo=timezone.utc)
 SECRETISH = ("password", "passwd", "pwd", "secret")
@@ -365,7 +365,7 @@ def test_overflow_drops_counts_and_logs_without_blocking(tmp_path, caplog):
     accepted = [writer.submit(make_incident()) for _ in range(15)]  # 10 fit, 5 do not: none may block
     assert accepted == [True] * 10 + [False] * 5
     assert writer.dropped == 5
-    with caplog.at_level(logging.ERROR, logger="aupguard.incidents"):
+    with caplog.at_level(logging.ERROR, logger="aupguard.store.incidents"):
         gate.set()
         writer.close()
     assert len(refs(path)) == 11 and writer.written == 11
@@ -419,7 +419,7 @@ def test_an_unwritable_database_releases_at_once_holds_the_incidents_and_writes_
     fixed = fail_inserts(writer)
     released = threading.Semaphore(0)
     made = [make_incident() for _ in range(50)]
-    with caplog.at_level(logging.WARNING, logger="aupguard.incidents"):
+    with caplog.at_level(logging.WARNING, logger="aupguard.store.incidents"):
         for incident in made:
             assert writer.submit(incident, released.release)
         for _ in made:
@@ -444,7 +444,7 @@ def test_beyond_the_bound_incidents_are_dropped_counted_and_said_and_the_held_on
     writer.start()
     fixed = fail_inserts(writer)
     made = [make_incident() for _ in range(25)]
-    with caplog.at_level(logging.ERROR, logger="aupguard.incidents"):
+    with caplog.at_level(logging.ERROR, logger="aupguard.store.incidents"):
         accepted = [writer.submit(incident) for incident in made]
         assert accepted == [True] * 20 + [False] * 5
         fixed.set()
@@ -458,7 +458,7 @@ def test_a_writer_stopping_while_the_database_stays_unwritable_says_what_is_lost
     writer = IncidentWriter(path, retry_interval=0.05)
     writer.start()
     fail_inserts(writer)
-    with caplog.at_level(logging.ERROR, logger="aupguard.incidents"):
+    with caplog.at_level(logging.ERROR, logger="aupguard.store.incidents"):
         writer.submit(make_incident())
         writer.submit(make_incident())
         writer.close(timeout=1)
@@ -498,7 +498,7 @@ def test_two_writers_share_one_database(tmp_path):
 
 # -- repeated attempts: raised as they are recorded -----------------------------------------------
 
-REPEATS = incidents.RepeatRule("circumvention", timedelta(minutes=10), 3)
+REPEATS = RepeatRule("circumvention", timedelta(minutes=10), 3)
 
 
 def attempt(minute: float, **fields) -> Incident:
@@ -573,7 +573,7 @@ def test_a_program_that_forgets_close_still_writes_and_exits(tmp_path):
 import sys
 sys.path[:0] = {[str(Path(__file__).parent)]!r}
 from pathlib import Path
-from aupguard.incidents import IncidentWriter
+from aupguard.store.incidents import IncidentWriter
 from test_incidents import make_incident
 writer = IncidentWriter(Path({str(path)!r}))
 writer.start()

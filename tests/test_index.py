@@ -7,11 +7,16 @@ import struct
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from aupguard import index as index_module
-from aupguard.index import (
+from aupguard.lists import index as index_module
+from aupguard.lists.folders import (
+    ListData,
+    ListRoot,
+    ListSource,
+    MappedFolder,
+    load_lists,
+    url_host,
+)
+from aupguard.lists.index import (
     HEADER_SIZE,
     IndexFormatError,
     IndexWriter,
@@ -21,7 +26,8 @@ from aupguard.index import (
     load_index,
     why_recompile,
 )
-from aupguard.lists import ListData, ListRoot, ListSource, MappedFolder, load_lists, url_host
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 
 def make_sources(n: int) -> list[ListSource]:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from aupguard.index import HEADER_SIZE
+from aupguard.lists.index import HEADER_SIZE
 from conftest import listening_pids, start_proxy, wait_for, write_policy
 
 ILLEGAL, ADULT = "illegal-feed.test", "www.pornhub.com"

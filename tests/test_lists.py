@@ -10,12 +10,19 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from aupguard.core.urlnorm import normalize_host, normalize_url
+from aupguard.lists import folders as lists
+from aupguard.lists.folders import (
+    ListError,
+    ListRoot,
+    MappedFolder,
+    import_ut1,
+    load_lists,
+    load_mapping,
+    mapped,
+)
 from hypothesis import assume, given
 from hypothesis import strategies as st
-
-from aupguard import lists
-from aupguard.lists import ListError, ListRoot, MappedFolder, import_ut1, load_lists, load_mapping, mapped
-from aupguard.urlnorm import normalize_host, normalize_url
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "blocklists"
@@ -716,11 +723,10 @@ def test_support_services_are_never_in_a_block_list():
 
 
 def test_an_allow_entry_in_a_mandatory_category_is_refused_at_load_and_reported_by_compile(tmp_path):
+    from aupguard.core.engine import Engine
+    from aupguard.lists.folders import ListError
     from conftest import write_policy
     from test_cli import aupguard
-
-    from aupguard.engine import Engine
-    from aupguard.lists import ListError
 
     local = write_tree(
         tmp_path / "local",

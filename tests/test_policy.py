@@ -7,13 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from aupguard import paths
-from aupguard.identify import identify
-from aupguard.lists import mapped
-from aupguard.policy import (
+from aupguard.config.policy import (
     CATEGORIES,
     MAX_POLICY_BYTES,
     SEVERITIES,
@@ -22,7 +17,10 @@ from aupguard.policy import (
     load_policy,
     severity_rank,
 )
-
+from aupguard.core.identify import identify
+from aupguard.lists.folders import mapped
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from policy_cases import assert_refused, edit_once, line_of, write
 
 REPO = Path(__file__).resolve().parents[1]
@@ -455,10 +453,10 @@ def test_broken_groups_and_categories_name_line_and_reason(tmp_path, old, new, m
 
 
 def decide_for(policy: Policy, group: str, *categories: str, when=None):
-    from aupguard.classify import Classification, Match
-    from aupguard.decide import decide
-    from aupguard.identify import Identity
-    from aupguard.urlnorm import normalize_url
+    from aupguard.core.classify import Classification, Match
+    from aupguard.core.decide import decide
+    from aupguard.core.identify import Identity
+    from aupguard.core.urlnorm import normalize_url
 
     url = normalize_url("http://site.example/")
     matches = tuple(Match(c, "domain", "site.example", f"test/{c}/domains") for c in categories)
@@ -489,11 +487,11 @@ def test_a_walled_garden_blocks_everything_not_allowed(tmp_path):
 
 
 def test_bundled_walled_garden_holds_childrens_sites(bundled):
-    from aupguard.classify import Classifier
-    from aupguard.identify import Identity
-    from aupguard.lists import load_lists
-    from aupguard.decide import decide
-    from aupguard.urlnorm import normalize_url
+    from aupguard.core.classify import Classifier
+    from aupguard.core.decide import decide
+    from aupguard.core.identify import Identity
+    from aupguard.core.urlnorm import normalize_url
+    from aupguard.lists.folders import load_lists
 
     classifier = Classifier(load_lists(bundled.lists[:1]))
     child = Identity(None, "10.0.0.1", "early_years", "test")
@@ -521,11 +519,10 @@ def test_exemptions_max_days_is_read_and_defaults_to_a_month(tmp_path):
 def test_an_allow_list_naming_a_public_suffix_is_refused_at_load(tmp_path, entry):
     # A public suffix on an allow list would let every site under it through (all of .co.uk for
     # pupils): the policy is refused, naming the file and line, as a mandatory entry is.
+    from aupguard.core.engine import Engine
+    from aupguard.lists.folders import ListError
     from conftest import write_policy
     from test_lists import write_tree
-
-    from aupguard.engine import Engine
-    from aupguard.lists import ListError
 
     local = write_tree(tmp_path / "local", {"school_allow/domains": f"vle.example.co.uk\n{entry}\n"})
     policy = write_policy(tmp_path / "policy.yaml", lambda doc: doc["lists"].append({"name": "local", "path": str(local)}))

@@ -12,9 +12,16 @@ import sys
 
 import pytest
 import requests
-
 from conftest import (
-    REPO, Proxy, allow_tunnels_to, free_port, start_proxy, tls_request, wait_listening, write_policy, write_htpasswd,
+    REPO,
+    Proxy,
+    allow_tunnels_to,
+    free_port,
+    start_proxy,
+    tls_request,
+    wait_listening,
+    write_htpasswd,
+    write_policy,
 )  # fmt: skip
 
 REF = re.compile(r"AG-[A-Z2-9]{4}-[A-Z2-9]{4}")

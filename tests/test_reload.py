@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 import requests
-
-from conftest import start_proxy, write_policy, write_htpasswd
+from conftest import start_proxy, write_htpasswd, write_policy
 
 
 def eventually(check, timeout: float = 20.0, interval: float = 0.3):

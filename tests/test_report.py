@@ -13,24 +13,20 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-from rich.console import Console
-
-from aupguard.incidents import IncidentWriter, open_db
-from aupguard.report import (
+from aupguard.report.output import OutputError, private_text_file, safe_cell, visible
+from aupguard.report.summary import (
     DSL_COLUMNS,
-    OutputError,
     build_report,
     build_requests_report,
     dsl_export,
-    private_text_file,
     render_csv,
     render_json,
     render_table,
-    safe_cell,
-    visible,
 )
+from aupguard.store.incidents import IncidentWriter, open_db
+from hypothesis import given
+from hypothesis import strategies as st
+from rich.console import Console
 from test_incidents import make_incident
 
 DAY1 = datetime(2025, 3, 10, 9, 0, tzinfo=timezone.utc)
@@ -328,7 +324,7 @@ def obeyed(text: str) -> list[str]:
 
 
 def test_every_export_and_table_shows_control_characters_instead_of_obeying_them(tmp_path):
-    from aupguard.feedback import ensure_schema, record
+    from aupguard.store.feedback import ensure_schema, record
 
     path = tmp_path / "incidents.db"
     write(path, [at(DAY1, ref="AG-HOST-0001", username=HOSTILE, severity="high", categories=("vpn",),

@@ -9,10 +9,16 @@ import ssl
 import time
 
 import pytest
-from aupguard.engine import Engine
-from aupguard.identify import Identity
-from aupguard.urlnorm import URLError, from_parts
-from conftest import BUNDLED_POLICY, allow_tunnels_to, start_proxy, tls_request, write_policy
+from aupguard.core.engine import Engine
+from aupguard.core.identify import Identity
+from aupguard.core.urlnorm import URLError, from_parts
+from conftest import (
+    BUNDLED_POLICY,
+    allow_tunnels_to,
+    start_proxy,
+    tls_request,
+    write_policy,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

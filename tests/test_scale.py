@@ -19,14 +19,25 @@ import time
 from pathlib import Path
 
 import pytest
+from aupguard.config.policy import load_policy
+from aupguard.lists import folders as lists
+from aupguard.lists.folders import (
+    ListError,
+    ListRoot,
+    NarrowedRule,
+    domain_list_entries,
+    import_domain_list,
+    load_lists,
+)
+from aupguard.lists.index import (
+    compile_from_folders,
+    ensure_index,
+    load_index,
+    why_recompile,
+)
+from conftest import listening_pids, start_proxy, wait_for, write_policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from aupguard import lists
-from aupguard.index import compile_from_folders, ensure_index, load_index, why_recompile
-from aupguard.lists import ListError, ListRoot, NarrowedRule, domain_list_entries, import_domain_list, load_lists
-from aupguard.policy import load_policy
-from conftest import listening_pids, start_proxy, wait_for, write_policy
 from test_index import rewrite_header
 
 REF = re.compile(r"AG-[A-Z2-9]{4}-[A-Z2-9]{4}(?:-\d+)?")

@@ -6,12 +6,10 @@ from datetime import date, datetime, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
+from aupguard.config.policy import load_policy
+from aupguard.config.timetable import HOLIDAYS, Span, Timetable
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from aupguard.policy import load_policy
-from aupguard.timetable import HOLIDAYS, Span, Timetable
-
 from policy_cases import assert_refused, edit_once, write
 from test_policy import BASE
 

@@ -9,11 +9,8 @@ import unicodedata
 from urllib.parse import quote_plus
 
 import pytest
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
-
-from aupguard.classify import url_prefixes
-from aupguard.urlnorm import (
+from aupguard.core.classify import url_prefixes
+from aupguard.core.urlnorm import (
     DEFAULT_PORTS,
     NormalizedURL,
     URLError,
@@ -23,6 +20,8 @@ from aupguard.urlnorm import (
     search_term,
     server_path,
 )
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 PROPERTY = settings(max_examples=300, deadline=None)
 

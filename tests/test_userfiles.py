@@ -6,13 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
+from aupguard.config import userfiles
+from aupguard.config.policy import PolicyError, load_policy
+from aupguard.core.identify import identify
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from aupguard import userfiles
-from aupguard.identify import identify
-from aupguard.policy import PolicyError, load_policy
-
 from test_policy import BASE, line_of, write
 
 WITH_FILES = BASE.replace(

@@ -23,11 +23,17 @@ import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from . import paths
-from .lists import ListError, ListRoot, MappedFolder, load_mapping, mapped
-from .timetable import Timetable, read_timetable
-from .userfiles import Member, UserFile, UserFileError, read_user_file
-from .urlnorm import URLError, normalize_host
+from aupguard import paths
+from aupguard.config.timetable import Timetable, read_timetable
+from aupguard.config.userfiles import Member, UserFile, UserFileError, read_user_file
+from aupguard.core.urlnorm import URLError, normalize_host
+from aupguard.lists.folders import (
+    ListError,
+    ListRoot,
+    MappedFolder,
+    load_mapping,
+    mapped,
+)
 
 SUPPORTED_VERSION = 1
 MAX_POLICY_BYTES = 1 << 20  # a policy is a few kilobytes; anything this big is not one

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from yaml.nodes import Node, ScalarNode
 
 if TYPE_CHECKING:
-    from .policy import _Document
+    from aupguard.config.policy import _Document
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 HOLIDAYS = "holidays"  # the reserved window in force on holiday dates
@@ -169,7 +169,7 @@ def _days(doc: _Document, node: Node, where: str) -> list[int]:
 
 
 def _check_overlaps(doc: _Document, spans: list[Span]) -> None:
-    from .policy import PolicyError
+    from aupguard.config.policy import PolicyError
 
     by_day: dict[int, list[Span]] = {}
     for span in spans:

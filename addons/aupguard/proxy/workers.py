@@ -56,7 +56,7 @@ def serve(mitmdump_args: list[str], workers: int, host: str, port: int) -> int:
         from mitmproxy.tools.main import mitmdump
 
         return mitmdump(mitmdump_args) or 0
-    command = [sys.executable, "-m", "aupguard.workers", *mitmdump_args]
+    command = [sys.executable, "-m", "aupguard.proxy.workers", *mitmdump_args]
     children = [subprocess.Popen(command) for _ in range(workers)]
     stopping = False
 

@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from . import paths
-from .policy import PolicyError, load_policy
+from aupguard import paths
+from aupguard.config.policy import PolicyError, load_policy
 
 WEBFILTER_SCRIPT = paths.HOME / "addons" / "webfilter.py"
 
@@ -65,7 +65,7 @@ def _aware(when: datetime | None, zone: ZoneInfo) -> datetime | None:
 
 def _period(since: datetime | None, until: datetime | None, zone: ZoneInfo) -> tuple[datetime | None, datetime | None]:
     """--since and --until as aware times in the school's zone; a reversed period is a usage error (exit 2)."""
-    from .report import check_period
+    from aupguard.report.summary import check_period
 
     since, until = _aware(since, zone), _aware(until, zone)
     try:
@@ -77,7 +77,7 @@ def _period(since: datetime | None, until: datetime | None, zone: ZoneInfo) -> t
 
 def _check_out(ctx, param, value):
     """Every --out: "-" is standard output; an existing target that is not a regular file is refused (exit 2)."""
-    from .report import OutputError, check_output
+    from aupguard.report.output import OutputError, check_output
 
     if value is not None:
         try:
@@ -171,14 +171,14 @@ def run(listen_host, listen_port, policy_path, db, confdir, proxyauth, extra, sc
     served from the compiled index, compiled here first when there is none or
     the policy's list folders, mappings or list files changed since.
     """
-    from .index import IndexFormatError, why_recompile
-    from .workers import serve
+    from aupguard.lists.index import IndexFormatError, why_recompile
+    from aupguard.proxy.workers import serve
 
     policy = _load_policy_or_exit(policy_path)  # fail before mitmproxy starts, with a clear message
     reason = why_recompile(index_path, policy.lists)
     if reason:
-        from .index import compile_from_folders
-        from .lists import ListError
+        from aupguard.lists.folders import ListError
+        from aupguard.lists.index import compile_from_folders
 
         click.echo(f"compiling the list index: {reason}", err=True)
         try:
@@ -207,7 +207,7 @@ def _say_loaded(policy, index_path: Path) -> None:
     """What the proxy starts with, per list root; and, with no full (mapped, e.g. UT1) list set, how to import one."""
     from collections import Counter
 
-    from .index import IndexFormatError, load_index
+    from aupguard.lists.index import IndexFormatError, load_index
 
     try:
         with load_index(index_path) as index:
@@ -284,9 +284,9 @@ def _decider(
 
     The lists are served from the compiled index, as `run` serves them (compiled first if out of date).
     """
-    from .engine import Engine
-    from .identify import Identity
-    from .lists import ListError
+    from aupguard.core.engine import Engine
+    from aupguard.core.identify import Identity
+    from aupguard.lists.folders import ListError
 
     if group and user:
         raise click.UsageError("--group and --user are alternatives: give one")
@@ -313,7 +313,7 @@ def classify(policy_path, group, user, client_ip, at, index_path) -> None:
     or tunnel) and, when one URL carried another, "inner_url".
     A line that is not a URL gets "action": "error" with a reason, and reading goes on.
     """
-    from .urlnorm import URLError, normalize_url
+    from aupguard.core.urlnorm import URLError, normalize_url
 
     engine, identity, when = _decider(policy_path, group, user, client_ip, at, index_path)
     dumps = json.dumps
@@ -377,9 +377,14 @@ def report(db, policy_path, since, until, fmt, out, requests) -> None:
     """
     from rich.console import Console
 
-    from .report import (
-        STDOUT, build_report, build_requests_report, private_text_file, render_csv, render_json, render_table,
-    )  # fmt: skip
+    from aupguard.report.output import STDOUT, private_text_file
+    from aupguard.report.summary import (
+        build_report,
+        build_requests_report,
+        render_csv,
+        render_json,
+        render_table,
+    )
 
     zone = _load_policy_or_exit(policy_path).timezone
     since, until = _period(since, until, zone)
@@ -412,7 +417,8 @@ def dsl_export_command(db, policy_path, since, until, out, min_severity) -> None
     Cells a spreadsheet would run as formulas are neutralised; the file is
     readable by its owner only. Hand it over securely and delete it after use.
     """
-    from .report import STDOUT, dsl_export
+    from aupguard.report.output import STDOUT
+    from aupguard.report.summary import dsl_export
 
     zone = _load_policy_or_exit(policy_path).timezone
     since, until = _period(since, until, zone)
@@ -426,7 +432,7 @@ def dsl_export_command(db, policy_path, since, until, out, min_severity) -> None
 @click.option("--days", type=click.IntRange(1), default=None, help="Keep this many days [default: the policy's records.retention_days].")
 def purge(db, policy_path, days) -> None:
     """Delete incidents older than the retention period (UK GDPR: no longer than necessary)."""
-    from .incidents import purge as purge_incidents
+    from aupguard.store.incidents import purge as purge_incidents
 
     days = days or _load_policy_or_exit(policy_path).retention_days
     removed = purge_incidents(_open_existing_db(db), days, now=datetime.now(timezone.utc))
@@ -435,7 +441,7 @@ def purge(db, policy_path, days) -> None:
 
 def _open_existing_db(db: Path):
     """The incident database at `db`; a mistyped --db is an error, not a new empty database."""
-    from .incidents import open_db
+    from aupguard.store.incidents import open_db
 
     if not db.is_file():
         raise click.ClickException(f"no incident database at {db} (has the proxy run? see --db)")
@@ -484,14 +490,20 @@ def import_lists(source, path, dest, category, name, policy_path) -> None:
     The policy's `lists:` must name the root (`{data}/lists/<name>`) for its entries to count;
     then `aupguard lists compile` (a running proxy switches to the new index by itself).
     """
-    from .lists import DOMAIN_LIST_FORMATS, ListError, import_domain_list, import_host_list, import_ut1
+    from aupguard.lists.folders import (
+        DOMAIN_LIST_FORMATS,
+        ListError,
+        import_domain_list,
+        import_host_list,
+        import_ut1,
+    )
 
     if source in DOMAIN_LIST_FORMATS:
         if not category:
             raise click.UsageError(f"`lists import {source}` needs --category (the aupguard category of its entries)")
         if category == "school_allow":
             raise click.UsageError("the allow list is local: add entries to blocklists/school_allow/domains instead")
-        from .policy import INCIDENT_CATEGORIES
+        from aupguard.config.policy import INCIDENT_CATEGORIES
 
         known = [c for c in _load_policy_or_exit(policy_path).categories if c not in INCIDENT_CATEGORIES]
         if category not in known:
@@ -521,7 +533,13 @@ def import_lists(source, path, dest, category, name, policy_path) -> None:
 def _with_progress(compile_call):
     """Run `compile_call(progress)` under a rich progress bar on stderr (list lines read / total)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     columns = (TextColumn("compiling lists"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True)) as bar:
@@ -531,8 +549,8 @@ def _with_progress(compile_call):
 
 def _say_compiled(summary, policy=None) -> None:
     """Say what was compiled; with `policy`, warn of allow entries its mandatory categories override."""
-    from .decide import overridden_allows
-    from .indexwatch import index_classifier
+    from aupguard.core.decide import overridden_allows
+    from aupguard.lists.index import index_classifier
 
     click.echo(
         f"compiled {summary.domains:,} domains, {summary.urls:,} urls and {summary.expressions:,} expressions "
@@ -555,8 +573,8 @@ def compile_lists(policy_path, index_path) -> None:
     dropping a connection. When the lists cannot be compiled (a missing list folder,
     an unreadable list file) the index in place is kept and the exit status is 1.
     """
-    from .index import compile_from_folders
-    from .lists import ListError
+    from aupguard.lists.folders import ListError
+    from aupguard.lists.index import compile_from_folders
 
     policy = _load_policy_or_exit(policy_path)
     try:
@@ -587,8 +605,8 @@ def update_lists(source, url, tarball, sha256, policy_path, index_path) -> None:
     """
     import re
 
-    from .lists import ListError
-    from .update import update_ut1
+    from aupguard.lists.folders import ListError
+    from aupguard.lists.update import update_ut1
 
     if url and tarball:
         raise click.UsageError("--url and --file are alternatives: give one")
@@ -622,7 +640,7 @@ by_option = click.option("--by", "by", required=True, metavar="NAME", help="Who 
 
 
 def _store(path: Path | None):
-    from .exemptions import DEFAULT_STORE, open_store
+    from aupguard.store.exemptions import DEFAULT_STORE, open_store
 
     return open_store(path or DEFAULT_STORE)
 
@@ -633,8 +651,8 @@ def _show(items, fmt: str, policy_path: Path) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from .incidents import utc_iso
-    from .report import visible
+    from aupguard.report.output import visible
+    from aupguard.store.db import utc_iso
 
     if fmt == "json":
         when = utc_iso
@@ -676,8 +694,8 @@ def _show(items, fmt: str, policy_path: Path) -> None:
 
 
 def _record_change(change) -> None:
-    from .exemptions import ExemptionError
-    from .report import visible
+    from aupguard.core.exemptions import ExemptionError
+    from aupguard.report.output import visible
 
     try:
         item = change()
@@ -716,10 +734,10 @@ def exempt() -> None:
 @click.option("--reason", required=True, help="Why (recorded; e.g. the lesson, or the Head's written permission).")
 def exempt_add(policy_path, store, group, user, network, site, category, until, by, reason) -> None:
     """Add an exemption."""
-    from . import exemptions
-    from .engine import Engine
-    from .lists import ListError
-    from .urlnorm import normalize_url
+    from aupguard.core.engine import Engine
+    from aupguard.core.urlnorm import normalize_url
+    from aupguard.lists.folders import ListError
+    from aupguard.store import exemptions
 
     try:
         engine = Engine.from_policy_file(policy_path)
@@ -749,7 +767,7 @@ def exempt_list(store, policy_path, include_ended, fmt) -> None:
 
     The table shows times in the school's time zone (the policy's); JSON in UTC.
     """
-    from .exemptions import listing
+    from aupguard.store.exemptions import listing
 
     _show(listing(_store(store), include_ended=include_ended), fmt, policy_path)
 
@@ -761,7 +779,7 @@ def exempt_list(store, policy_path, include_ended, fmt) -> None:
 @click.option("--reason", default=None, help="Why (recorded).")
 def exempt_revoke(store, exemption_id, by, reason) -> None:
     """End an exemption (or classroom override) now."""
-    from .exemptions import revoke
+    from aupguard.store.exemptions import revoke
 
     db = _store(store)
     _record_change(lambda: revoke(db, exemption_id, by=by, reason=reason))
@@ -771,7 +789,7 @@ def exempt_revoke(store, exemption_id, by, reason) -> None:
 @store_option
 def exempt_audit(store) -> None:
     """Every change ever made, oldest first, as JSON lines (who, when, what, why)."""
-    from .exemptions import audit_trail
+    from aupguard.store.exemptions import audit_trail
 
     for row in audit_trail(_store(store)):
         click.echo(json.dumps(row))
@@ -813,7 +831,7 @@ def classroom_set(policy_path, store, network, mode, sites, until, by, reason, w
     A range wider than a /16 (IPv6: /48) is refused unless --whole-school is given,
     so that one mistyped command cannot lock every room.
     """
-    from . import exemptions
+    from aupguard.store import exemptions
 
     policy = _load_policy_or_exit(policy_path)
     try:
@@ -837,7 +855,8 @@ def classroom_set(policy_path, store, network, mode, sites, until, by, reason, w
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def classroom_list(store, policy_path, include_ended, fmt) -> None:
     """List classroom overrides (newest first), times in the school's time zone (JSON: UTC)."""
-    from .exemptions import EXEMPTION, listing
+    from aupguard.core.exemptions import EXEMPTION
+    from aupguard.store.exemptions import listing
 
     items = [item for item in listing(_store(store), include_ended=include_ended) if item.kind != EXEMPTION]
     _show(items, fmt, policy_path)
@@ -850,7 +869,8 @@ def classroom_list(store, policy_path, include_ended, fmt) -> None:
 @click.option("--reason", default=None, help="Why (recorded).")
 def classroom_end(store, override_id, by, reason) -> None:
     """End a classroom override now."""
-    from .exemptions import ALLOW_ONLY, BLOCK_ALL, revoke
+    from aupguard.core.exemptions import ALLOW_ONLY, BLOCK_ALL
+    from aupguard.store.exemptions import revoke
 
     db = _store(store)
     _record_change(lambda: revoke(db, override_id, by=by, reason=reason, kinds=(ALLOW_ONLY, BLOCK_ALL)))
@@ -870,9 +890,10 @@ def explain(url, policy_path, group, user, client_ip, at, store, fmt) -> None:
     with it, the timetable window in force, the exemptions considered, and the
     final action. Without --at: now.
     """
-    from .exemptions import DEFAULT_STORE, load_active
-    from .explain import explain as explain_url, render_text
-    from .urlnorm import URLError, normalize_url
+    from aupguard.core.urlnorm import URLError, normalize_url
+    from aupguard.report.explain import explain as explain_url
+    from aupguard.report.explain import render_text
+    from aupguard.store.exemptions import DEFAULT_STORE, load_active
 
     try:
         normalize_url(url)
@@ -884,6 +905,3 @@ def explain(url, policy_path, group, user, client_ip, at, store, fmt) -> None:
     result = explain_url(engine, url, identity, when)
     click.echo(json.dumps(result) if fmt == "json" else render_text(result), nl=fmt == "json")
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import mmap
 import os
 import stat
@@ -72,9 +73,13 @@ from pathlib import Path
 
 from xxhash import xxh3_64, xxh3_64_intdigest
 
-from . import lists, paths
-from .lists import ListData, ListRoot, ListSource
-from .paths import make_dir, private_dir
+from aupguard import paths
+from aupguard.core.classify import Classifier
+from aupguard.lists import folders as lists
+from aupguard.lists.folders import ListData, ListError, ListRoot, ListSource
+from aupguard.paths import make_dir, private_dir
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"AUPGIDX\x00"
 FORMAT_VERSION = 3  # 2: the url_hosts table; 3: urls keyed by urlnorm.server_path
@@ -842,3 +847,17 @@ def ensure_index(
             index.close()
     compile_from_folders(roots, path, progress)
     return serve_for(roots, path, store), reason
+
+
+def index_classifier(roots: Sequence[ListRoot], index_path: Path) -> Classifier:
+    """A classifier over the compiled index of `roots` at `index_path`, compiling it first if needed.
+
+    Raises ListError when the lists cannot be compiled or the index cannot be loaded.
+    """
+    try:
+        index, reason = ensure_index(roots, index_path)
+    except IndexFormatError as exc:
+        raise ListError(str(exc)) from exc
+    if reason:
+        log.warning("aupguard: compiled the list index %s (%s)", index_path, reason)
+    return Classifier(index)

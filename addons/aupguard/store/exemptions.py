@@ -1,269 +1,49 @@
-"""Decide: exemptions and classroom overrides, time-limited changes to the policy.
-
-An exemption lets a group, a user or an address range reach a site or a
-category it would otherwise be blocked from (a game for one lesson, teaching
-material the Head has allowed in writing). A classroom override puts one
-room's address range into "allow only these sites" or "block all" mode for an
-exam or a focused lesson. Both are kept in one SQLite store, every change is
-written to an append-only audit table (who, when, what, why), and both end by
-themselves at their `until` time: evaluation compares `until > now`, so no job
-has to expire them. None of them ever lets through a mandatory category.
-
-The proxy never reads the store per request: `ExemptionWatcher` reloads an
-immutable `ExemptionSet` off the event loop when the database changed
-(PRAGMA data_version), and the request path only probes its dicts.
-"""
+"""Store: exemptions and classroom overrides in their SQLite file, with the audit trail of who changed what."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
-import logging
 import os
 import pwd
 import re
-import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 
 import sqlite_utils
 
-from . import paths
-from .classify import Classification
-from .decide import Decision
-from .identify import Identity, client_address
-from .incidents import connect_private, utc_iso
-from .lists import one_site
-from .policy import Policy
-from .urlnorm import NormalizedURL
-
-log = logging.getLogger(__name__)
+from aupguard import paths
+from aupguard.config.policy import Policy
+from aupguard.core.exemptions import (
+    ALLOW_ONLY,
+    BLOCK_ALL,
+    EXEMPTION,
+    KINDS,
+    Exemption,
+    ExemptionError,
+    ExemptionSet,
+    Network,
+)
+from aupguard.lists.folders import one_site
+from aupguard.store.db import connect_private, utc_iso
 
 DEFAULT_STORE = paths.DATA_DIR / "exemptions.db"
-REFRESH_S = 2.0  # how soon a running proxy honours a change
-EXEMPTION, ALLOW_ONLY, BLOCK_ALL = "exemption", "allow_only", "block_all"
-KINDS = (EXEMPTION, ALLOW_ONLY, BLOCK_ALL)
-LOCK_CATEGORY = "classroom_lock"  # the incident category of a request a classroom override blocked
+
+
 MAX_TEXT = 500  # reasons; names are bounded tighter
+
+
 MAX_NAME = 128
+
+
 MAX_SITES = 200
+
+
 # The widest range a classroom override takes without `whole_school`: one teacher's command
 # must not lock (or wall-garden) the whole school by a typo such as 0.0.0.0/0.
 CLASSROOM_MIN_PREFIX = {4: 16, 6: 48}
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class ExemptionError(ValueError):
-    """An exemption or override that cannot be recorded, with the reason in plain words."""
-
-
-@dataclass(frozen=True, slots=True)
-class Exemption:
-    id: int
-    kind: str  # one of KINDS
-    until: datetime  # UTC; inactive from this moment
-    created_at: datetime
-    created_by: str
-    reason: str
-    group: str | None = None
-    user: str | None = None  # casefolded, as identify compares users
-    network: Network | None = None
-    sites: tuple[str, ...] = ()  # normalised domains; each covers its subdomains
-    category: str | None = None
-    revoked_at: datetime | None = None
-    revoked_by: str | None = None
-    os_user: str | None = None  # the operating-system account that ran `add` (None: stored before it was recorded)
-
-    def active(self, when: datetime) -> bool:
-        return self.revoked_at is None and when < self.until
-
-    def refused_sites(self) -> dict[str, str]:
-        """Stored sites that do not name one site (a public suffix recorded before `add` refused them), and why."""
-        refused = {}
-        for site in self.sites:
-            try:
-                one_site(site)
-            except ValueError as exc:
-                refused[site] = str(exc)
-        return refused
-
-    def covers_site(self, url: NormalizedURL) -> bool:
-        return any(candidate in self.sites for candidate in url.domain_candidates())
-
-    @property
-    def who(self) -> str:
-        if self.group is not None:
-            return f"group {self.group}"
-        if self.user is not None:
-            return f"user {self.user}"
-        return f"addresses {self.network}"
-
-    @property
-    def what(self) -> str:
-        if self.kind == BLOCK_ALL:
-            return "block all"
-        sites = ", ".join(self.sites)
-        if self.kind == ALLOW_ONLY:
-            return f"allow only {sites}"
-        return f"category {self.category}" if self.category else f"site {sites}"
-
-    def describe(self) -> str:
-        label = "exemption" if self.kind == EXEMPTION else "classroom override"
-        until = self.until.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")  # read by people: no microseconds
-        return f"{label} #{self.id} ({self.who}: {self.what}; until {until}; by {self.created_by})"
-
-
-# -- the in-memory snapshot the proxy decides with ---------------------------------------------------
-
-
-class ExemptionSet:
-    """The active exemptions and overrides, indexed by who they cover. Immutable once built."""
-
-    def __init__(self, items: Iterable[Exemption] = ()):
-        self.items = _usable(items)
-        self._by_user: dict[str, list[Exemption]] = {}
-        self._by_group: dict[str, list[Exemption]] = {}
-        # Per IP version: (shift, {network number >> shift: [exemptions]}), longest prefix first.
-        by_prefix: dict[int, dict[int, dict[int, list[Exemption]]]] = {4: {}, 6: {}}
-        for item in self.items:
-            if item.user is not None:
-                self._by_user.setdefault(item.user, []).append(item)
-            elif item.group is not None:
-                self._by_group.setdefault(item.group, []).append(item)
-            elif item.network is not None:
-                net = item.network
-                table = by_prefix[net.version].setdefault(net.prefixlen, {})
-                table.setdefault(int(net.network_address) >> (net.max_prefixlen - net.prefixlen), []).append(item)
-        self._networks = {
-            version: tuple(((32 if version == 4 else 128) - length, tables[length]) for length in sorted(tables, reverse=True))
-            for version, tables in by_prefix.items()
-        }
-        self._any_network = any(self._networks.values())
-
-    def __bool__(self) -> bool:
-        return bool(self.items)
-
-    def for_identity(self, identity: Identity, when: datetime) -> tuple[Exemption, ...]:
-        """Every exemption and override covering `identity` that is active at `when`: a few dict probes."""
-        if not self.items:
-            return ()
-        found: list[Exemption] = []
-        if identity.user:
-            found += self._by_user.get(identity.user.casefold(), ())
-        found += self._by_group.get(identity.group, ())
-        if self._any_network:
-            address = client_address(identity.client_ip)
-            if address is not None:
-                value = int(address)
-                for shift, table in self._networks[address.version]:
-                    found += table.get(value >> shift, ())
-        return tuple(item for item in found if item.active(when))
-
-    def active_for(self, identity: Identity, url: NormalizedURL, when: datetime) -> tuple[Exemption, ...]:
-        """What `aupguard explain` lists as considered: every active item for `identity` that concerns `url`.
-
-        Category exemptions are listed whatever the URL's categories (whether they apply is the decision's job).
-        """
-        return tuple(
-            item
-            for item in self.for_identity(identity, when)
-            if item.kind != EXEMPTION or item.category is not None or item.covers_site(url)
-        )
-
-    def apply(
-        self, policy: Policy, identity: Identity, classification: Classification, decision: Decision, when: datetime
-    ) -> Decision:
-        """`decision` as the active overrides and exemptions change it; never lets a mandatory category through.
-
-        A classroom override beats an individual exemption (an exam is an exam): "block all" blocks
-        everything, "allow only" blocks every site it does not list and lets the listed ones through
-        as an exemption would. An exemption lets a blocked request through when it names the site
-        (or a parent domain), or when category exemptions cover every category that blocked it.
-        """
-        items = self.for_identity(identity, when)
-        if not items:
-            return decision
-        url = classification.url
-        lock = next((item for item in items if item.kind == BLOCK_ALL), None)
-        if lock is None:
-            allow_only = [item for item in items if item.kind == ALLOW_ONLY]
-            if allow_only:
-                listed = next((item for item in allow_only if item.covers_site(url)), None)
-                if listed is None:
-                    lock = allow_only[0]
-                else:
-                    return _allowed(policy, decision, listed)
-        if lock is not None:
-            if decision.blocked and _mandatory(policy, decision):
-                return decision  # the mandatory category is the truer reason to show and report
-            return Decision(
-                "block",
-                LOCK_CATEGORY,
-                policy.categories[LOCK_CATEGORY].severity,
-                decision.blocked_by,
-                (),
-                f"blocked by {lock.describe()}",
-                exemption=lock,
-            )
-        exemptions = [item for item in items if item.kind == EXEMPTION]
-        by_site = next((item for item in exemptions if item.covers_site(url)), None)
-        if by_site is not None:
-            return _allowed(policy, decision, by_site)
-        blocked = {match.category for match in decision.blocked_by}
-        by_category = [item for item in exemptions if item.category in blocked]
-        if by_category and blocked <= {item.category for item in by_category}:
-            return _allowed(policy, decision, by_category[0])
-        return decision
-
-
-def _usable(items: Iterable[Exemption]) -> tuple[Exemption, ...]:
-    """`items` without the sites that name no one site, with one warning for all of them.
-
-    A store written before `add` refused public suffixes may hold `--site com`: that
-    exemption is dropped (never a whole TLD let through); an allow-only override keeps
-    its lock and its other sites, so the room stays locked rather than opened.
-    """
-    usable, refused = [], []
-    for item in items:
-        bad = item.refused_sites() if item.sites else {}
-        if bad:
-            refused.append(f"#{item.id} {', '.join(f'{site!r} ({why})' for site, why in bad.items())}")
-            if item.kind != ALLOW_ONLY:
-                continue
-            item = replace(item, sites=tuple(site for site in item.sites if site not in bad))
-        usable.append(item)
-    if refused:
-        log.warning("stored exemption sites refused, not applied: %s", "; ".join(refused))
-    return tuple(usable)
-
-
-def _mandatory(policy: Policy, decision: Decision) -> bool:
-    return any(policy.categories[match.category].mandatory for match in decision.blocked_by)
-
-
-def _exemptable(policy: Policy, decision: Decision) -> bool:
-    return all(policy.categories[match.category].exemptable for match in decision.blocked_by)
-
-
-def _allowed(policy: Policy, decision: Decision, item: Exemption) -> Decision:
-    """`decision` turned into an allow by `item`, unless it is not a list block an exemption may lift."""
-    # Only blocks made by list matches are lifted: a filter error or a mandatory category stays blocked.
-    if not decision.blocked or not decision.blocked_by or not _exemptable(policy, decision):
-        return decision
-    return replace(
-        decision,
-        action="allow",
-        category=None,
-        severity=None,
-        why=f"allowed by {item.describe()}",
-        exemption=item,
-    )
-
-
-# -- the store --------------------------------------------------------------------------------------
 
 
 def open_store(path: Path = DEFAULT_STORE) -> sqlite_utils.Database:
@@ -554,68 +334,6 @@ def _from_row(row: dict) -> Exemption:
         revoked_by=row.get("revoked_by"),
         os_user=row.get("os_user"),
     )
-
-
-# -- keeping a running proxy up to date --------------------------------------------------------------
-
-
-class ExemptionWatcher:
-    """Reloads the store into an ExemptionSet when it changed, from its own thread, every REFRESH_S.
-
-    `on_change(snapshot)` is called from that thread; the proxy swaps one reference,
-    so requests never wait for the database. A store that fails to read keeps the
-    previous snapshot (logged), so a locked or damaged file cannot stall browsing.
-    """
-
-    def __init__(self, path: Path, on_change: Callable[[ExemptionSet], None], interval: float = REFRESH_S):
-        self.path = Path(path)
-        self.on_change = on_change
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._db: sqlite_utils.Database | None = None
-        self._version: tuple[int, int] | None = None
-
-    def start(self) -> None:
-        """Load the store once now (so the proxy starts with it), then watch it from the thread."""
-        self.refresh()
-        self._disconnect()  # an SQLite connection stays in the thread that opened it
-        self._thread = threading.Thread(target=self._run, name="aupguard-exemptions", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.interval + 5)
-
-    def refresh(self) -> None:
-        """Reload if the store changed since the last look (another connection committed)."""
-        try:
-            if self._db is None:
-                self._db = open_store(self.path)
-            # data_version changes when another connection commits; the inode catches a replaced file.
-            version = (self._db.execute("PRAGMA data_version").fetchone()[0], self.path.stat().st_ino)
-            if version == self._version:
-                return
-            snapshot = ExemptionSet(listing(self._db, include_ended=False))
-            self._version = version
-            self.on_change(snapshot)
-        except Exception:
-            log.exception("reading the exemption store %s failed; keeping the previous exemptions", self.path)
-            self._disconnect()
-
-    def _disconnect(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-        self._version = None  # data_version counts per connection: a new one must read afresh
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.wait(self.interval):
-                self.refresh()
-        finally:
-            self._disconnect()
 
 
 _RELATIVE = re.compile(r"\+(\d{1,4})([mhd])")

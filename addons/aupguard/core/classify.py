@@ -15,8 +15,8 @@ from typing import NamedTuple, Protocol
 
 import re2
 
-from .lists import ListSource, url_host
-from .urlnorm import NormalizedURL
+from aupguard.core.urlnorm import NormalizedURL
+from aupguard.lists.folders import ListSource, url_host
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from .classify import Classification, Match
-from .decide import Decision
-from .engine import Engine
-from .identify import Identity
-from .policy import Policy
-from .report import visible
+from aupguard.config.policy import Policy
+from aupguard.core.classify import Classification, Match
+from aupguard.core.decide import Decision
+from aupguard.core.engine import Engine
+from aupguard.core.identify import Identity
+from aupguard.report.output import visible
 
 
 def explain(engine: Engine, url: str, identity: Identity, when: datetime) -> dict[str, Any]:

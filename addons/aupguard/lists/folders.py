@@ -44,8 +44,8 @@ from typing import BinaryIO
 import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
-from .paths import make_dir
-from .urlnorm import is_public_suffix, normalize_host, normalize_url
+from aupguard.core.urlnorm import is_public_suffix, normalize_host, normalize_url
+from aupguard.paths import make_dir
 
 log = logging.getLogger(__name__)
 

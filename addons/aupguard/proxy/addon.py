@@ -25,24 +25,27 @@ from pathlib import Path
 
 from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.net.http import status_codes
-from OpenSSL import SSL
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy import server as proxy_server
 from mitmproxy.proxy.layers import HttpLayer, ServerTLSLayer, TCPLayer
+from OpenSSL import SSL
 
-from . import blockpage, downloads, feedback, http1, lean, paths
-from .circumvention import FIRST_LINE_WAIT, FirstLine, first_line
-from .classify import Match
-from .decide import Decision
-from .engine import MALFORMED, MAX_ASKED_SHOWN, Engine, Verdict
-from .exemptions import ExemptionSet, ExemptionWatcher
-from .identify import Identity
-from .incidents import IncidentWriter
-from .indexwatch import IndexWatcher
-from .lists import ListError
-from .policy import PolicyError
-from .reload import PolicyReloader
-from .urlnorm import from_parts
+from aupguard import paths
+from aupguard.config.policy import PolicyError
+from aupguard.core import downloads
+from aupguard.core.circumvention import FIRST_LINE_WAIT, FirstLine, first_line
+from aupguard.core.classify import Match
+from aupguard.core.decide import Decision
+from aupguard.core.engine import MALFORMED, MAX_ASKED_SHOWN, Engine, Verdict
+from aupguard.core.exemptions import ExemptionSet
+from aupguard.core.identify import Identity
+from aupguard.core.urlnorm import from_parts
+from aupguard.lists.folders import ListError
+from aupguard.proxy import blockpage, feedback, http1, lean
+from aupguard.proxy.exemptionwatch import ExemptionWatcher
+from aupguard.proxy.indexwatch import IndexWatcher
+from aupguard.proxy.reload import PolicyReloader
+from aupguard.store.incidents import IncidentWriter
 
 log = logging.getLogger(__name__)
 

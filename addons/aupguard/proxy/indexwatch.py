@@ -24,42 +24,25 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .classify import Classifier
-from .index import (
+from aupguard.core.classify import Classifier
+from aupguard.lists.index import (
     CompiledIndex,
     IndexFormatError,
     Signature,
-    ensure_index,
     file_signature,
     serve_for,
 )
-from .lists import ListError, ListRoot
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from aupguard.core.engine import Engine
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 2.0
 CLOSE_DELAY = 60.0
-
-
-def index_classifier(roots: Sequence[ListRoot], index_path: Path) -> Classifier:
-    """A classifier over the compiled index of `roots` at `index_path`, compiling it first if needed.
-
-    Raises ListError when the lists cannot be compiled or the index cannot be loaded.
-    """
-    try:
-        index, reason = ensure_index(roots, index_path)
-    except IndexFormatError as exc:
-        raise ListError(str(exc)) from exc
-    if reason:
-        log.warning("aupguard: compiled the list index %s (%s)", index_path, reason)
-    return Classifier(index)
 
 
 class IndexWatcher:

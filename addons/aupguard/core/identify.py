@@ -19,7 +19,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .policy import NetworkIndex, NetworkRule, Policy
+from aupguard.config.policy import NetworkIndex, NetworkRule, Policy
 
 # Distinct client addresses remembered per process; a school has a few thousand devices.
 ADDRESS_CACHE_SIZE = 8192

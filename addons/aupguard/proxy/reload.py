@@ -16,9 +16,9 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from .engine import Engine
-from .lists import ListError
-from .policy import PolicyError
+from aupguard.config.policy import PolicyError
+from aupguard.core.engine import Engine
+from aupguard.lists.folders import ListError
 
 log = logging.getLogger(__name__)
 

@@ -22,16 +22,22 @@ from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
-from . import circumvention
-from .classify import Classification, Classifier, Match
-from .decide import Decision, decide, filter_error, overridden_allows
-from .exemptions import ExemptionSet
-from .identify import Identity, identify
-from .incidents import Incident, RepeatRule, new_ref
-from .lists import ListError, load_lists
-from .indexwatch import index_classifier
-from .policy import Policy, load_policy, severity_rank
-from .urlnorm import NormalizedURL, URLError, from_parts, normalize_url, search_term
+from aupguard.config.policy import Policy, load_policy, severity_rank
+from aupguard.core import circumvention
+from aupguard.core.classify import Classification, Classifier, Match
+from aupguard.core.decide import Decision, decide, filter_error, overridden_allows
+from aupguard.core.exemptions import ExemptionSet
+from aupguard.core.identify import Identity, identify
+from aupguard.core.incident import Incident, RepeatRule, new_ref
+from aupguard.core.urlnorm import (
+    NormalizedURL,
+    URLError,
+    from_parts,
+    normalize_url,
+    search_term,
+)
+from aupguard.lists.folders import ListError, load_lists
+from aupguard.lists.index import index_classifier
 
 log = logging.getLogger(__name__)
 

@@ -17,35 +17,29 @@ import hashlib
 import json
 import logging
 import operator
-import os
 import re
-import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from .paths import make_dir
+from aupguard.config.policy import SEVERITIES
+from aupguard.core.incident import Incident, RepeatRule
+from aupguard.store.db import connect_private, utc_iso
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("block", "refuse", "allow")
-SEVERITIES = ("low", "medium", "high", "critical")  # in increasing order
 SCHEMA_VERSION = 2
-BUSY_TIMEOUT_S = 30.0  # several proxy workers may write to one file; a batch commit takes milliseconds
 # Incidents an IncidentWriter keeps in memory at most, queued or waiting for an unwritable database
 # to take them. Measured (tracemalloc): ~0.9 KB each for a typical block page's incident, 42 KB at
 # most (every field at its bound, in 4-byte characters): 18 MB typical, 0.8 GB in the worst case.
 MAX_HELD = 20_000
 
-# Crockford-like: 32 symbols (5 bits each) without 0/O and 1/I, which pupils and IT confuse.
-_REF_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 # Longest stored form of each text column. Longer values are cut; the URL's full
 # length and hash are kept so long URLs still group and compare correctly.
 _BOUNDS = {
@@ -70,79 +64,6 @@ _BOUNDS = {
 # "scheme://user:password@host" -> "scheme://host": credentials are never logged.
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#]*@")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-@dataclass(slots=True)
-class Incident:
-    """One recorded attempt. Not to be changed after it is submitted to a writer."""
-
-    ref: str  # what the block page shows, see new_ref()
-    ts_utc: datetime  # tz-aware; normalised to UTC
-    local_date: str  # 'YYYY-MM-DD', school local time
-    local_time: str  # 'HH:MM:SS', school local time
-    client_ip: str
-    username: str | None
-    group: str
-    method: str
-    url: str
-    host: str
-    categories: tuple[str, ...]  # the deciding (primary) category first
-    rule: str
-    action: str  # 'block' | 'refuse' | 'allow'
-    severity: str  # 'low' | 'medium' | 'high' | 'critical'
-    user_agent: str | None
-    search_term: str | None
-    technique: str | None = None  # circumvention technique, e.g. "nested-url" or "doh"
-    inner_url: str | None = None  # the URL hidden inside a web-proxy URL
-
-    def __post_init__(self) -> None:
-        if self.ts_utc.tzinfo is None or self.ts_utc.utcoffset() is None:
-            raise ValueError("Incident.ts_utc must be timezone-aware")
-        if self.action not in ACTIONS:
-            raise ValueError(f"Incident.action must be one of {ACTIONS}, not {self.action!r}")
-        if self.severity not in SEVERITIES:
-            raise ValueError(f"Incident.severity must be one of {SEVERITIES}, not {self.severity!r}")
-        self.ts_utc = self.ts_utc.astimezone(timezone.utc)
-        self.categories = tuple(self.categories)
-
-
-@dataclass(frozen=True, slots=True)
-class RepeatRule:
-    """Repeated attempts: the `threshold`th incident in `category` within `window`, counting this one, by one
-    user (or, for a request without one, one client address) is recorded with at least `severity`.
-
-    The writer counts in the database when it records, so the attempts every
-    proxy worker recorded count, and a policy reload loses nothing.
-    """
-
-    category: str
-    window: timedelta
-    threshold: int
-    severity: str = "high"
-
-
-def new_ref() -> str:
-    """A random incident reference a pupil can read out to IT, e.g. "AG-7F3K-2Q9M" (40 bits)."""
-    bits = secrets.randbits(40)
-    chars = "".join(_REF_ALPHABET[(bits >> shift) & 31] for shift in range(0, 40, 5))
-    return f"AG-{chars[:4]}-{chars[4:]}"
-
-
-def utc_iso(when: datetime) -> str:
-    """The stored form of a time: fixed-width ISO-8601 UTC with 'Z', so text order is time order."""
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError(f"a timezone-aware datetime is needed, not {when!r}")
-    return when.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
-def private_parent(path: Path) -> None:
-    """Create the missing directory `path` goes in, mode 0700.
-
-    An existing directory is left as it is: the user may have named a file in
-    /tmp or their home, and chmod-ing that would break it. DATA_DIR itself is
-    always made 0700 (paths.make_dir).
-    """
-    make_dir(Path(path).parent, private=True)
 
 
 # -- schema --------------------------------------------------------------------------------------
@@ -235,40 +156,6 @@ def open_db(path: Path, *, check_same_thread: bool = True) -> sqlite_utils.Datab
     db = connect_private(path, check_same_thread=check_same_thread)
     try:
         _migrate(db)
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def connect_private(path: Path, *, check_same_thread: bool = True) -> sqlite_utils.Database:
-    """Open (creating if needed) an SQLite file holding personal data, readable by its owner only.
-
-    A missing file is created 0600 before SQLite touches it, so it is never
-    readable by others, even for a moment; SQLite gives its -wal and -shm files
-    the same mode. An existing file is only chmod-ed by path, never opened here:
-    closing any descriptor on a database file drops every POSIX lock this
-    process holds on it, the incident writer's too, and another process would
-    then checkpoint and unlink the WAL the writer still appends to.
-    WAL with synchronous=NORMAL lets reports read while the proxy writes, and a
-    busy timeout lets several writer processes share the file.
-    `check_same_thread=False` is for a connection its owner serialises with a lock.
-    """
-    path = Path(path)
-    private_parent(path)
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
-    for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        if part.exists():
-            os.chmod(part, 0o600)
-    db = sqlite_utils.Database(sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=check_same_thread))
-    try:
-        db.enable_wal()
-        db.execute("PRAGMA synchronous = NORMAL")
-        # Deleted rows are overwritten, not left in free pages (retention must mean deletion).
-        db.execute("PRAGMA secure_delete = ON")
     except BaseException:
         db.close()
         raise

@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .policy import Group
+from aupguard.config.policy import Group
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from .classify import Classification, Classifier, Match
-from .identify import Identity
-from .lists import Problems, domain_key, one_site, read_entries, url_key
-from .policy import Policy, severity_rank
-from .urlnorm import normalize_url
+from aupguard.config.policy import Policy, severity_rank
+from aupguard.core.classify import Classification, Classifier, Match
+from aupguard.core.identify import Identity
+from aupguard.core.urlnorm import normalize_url
+from aupguard.lists.folders import Problems, domain_key, one_site, read_entries, url_key
 
 if TYPE_CHECKING:
-    from .exemptions import Exemption
+    from aupguard.core.exemptions import Exemption
 
 # Allow-list lines looked up by `overridden_allows`: a local allow list is short; a big list
 # mapped onto an allow category is not read to its end at every load.

@@ -1,0 +1,1 @@
+"""The proxy: mitmproxy addons and everything that touches mitmproxy. Thin glue around the core."""

@@ -1,0 +1,1 @@
+"""Store: the SQLite files aupguard keeps (incidents, exemptions, feedback requests) and their writers."""
