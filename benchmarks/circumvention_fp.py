@@ -138,10 +138,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"      {finding}")
 
     redirector = measure_redirector(ut1)
-    print(f"UT1 redirector/urls: {redirector['entries']} entries, {redirector['parsed']} parsed; flagged: {redirector['flagged']}")
+    print(
+        f"UT1 redirector/urls: {redirector['entries']} entries, {redirector['parsed']} parsed; flagged: {redirector['flagged']}"
+    )
     for label, categories in (("benign", HOME_PAGE_BENIGN), ("proxy (UT1 redirector)", HOME_PAGE_PROXIES)):
         homes = measure_home_pages(ut1, categories)
-        print(f"home pages, {label} hosts of {', '.join(categories)}: {homes['hosts']} hosts, {homes['flagged']} flagged by the heuristic")
+        print(
+            f"home pages, {label} hosts of {', '.join(categories)}: {homes['hosts']} hosts, {homes['flagged']} flagged by the heuristic"
+        )
         if label == "benign" or homes["flagged"] < 10:
             for name in homes["examples"]:
                 print(f"  flagged: {name}")

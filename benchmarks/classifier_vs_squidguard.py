@@ -251,11 +251,15 @@ def main() -> None:
         listed_ips, url_entries = [], set()
         for folder, (_category, skip) in folders.items():
             domains, urls_file = root / folder / "domains", root / folder / "urls"
-            for line in domains.read_text(errors="replace").split() if "domains" not in skip and domains.is_file() else ():
+            for line in (
+                domains.read_text(errors="replace").split() if "domains" not in skip and domains.is_file() else ()
+            ):
                 if _is_ip(line):
                     listed_ips.append(line)
             if "urls" not in skip and urls_file.is_file():
-                url_entries.update(line.strip().lower().rstrip("/") for line in urls_file.read_text(errors="replace").splitlines())
+                url_entries.update(
+                    line.strip().lower().rstrip("/") for line in urls_file.read_text(errors="replace").splitlines()
+                )
         causes: Counter[str] = Counter()
         examples: dict[str, str] = {}
         for url, a, b in zip(urls, ours, theirs):

@@ -60,7 +60,9 @@ def timed(engine: Engine, identity: Identity, requests: list[tuple[str, dict[str
 def summary(name: str, times: list[float], blocked: int) -> str:
     micro = sorted(t * 1e6 for t in times)
     p99 = micro[int(len(micro) * 0.99) - 1]
-    return f"{name}: {len(micro):,} requests, mean {statistics.fmean(micro):.0f} µs, p99 {p99:.0f} µs, blocked {blocked:,}"
+    return (
+        f"{name}: {len(micro):,} requests, mean {statistics.fmean(micro):.0f} µs, p99 {p99:.0f} µs, blocked {blocked:,}"
+    )
 
 
 def main() -> None:

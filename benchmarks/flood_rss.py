@@ -49,7 +49,9 @@ def flood(port: int, count: int, url_kb: int, ua_kb: int, refused: list[int]) ->
     reader = sock.makefile("rb")
     for _ in range(count):
         path = secrets.token_hex(url_kb * 512)  # url_kb KB of hex, distinct every time
-        sock.sendall(f"GET http://pornhub.com/{path} HTTP/1.1\r\nHost: pornhub.com\r\nUser-Agent: {agent}\r\n\r\n".encode())
+        sock.sendall(
+            f"GET http://pornhub.com/{path} HTTP/1.1\r\nHost: pornhub.com\r\nUser-Agent: {agent}\r\n\r\n".encode()
+        )
         status_line = reader.readline()
         length = 0
         while (line := reader.readline()) not in (b"\r\n", b""):

@@ -113,16 +113,16 @@ http {{
     }}
 }}
 """)
-    return start([NGINX, "-p", str(folder), "-c", str(conf), "-e", str(folder / "error.log")], port, folder / "nginx.out")
+    return start(
+        [NGINX, "-p", str(folder), "-c", str(conf), "-e", str(folder / "error.log")], port, folder / "nginx.out"
+    )
 
 
 def wrk(proxy_port: int, url: str, duration: int, folder: Path) -> dict:
     """One wrk run through the proxy at `proxy_port`, requesting `url` in absolute form."""
     host = url.split("/")[2]
     script = folder / f"wrk-{abs(hash(url))}.lua"
-    script.write_text(
-        f'wrk.path = "{url}"\nwrk.headers["Host"] = "{host}"\nwrk.headers["Accept"] = "{ACCEPT_HTML}"\n'
-    )
+    script.write_text(f'wrk.path = "{url}"\nwrk.headers["Host"] = "{host}"\nwrk.headers["Accept"] = "{ACCEPT_HTML}"\n')
     done = subprocess.run(
         [WRK, "-t1", "-c32", f"-d{duration}s", "--latency", "-s", str(script), f"http://127.0.0.1:{proxy_port}/"],
         capture_output=True, text=True, check=True,

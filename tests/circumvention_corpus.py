@@ -132,7 +132,9 @@ def php_proxy_app_url(
 # -- CGIProxy ----------------------------------------------------------------------------------
 
 
-def cgiproxy_pack_flags_20(remove_cookies=0, remove_scripts=1, filter_ads=0, hide_referer=1, insert_form=1, frame=0) -> str:
+def cgiproxy_pack_flags_20(
+    remove_cookies=0, remove_scripts=1, filter_ads=0, hide_referer=1, insert_form=1, frame=0
+) -> str:
     """CGIProxy 2.0 pack_flags(): six 0/1 digits, then the MIME type id tr'd to [A-Za-z0-9+-] (0 -> 'A')."""
     return f"{remove_cookies}{remove_scripts}{filter_ads}{hide_referer}{insert_form}{frame}A"
 
@@ -148,7 +150,15 @@ def cgiproxy_url(
         encoded = "".join(f"{ord(char):02x}" for char in encoded)
     elif encoding == "rot13":
         encoded = codecs.encode(encoded, "rot13")
-    for char, escape in (("=", "=3d"), ("[", "=5b"), ("]", "=5d"), ("?", "=3f"), ("%", "=25"), ("&", "=26"), (";", "=3b")):
+    for char, escape in (
+        ("=", "=3d"),
+        ("[", "=5b"),
+        ("]", "=5d"),
+        ("?", "=3f"),
+        ("%", "=25"),
+        ("&", "=26"),
+        (";", "=3b"),
+    ):
         encoded = encoded.replace(char, escape)
     while "//" in encoded:  # 1 while $uri=~ s#//#/=2f#g
         encoded = encoded.replace("//", "/=2f")
@@ -272,7 +282,9 @@ def attempts() -> list[Attempt]:
     """The corpus: every technique, each encoding as the tool writes it."""
     yt, ex, dc, tt, steam, rd = TARGETS
     salt11 = "3f9a0c21be"  # Glype 1.1: substr(md5(uniqid(true)), rand(0,10), rand(11,20))
-    salt14 = "".join(random.Random(14).choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") for _ in range(128))
+    salt14 = "".join(
+        random.Random(14).choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") for _ in range(128)
+    )
     get = "GET"
     cases = [
         # Glype
@@ -280,26 +292,92 @@ def attempts() -> list[Attempt]:
         Attempt(get, glype_url("maths-help.example.net", ex, encode=True), {}, "signature", ex, "glype"),
         Attempt(get, glype_url("homework.example.org", dc, encode=True, salt=salt11), {}, "signature", dc, "glype"),
         Attempt(get, glype_url("homework.example.org", tt, encode=True, path_info=True), {}, "signature", tt, "glype"),
-        Attempt(get, glype_url("site.example.com", steam, encode=True, path_info=True, salt=salt11, flag="frame"), {}, "signature", steam, "glype"),
-        Attempt(get, glype_url("site.example.com", rd, encode=True, version="1.4", salt=salt14), {}, "signature", None, "glype"),
-        Attempt(get, glype_url("site.example.com", yt, encode=True, version="1.4", salt=salt14, path_info=True), {}, "signature", None, "glype"),
-        Attempt(get, glype_url("site.example.com", ex, script="surf.php", flag="norefer"), {}, "signature", ex, "glype"),
+        Attempt(
+            get,
+            glype_url("site.example.com", steam, encode=True, path_info=True, salt=salt11, flag="frame"),
+            {},
+            "signature",
+            steam,
+            "glype",
+        ),
+        Attempt(
+            get,
+            glype_url("site.example.com", rd, encode=True, version="1.4", salt=salt14),
+            {},
+            "signature",
+            None,
+            "glype",
+        ),
+        Attempt(
+            get,
+            glype_url("site.example.com", yt, encode=True, version="1.4", salt=salt14, path_info=True),
+            {},
+            "signature",
+            None,
+            "glype",
+        ),
+        Attempt(
+            get, glype_url("site.example.com", ex, script="surf.php", flag="norefer"), {}, "signature", ex, "glype"
+        ),
         # PHProxy
         Attempt(get, phproxy_url("library-books.example.com", yt, "base64"), {}, "signature", yt, "phproxy"),
         Attempt(get, phproxy_url("library-books.example.com", dc, "rot13"), {}, "signature", dc, "phproxy"),
         Attempt(get, phproxy_url("library-books.example.com", tt, "plain"), {}, "signature", tt, "phproxy"),
-        Attempt(get, phproxy_url("library-books.example.com", rd, "rot13", with_flags=False), {}, "signature", rd, "phproxy"),
+        Attempt(
+            get, phproxy_url("library-books.example.com", rd, "rot13", with_flags=False), {}, "signature", rd, "phproxy"
+        ),
         # php-proxy-app
-        Attempt(get, php_proxy_app_url("science-club.example.io", yt, url_mode=1), {}, "signature", yt, "php-proxy-app"),
-        Attempt(get, php_proxy_app_url("science-club.example.io", steam, url_mode=0), {}, "signature", steam, "php-proxy-app"),
-        Attempt(get, php_proxy_app_url("science-club.example.io", dc, url_mode=2), {}, "signature", None, "php-proxy-app"),
-        Attempt(get, php_proxy_app_url("science-club.example.io", "http://www.example.com/games", url_mode=3, client_ip="s3ss10n"), {}, "signature", None, "php-proxy-app"),
+        Attempt(
+            get, php_proxy_app_url("science-club.example.io", yt, url_mode=1), {}, "signature", yt, "php-proxy-app"
+        ),
+        Attempt(
+            get,
+            php_proxy_app_url("science-club.example.io", steam, url_mode=0),
+            {},
+            "signature",
+            steam,
+            "php-proxy-app",
+        ),
+        Attempt(
+            get, php_proxy_app_url("science-club.example.io", dc, url_mode=2), {}, "signature", None, "php-proxy-app"
+        ),
+        Attempt(
+            get,
+            php_proxy_app_url(
+                "science-club.example.io", "http://www.example.com/games", url_mode=3, client_ip="s3ss10n"
+            ),
+            {},
+            "signature",
+            None,
+            "php-proxy-app",
+        ),
         # CGIProxy
         Attempt(get, cgiproxy_url("old.example.edu", yt), {}, "signature", yt, "cgiproxy"),
-        Attempt(get, cgiproxy_url("old.example.edu", "https://www.example.com/a//b;c?x=1&y=%20"), {}, "signature", "https://www.example.com/a//b;c?x=1&y=%20", "cgiproxy"),
+        Attempt(
+            get,
+            cgiproxy_url("old.example.edu", "https://www.example.com/a//b;c?x=1&y=%20"),
+            {},
+            "signature",
+            "https://www.example.com/a//b;c?x=1&y=%20",
+            "cgiproxy",
+        ),
         Attempt(get, cgiproxy_url("old.example.edu", dc, encoding="hex"), {}, "signature", dc, "cgiproxy"),
-        Attempt(get, cgiproxy_url("old.example.edu", tt, encoding="rot13", script="/nph-go.pl"), {}, "signature", tt, "cgiproxy"),
-        Attempt(get, cgiproxy_url("old.example.edu", rd, lang="en", script="/cgi/nph-proxy.cgi"), {}, "signature", rd, "cgiproxy"),
+        Attempt(
+            get,
+            cgiproxy_url("old.example.edu", tt, encoding="rot13", script="/nph-go.pl"),
+            {},
+            "signature",
+            tt,
+            "cgiproxy",
+        ),
+        Attempt(
+            get,
+            cgiproxy_url("old.example.edu", rd, lang="en", script="/cgi/nph-proxy.cgi"),
+            {},
+            "signature",
+            rd,
+            "cgiproxy",
+        ),
         # Ultraviolet family
         Attempt(get, uv_url("learn.example.app", yt), {}, "signature", yt, "ultraviolet"),
         Attempt(get, uv_url("learn.example.app", ex, prefix="/uv/service/"), {}, "signature", ex, "ultraviolet"),
@@ -309,12 +387,35 @@ def attempts() -> list[Attempt]:
         Attempt(get, scramjet_url("learn.example.app", rd), {}, "signature", rd, "scramjet"),
         Attempt(get, rammerhead_url("rh.example.dev", yt), {}, "signature", yt, "rammerhead"),
         Attempt(get, node_unblocker_url("nu.example.dev", dc), {}, "signature", dc, "node-unblocker"),
-        Attempt(get, croxyproxy_url("eu1.example-cdn.net", "https://www.tiktok.com", "/@someone/video/7234567890"), {}, "signature", tt, "croxyproxy"),
-        Attempt(get, alloy_url("alloy.example.dev", "https://store.steampowered.com", "/app/730/"), {}, "signature", steam, "alloy"),
+        Attempt(
+            get,
+            croxyproxy_url("eu1.example-cdn.net", "https://www.tiktok.com", "/@someone/video/7234567890"),
+            {},
+            "signature",
+            tt,
+            "croxyproxy",
+        ),
+        Attempt(
+            get,
+            alloy_url("alloy.example.dev", "https://store.steampowered.com", "/app/730/"),
+            {},
+            "signature",
+            steam,
+            "alloy",
+        ),
         # Nested: translators, caches, archives
         Attempt(get, translate_goog(yt), {}, "nested", yt, "translate.goog"),
-        Attempt(get, translate_goog("https://my-game-site.example.co.uk/play"), {}, "nested", "https://my-game-site.example.co.uk/play", "translate.goog"),
-        Attempt(get, translate_goog("http://www.example.com/"), {}, "nested", "http://www.example.com/", "translate.goog"),
+        Attempt(
+            get,
+            translate_goog("https://my-game-site.example.co.uk/play"),
+            {},
+            "nested",
+            "https://my-game-site.example.co.uk/play",
+            "translate.goog",
+        ),
+        Attempt(
+            get, translate_goog("http://www.example.com/"), {}, "nested", "http://www.example.com/", "translate.goog"
+        ),
         Attempt(get, google_translate(dc), {}, "nested", dc, "google-translate"),
         Attempt(get, google_cache(rd), {}, "nested", rd, "web-cache"),
         Attempt(get, google_cache(tt, docid="AbCdEfGh12Ij"), {}, "nested", tt, "web-cache"),
@@ -326,25 +427,85 @@ def attempts() -> list[Attempt]:
         # Nested: a URL in a parameter, in every encoding
         Attempt(get, f"https://news.example.com/article?ref={quote(yt, safe='')}", {}, "nested", yt, "param-url"),
         Attempt(get, f"https://news.example.com/article?data={php_base64(dc)}", {}, "nested", dc, "param-url"),
-        Attempt(get, f"https://news.example.com/article?data={base64.urlsafe_b64encode(tt.encode()).decode().rstrip('=')}", {}, "nested", tt, "param-url"),
-        Attempt(get, f"https://news.example.com/article?x={codecs.encode(steam, 'rot13')}", {}, "nested", steam, "param-url"),
+        Attempt(
+            get,
+            f"https://news.example.com/article?data={base64.urlsafe_b64encode(tt.encode()).decode().rstrip('=')}",
+            {},
+            "nested",
+            tt,
+            "param-url",
+        ),
+        Attempt(
+            get, f"https://news.example.com/article?x={codecs.encode(steam, 'rot13')}", {}, "nested", steam, "param-url"
+        ),
         Attempt(get, f"https://news.example.com/article?x={steam.encode().hex()}", {}, "nested", steam, "param-url"),
         Attempt(get, f"https://news.example.com/article?x={uv_xor_encode(rd)}", {}, "nested", rd, "param-url"),
-        Attempt(get, f"https://news.example.com/article?x={quote(quote(yt, safe=''), safe='')}", {}, "nested", yt, "param-url"),
+        Attempt(
+            get,
+            f"https://news.example.com/article?x={quote(quote(yt, safe=''), safe='')}",
+            {},
+            "nested",
+            yt,
+            "param-url",
+        ),
         Attempt(get, f"https://cdn.example.com/go/{yt}", {}, "nested", yt, "path-url"),
         # Heuristic: unknown web proxies
-        Attempt(get, f"https://unblock-everything.example.xyz/index.php?url={quote(yt, safe='')}", {}, "heuristic", yt, "web-proxy"),
+        Attempt(
+            get,
+            f"https://unblock-everything.example.xyz/index.php?url={quote(yt, safe='')}",
+            {},
+            "heuristic",
+            yt,
+            "web-proxy",
+        ),
         Attempt(get, f"https://maths-revision.example.xyz/?u={php_base64(dc)}", {}, "heuristic", dc, "web-proxy"),
         Attempt(get, "https://free-proxy.example.xyz/proxy/", {}, "heuristic", None, "web-proxy"),
-        Attempt(get, f"https://study.example.xyz/view.php?link={codecs.encode(tt, 'rot13')}", {}, "heuristic", tt, "web-proxy"),
-        Attempt(get, f"https://hidemyass-clone.example.xyz/load?url={quote(rd, safe='')}", {}, "heuristic", rd, "web-proxy"),
+        Attempt(
+            get,
+            f"https://study.example.xyz/view.php?link={codecs.encode(tt, 'rot13')}",
+            {},
+            "heuristic",
+            tt,
+            "web-proxy",
+        ),
+        Attempt(
+            get, f"https://hidemyass-clone.example.xyz/load?url={quote(rd, safe='')}", {}, "heuristic", rd, "web-proxy"
+        ),
         # DNS over HTTPS
-        Attempt(get, doh_get("dns.example.net", "www.youtube.com"), {"Accept": "application/dns-message"}, "doh", None, "dns-message"),
+        Attempt(
+            get,
+            doh_get("dns.example.net", "www.youtube.com"),
+            {"Accept": "application/dns-message"},
+            "doh",
+            None,
+            "dns-message",
+        ),
         Attempt(get, doh_get("dns.example.net", "discord.com", "AAAA"), {}, "doh", None, "dns-query-get"),
         Attempt(get, doh_get("203.0.113.53", "example.org", "HTTPS", path="/q"), {}, "doh", None, "dns-query-get"),
-        Attempt("POST", "https://doh.example.net/dns-query", _h(content_type="application/dns-message"), "doh", None, "dns-message"),
-        Attempt("POST", "https://my-resolver.example.org/", _h("application/dns-message", "application/dns-message; charset=binary"), "doh", None, "dns-message"),
-        Attempt(get, "https://dns.example.net/dns-query?name=tiktok.com&type=AAAA", _h("application/dns-json"), "doh", None, "dns-json"),
+        Attempt(
+            "POST",
+            "https://doh.example.net/dns-query",
+            _h(content_type="application/dns-message"),
+            "doh",
+            None,
+            "dns-message",
+        ),
+        Attempt(
+            "POST",
+            "https://my-resolver.example.org/",
+            _h("application/dns-message", "application/dns-message; charset=binary"),
+            "doh",
+            None,
+            "dns-message",
+        ),
+        Attempt(
+            get,
+            "https://dns.example.net/dns-query?name=tiktok.com&type=AAAA",
+            _h("application/dns-json"),
+            "doh",
+            None,
+            "dns-json",
+        ),
         Attempt(get, "https://dns.example.net/resolve?name=discord.com&type=A", {}, "doh", None, "dns-json"),
         Attempt(get, "https://dns.example.net/resolve?name=www.reddit.com", {}, "doh", None, "dns-json"),
         Attempt(get, "https://resolver.example.net/api?name=example.com&type=MX", {}, "doh", None, "dns-json"),

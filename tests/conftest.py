@@ -189,7 +189,9 @@ class Proxy:
         return self.process.returncode
 
 
-def start_proxy(tmp: Path, policy: Path = BUNDLED_POLICY, extra: tuple[str, ...] = (), env: dict | None = None) -> Proxy:
+def start_proxy(
+    tmp: Path, policy: Path = BUNDLED_POLICY, extra: tuple[str, ...] = (), env: dict | None = None
+) -> Proxy:
     port = free_port()
     confdir, db, log = tmp / "mitmproxy", tmp / "var" / "incidents.db", tmp / "proxy.log"
     cmd = [

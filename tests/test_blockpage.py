@@ -77,7 +77,9 @@ def test_security_headers_allow_only_inline_style_and_posting_to_the_report_app(
     }
 
 
-@pytest.mark.parametrize("report_url", [None, "", "http://a.invalid/r; script-src *", "javascript:alert(1)", "http://a b/"])
+@pytest.mark.parametrize(
+    "report_url", [None, "", "http://a.invalid/r; script-src *", "javascript:alert(1)", "http://a b/"]
+)
 def test_a_missing_or_odd_report_url_lets_forms_post_nowhere(report_url):
     csp = blockpage.security_headers(report_url)["Content-Security-Policy"]
     assert "form-action 'none';" in csp and "script-src" not in csp

@@ -63,7 +63,9 @@ def test_a_signature_beats_a_more_severe_target_as_the_technique(engine):
 
 def test_doh_is_recognised_by_the_request_not_only_the_url(engine):
     assert not engine.check("https://resolver.example.org/", PUPIL).blocked
-    verdict = engine.check("https://resolver.example.org/", PUPIL, method="POST", content_type="application/dns-message")
+    verdict = engine.check(
+        "https://resolver.example.org/", PUPIL, method="POST", content_type="application/dns-message"
+    )
     assert verdict.blocked and verdict.technique == "doh" and verdict.decision.category == "doh"
 
 
@@ -95,7 +97,9 @@ def test_every_spelling_of_an_ipv4_address_is_a_bare_ip(engine, spelling):
 def test_incidents_are_filed_under_circumvention_and_the_writer_is_told_what_a_repeat_is(engine):
     verdict = engine.check(corpus.phproxy_url("p.example.org", "https://discord.com/"), PUPIL)
     for minute in range(4):  # repeats are raised as they are recorded, by the incident writer (test_incidents)
-        incident = engine.incident(verdict, method="GET", user_agent=None, action="block", when=T0 + timedelta(minutes=minute))
+        incident = engine.incident(
+            verdict, method="GET", user_agent=None, action="block", when=T0 + timedelta(minutes=minute)
+        )
         assert incident.categories[:2] == ("anonymizers", "circumvention")  # what decided, and that it was an attempt
         assert incident.technique == "signature" and incident.inner_url == "https://discord.com/"
         assert incident.severity == "medium"
@@ -206,7 +210,15 @@ def test_the_cli_imports_the_shared_lists(shared_dir, tmp_path):
     from click.testing import CliRunner
 
     result = CliRunner().invoke(
-        main, ["lists", "import", "doh", str(shared_dir / "blocklists-extra" / "dibdot-doh"), "--dest", str(tmp_path / "doh")]
+        main,
+        [
+            "lists",
+            "import",
+            "doh",
+            str(shared_dir / "blocklists-extra" / "dibdot-doh"),
+            "--dest",
+            str(tmp_path / "doh"),
+        ],
     )
     assert result.exit_code == 0, result.output
     entries = set((tmp_path / "doh" / "doh" / "domains").read_text().split())

@@ -106,7 +106,13 @@ def guarded(tmp_path_factory, origin, banner_server) -> Proxy:
     (tmp / "lists" / "games" / "domains").write_text("my-games.example.co.uk\nmy-game-site.example.co.uk\n")
     if (SHARED / "blocklists-extra").is_dir():
         for kind, folder in (("doh", "dibdot-doh"), ("vpn", "az0-vpn_ip")):
-            aupguard("lists", "import", kind, str(SHARED / "blocklists-extra" / folder), env={"AUPGUARD_DATA": str(tmp / "var")})
+            aupguard(
+                "lists",
+                "import",
+                kind,
+                str(SHARED / "blocklists-extra" / folder),
+                env={"AUPGUARD_DATA": str(tmp / "var")},
+            )
 
     def edit(policy):
         policy["circumvention"]["connect_ports"] = [443, origin.port, origin.https_port, banner_server.port]
@@ -371,7 +377,9 @@ def test_repeated_attempts_by_one_device_are_raised_to_high_and_exported_for_the
     assert [found[ref]["severity"] for ref in refs] == ["medium", "medium", "high"]
 
     out = tmp_path / "dsl.csv"
-    aupguard("dsl-export", "--db", str(guarded.db), "--config", str(guarded.log.parent / "policy.yaml"), "--out", str(out))
+    aupguard(
+        "dsl-export", "--db", str(guarded.db), "--config", str(guarded.log.parent / "policy.yaml"), "--out", str(out)
+    )
     with out.open(newline="", encoding="utf-8-sig") as handle:  # a BOM, for Excel
         exported = {row["ref"]: row for row in csv.DictReader(handle)}
     assert refs[2] in exported and refs[0] not in exported and refs[1] not in exported

@@ -132,7 +132,12 @@ def test_every_match_names_its_list_file_and_entry(classifier):
 
 def test_url_prefixes_are_bounded_and_segmented():
     assert url_prefixes("example.com") == ["example.com"]
-    assert url_prefixes("example.com/a/b?c=1") == ["example.com", "example.com/a", "example.com/a/b", "example.com/a/b?c=1"]
+    assert url_prefixes("example.com/a/b?c=1") == [
+        "example.com",
+        "example.com/a",
+        "example.com/a/b",
+        "example.com/a/b?c=1",
+    ]
     assert len(url_prefixes("h/" + "a/" * 10_000)) <= 33
 
 

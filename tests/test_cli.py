@@ -99,9 +99,10 @@ def test_classify_identifies_by_address_and_user(tmp_path):
 
     policy = write_policy(tmp_path / "policy.yaml", identities)
     url = "https://www.instagram.com/\n"
-    assert verdicts(aupguard("classify", "--config", str(policy), "--user", "ms.teacher", stdin=url).stdout)[0][
-        "group"
-    ] == "staff"
+    assert (
+        verdicts(aupguard("classify", "--config", str(policy), "--user", "ms.teacher", stdin=url).stdout)[0]["group"]
+        == "staff"
+    )
     visitor = verdicts(aupguard("classify", "--config", str(policy), "--ip", "10.30.4.5", stdin=url).stdout)[0]
     assert visitor["group"] == "visitors"
     assert verdicts(aupguard("classify", "--config", str(policy), stdin=url).stdout)[0]["group"] == "pupils"
@@ -154,7 +155,7 @@ def recorded(tmp_path_factory):
     urls = [
         "http://www.pornhub.com/a",
         "http://bet365.com/",
-        "http://selfharm.test/=HYPERLINK(\"http://evil.test\")",
+        'http://selfharm.test/=HYPERLINK("http://evil.test")',
         "http://www.instagram.com/",
         "http://www.croxyproxy.com/",
         "http://www.instagram.com/reels",
@@ -221,7 +222,13 @@ def test_help_teaches_by_example():
     from click.testing import CliRunner
 
     top = CliRunner().invoke(main, ["--help"]).output
-    for needed in ("aupguard explain ", "aupguard exempt add ", "aupguard classroom set ", "AUPGUARD_DATA", "AUPGUARD_HOME"):
+    for needed in (
+        "aupguard explain ",
+        "aupguard exempt add ",
+        "aupguard classroom set ",
+        "AUPGUARD_DATA",
+        "AUPGUARD_HOME",
+    ):
         assert needed in top, needed
     # Every example names a real command.
     for command, sub in re.findall(r"aupguard ([a-z][a-z-]*)(?: ([a-z]+))?", main.help):
@@ -259,7 +266,9 @@ def test_out_refuses_an_existing_target_that_is_not_a_regular_file(recorded, tmp
     before = os.lstat(target)
     result = aupguard(*command, "--db", str(recorded.db), "--out", str(target), check=False)
     assert result.returncode == 2 and "is not a regular file" not in result.stdout
-    assert f"{target} is {'a symbolic link' if kind != 'fifo' else 'a special file'}, not a regular file" in result.stderr
+    assert (
+        f"{target} is {'a symbolic link' if kind != 'fifo' else 'a special file'}, not a regular file" in result.stderr
+    )
     after = os.lstat(target)
     assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
     assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
@@ -275,7 +284,9 @@ def test_since_after_until_is_an_error_not_an_empty_report(recorded, command):
 def test_the_report_header_shows_the_period_in_the_schools_time_zone(recorded):
     # 09:30 on a summer's day in Europe/London (the bundled policy's zone) is 08:30 UTC.
     table = aupguard("report", "--db", str(recorded.db), "--since", "2026-07-01T09:30", "--until", "2026-07-02").stdout
-    assert table.splitlines()[0].startswith("aupguard incidents from 2026-07-01 09:30:00+01:00 until 2026-07-02 00:00:00+01:00")
+    assert table.splitlines()[0].startswith(
+        "aupguard incidents from 2026-07-01 09:30:00+01:00 until 2026-07-02 00:00:00+01:00"
+    )
 
 
 # -- aupguard run: start-up ----------------------------------------------------------------------------
@@ -302,7 +313,10 @@ def test_a_busy_port_says_to_choose_another_with_listen_port(tmp_path):
 
 def test_the_start_says_what_is_loaded_and_how_to_import_ut1(tmp_path):
     result = run_on_a_busy_port(tmp_path)
-    assert re.search(r"lists loaded: [\d,]+ domains, [\d,]+ urls and \d+ expressions from \d+ list folders \(blocklists \d+\)", result.stderr)
+    assert re.search(
+        r"lists loaded: [\d,]+ domains, [\d,]+ urls and \d+ expressions from \d+ list folders \(blocklists \d+\)",
+        result.stderr,
+    )
     assert "only the bundled starter lists" in result.stderr and "aupguard lists update ut1" in result.stderr
 
 

@@ -19,7 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 MB = 1024 * 1024
-PUPILS = Group("pupils", "", frozenset(), frozenset(), True, frozenset({"executable", "apk", "torrent", "disk_image"}), MB)
+PUPILS = Group(
+    "pupils", "", frozenset(), frozenset(), True, frozenset({"executable", "apk", "torrent", "disk_image"}), MB
+)
 STAFF = Group("staff", "", frozenset(), frozenset(), False)
 
 
@@ -176,7 +178,9 @@ def test_body_check_holds_back_the_first_bytes_until_they_tell():
 def test_a_body_sent_a_byte_a_chunk_is_judged_a_few_times_not_once_a_byte(monkeypatch):
     judged = []
     real = downloads.content_block
-    monkeypatch.setattr(downloads, "content_block", lambda types, prefix: judged.append(len(prefix)) or real(types, prefix))
+    monkeypatch.setattr(
+        downloads, "content_block", lambda types, prefix: judged.append(len(prefix)) or real(types, prefix)
+    )
     check = downloads.BodyCheck(None, frozenset({"disk_image"}), pytest.fail)
     body = b"x" * (downloads.SNIFF_BYTES + 10)
     out = [check(body[i : i + 1]) for i in range(len(body))] + [check(b"")]
@@ -342,7 +346,9 @@ def test_a_streamed_body_over_the_limit_is_cut(proxy, files):
     with sqlite3.connect(proxy.db) as conn:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            rows = conn.execute("select rule from incidents where url like '%/stream' and category = 'download'").fetchall()
+            rows = conn.execute(
+                "select rule from incidents where url like '%/stream' and category = 'download'"
+            ).fetchall()
             if rows:
                 break
             time.sleep(0.2)
@@ -364,7 +370,8 @@ def test_a_program_by_its_bytes_gets_the_block_page(proxy, files, path):
 
 
 @pytest.mark.parametrize(
-    "path, kind", [("/setup", "executable"), ("/game", "apk"), ("/disk", "disk image"), ("/packed-stream", "executable")]
+    "path, kind",
+    [("/setup", "executable"), ("/game", "apk"), ("/disk", "disk image"), ("/packed-stream", "executable")],
 )
 def test_a_streamed_program_by_its_bytes_is_cut_before_any_byte(proxy, files, path, kind):
     with pytest.raises(http.client.IncompleteRead) as cut:
@@ -373,7 +380,9 @@ def test_a_streamed_program_by_its_bytes_is_cut_before_any_byte(proxy, files, pa
     with sqlite3.connect(proxy.db) as conn:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            rows = conn.execute("select rule from incidents where url like ? and category = 'download'", [f"%{path}"]).fetchall()
+            rows = conn.execute(
+                "select rule from incidents where url like ? and category = 'download'", [f"%{path}"]
+            ).fetchall()
             if rows:
                 break
             time.sleep(0.2)
@@ -386,7 +395,10 @@ def test_files_whose_bytes_show_no_blocked_type_pass_whole(proxy, files, path):
     assert status == 200 and body == SERVED[path][0]
 
 
-@given(st.binary(max_size=2000), st.sampled_from([b"", b"MZ", b"PK\x03\x04", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", b"\xca\xfe\xba\xbe"]))
+@given(
+    st.binary(max_size=2000),
+    st.sampled_from([b"", b"MZ", b"PK\x03\x04", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", b"\xca\xfe\xba\xbe"]),
+)
 def test_hostile_first_bytes_never_raise(tail, head):
     for name, _ in downloads.content_type_of(head + tail):
         assert name in downloads.SNIFFED_TYPES

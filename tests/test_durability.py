@@ -151,7 +151,9 @@ def namespace_tmpfs(disk: Path, size: str) -> list[str]:
         pytest.skip("util-linux unshare is missing")
     mount = 'mount -t tmpfs -o size="$1",mode=0700 aupguard-test-disk "$0" && shift && exec "$@"'
     flags = "-m" if os.geteuid() == 0 else "-rm"
-    probe = subprocess.run(["unshare", flags, "sh", "-c", mount, str(disk), size, "true"], capture_output=True, check=False)
+    probe = subprocess.run(
+        ["unshare", flags, "sh", "-c", mount, str(disk), size, "true"], capture_output=True, check=False
+    )
     if probe.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs in a mount namespace here: {probe.stderr.decode().strip()}")
     return ["unshare", flags, "--propagation", "private", "sh", "-c", mount, str(disk), size]

@@ -317,7 +317,9 @@ def test_cli_classroom(tmp_path):
         "--site", "kahoot.it", "--until", "+50m", "--by", "Mr Jones", "--reason", "mock exam", env=env,
     ).stdout  # fmt: skip
     assert "classroom override #1" in out and "allow only bbc.co.uk, kahoot.it" in out
-    (row,) = [json.loads(line) for line in aupguard("classroom", "list", "--format", "json", env=env).stdout.splitlines()]
+    (row,) = [
+        json.loads(line) for line in aupguard("classroom", "list", "--format", "json", env=env).stdout.splitlines()
+    ]
     assert row["kind"] == "allow_only" and row["who"] == "addresses 10.20.4.0/24"
     assert aupguard("classroom", "end", "1", "--by", "Mr Jones", env=env).returncode == 0
     assert aupguard("classroom", "list", env=env).stdout.strip() == "none"
@@ -399,7 +401,9 @@ def test_cli_refuses_a_public_suffix_site_and_accepts_one_below_it(tmp_path):
     assert aupguard("exempt", "list", env=env).stdout.strip() == "none"
     for site in ("example.com", "www.example.co.uk"):
         aupguard("exempt", "add", "--group", "pupils", "--site", site, *common, env=env)
-    listed = [json.loads(line)["what"] for line in aupguard("exempt", "list", "--format", "json", env=env).stdout.splitlines()]
+    listed = [
+        json.loads(line)["what"] for line in aupguard("exempt", "list", "--format", "json", env=env).stdout.splitlines()
+    ]
     assert listed == ["site example.co.uk", "site example.com"]
 
 
@@ -432,7 +436,9 @@ def store_row(db, kind, sites, **columns):
     row = {"kind": kind, "sites": json.dumps(sites), "until_utc": "2099-01-01T00:00:00.000000Z",
            "created_utc": "2026-01-01T00:00:00.000000Z", "created_by": "old", "reason": "before the fix", **columns}  # fmt: skip
     with db.conn:
-        db.execute(f"INSERT INTO exemptions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+        db.execute(
+            f"INSERT INTO exemptions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values())
+        )
 
 
 def test_a_stored_public_suffix_exemption_does_not_let_an_adult_site_through(tmp_path, caplog):
@@ -534,7 +540,10 @@ def test_the_audit_trail_records_the_os_account_beside_by(tmp_path):
     assert [(a["action"], a["actor"], a["os_user"]) for a in audit] == [
         ("add", "Ms Khan", account), ("revoke", "Mr Head", account),
     ]  # fmt: skip
-    (row,) = [json.loads(line) for line in aupguard("exempt", "list", "--all", "--format", "json", env=env).stdout.splitlines()]
+    (row,) = [
+        json.loads(line)
+        for line in aupguard("exempt", "list", "--all", "--format", "json", env=env).stdout.splitlines()
+    ]
     assert row["by"] == "Ms Khan" and row["os_user"] == account
 
 

@@ -89,7 +89,9 @@ def test_explain_text_for_a_person(tmp_path):
     feed = tmp_path / "feeds" / "illegal"
     feed.mkdir(parents=True)
     (feed / "domains").write_text("illegal-feed.example\n")
-    policy = write_policy(tmp_path / "policy.yaml", lambda d: d["lists"].append({"name": "feeds", "path": str(tmp_path / "feeds")}))
+    policy = write_policy(
+        tmp_path / "policy.yaml", lambda d: d["lists"].append({"name": "feeds", "path": str(tmp_path / "feeds")})
+    )
     engine = Engine.from_policy_file(policy)
     identity = engine.identify("nobody", "10.9.8.7")
     when = datetime(2026, 11, 23, 9, 30, tzinfo=timezone.utc)
@@ -130,7 +132,12 @@ def test_explain_shows_a_web_proxys_target_and_the_entry_that_blocked_it(tmp_pat
     env = {"AUPGUARD_DATA": str(tmp_path)}
     out = explained(GLYPE_TO_PORNHUB, "--group", "pupils", "--at", "2026-11-23T09:30", env=env)
     assert out["matches"] == [
-        {"category": "anonymizers", "kind": "signature", "rule": "aupguard/signatures: glype", "effect": "blocked for this group"}
+        {
+            "category": "anonymizers",
+            "kind": "signature",
+            "rule": "aupguard/signatures: glype",
+            "effect": "blocked for this group",
+        }
     ]
     assert (out["technique"], out["inner_url"]) == ("signature", "https://www.pornhub.com/")
     assert out["carried"] == [
@@ -140,7 +147,12 @@ def test_explain_shows_a_web_proxys_target_and_the_entry_that_blocked_it(tmp_pat
             "action": "block",
             "category": "adult",
             "matches": [
-                {"category": "adult", "kind": "domain", "rule": "blocklists/adult/domains: pornhub.com", "effect": "blocked for this group"}
+                {
+                    "category": "adult",
+                    "kind": "domain",
+                    "rule": "blocklists/adult/domains: pornhub.com",
+                    "effect": "blocked for this group",
+                }
             ],
         }
     ]

@@ -109,7 +109,9 @@ def test_posts_are_rate_limited_per_client(tmp_path):
         ref, token, _ = blocked(running)
         statuses = [post(running, {"ref": ref, "token": token, "kind": "accidental"}).status_code for _ in range(12)]
         assert statuses == [200] * feedback.RATE_LIMIT + [429] * (12 - feedback.RATE_LIMIT)
-        assert requests.get("http://pornhub.com/", proxies=running.proxies, timeout=15).status_code == 403  # still filtering
+        assert (
+            requests.get("http://pornhub.com/", proxies=running.proxies, timeout=15).status_code == 403
+        )  # still filtering
     finally:
         running.stop()
 

@@ -132,9 +132,7 @@ def test_ipv6_is_normalised():
     assert identify(SCHOOL, None, "2001:DB8:0:0:0:0:0:1").client_ip == "2001:db8::1"
 
 
-@pytest.mark.parametrize(
-    "raw", ["", "localhost", "10.20.1", "10.20.1.5:8080", "[::1]", "10.20.1.5 ", "/run/sock", "ǆ"]
-)
+@pytest.mark.parametrize("raw", ["", "localhost", "10.20.1", "10.20.1.5:8080", "[::1]", "10.20.1.5 ", "/run/sock", "ǆ"])
 def test_not_an_address_gets_the_default_group(raw):
     who = identify(SCHOOL, None, raw)
     assert (who.client_ip, who.group) == (raw, "pupils")

@@ -604,5 +604,7 @@ def test_purge_deletes_only_incidents_older_than_the_retention(tmp_path):
 def test_purge_defaults_to_now(tmp_path):
     db = open_db(tmp_path / "incidents.db")
     old = make_incident(ts_utc=datetime.now(timezone.utc) - timedelta(days=400))
-    db["incidents"].insert_all([incidents._row(old), incidents._row(replace(old, ref=new_ref(), ts_utc=datetime.now(timezone.utc)))])
+    db["incidents"].insert_all(
+        [incidents._row(old), incidents._row(replace(old, ref=new_ref(), ts_utc=datetime.now(timezone.utc)))]
+    )
     assert purge(db, 365) == 1 and db["incidents"].count == 1

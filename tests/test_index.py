@@ -424,7 +424,12 @@ def other_index_copied_over(path: Path) -> None:
     path.write_bytes(other.path.read_bytes())  # as `cp` does: the same inode, rewritten
 
 
-IN_PLACE = {"zeroes": zero_in_place, "random": random_in_place, "truncate": truncate_in_place, "cp-other": other_index_copied_over}
+IN_PLACE = {
+    "zeroes": zero_in_place,
+    "random": random_in_place,
+    "truncate": truncate_in_place,
+    "cp-other": other_index_copied_over,
+}
 
 
 @pytest.mark.parametrize("damage", IN_PLACE.values(), ids=IN_PLACE.keys())

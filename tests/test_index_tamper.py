@@ -47,31 +47,23 @@ def with_local_lists(tmp_path: Path) -> tuple[Path, Path]:
     (local / "illegal" / "domains").write_text(f"{ILLEGAL}\n")
     policy = write_policy(
         tmp_path / "policy.yaml",
-        lambda d: d["lists"].append(
-            {"name": "local", "path": str(local), "optional": True}
-        ),
+        lambda d: d["lists"].append({"name": "local", "path": str(local), "optional": True}),
     )
     return policy, local
 
 
 def write_in_place(path: Path, data: bytes) -> None:
-    with open(
-        path, "r+b"
-    ) as f:  # the same inode, as `cp`, `dd conv=notrunc` or a restore tool write it
+    with open(path, "r+b") as f:  # the same inode, as `cp`, `dd conv=notrunc` or a restore tool write it
         f.write(data)
 
 
 def compile_to(policy: Path, out: Path, data: Path) -> None:
-    done = aupguard(
-        "lists", "compile", "--config", str(policy), "--index", str(out), data=data
-    )
+    done = aupguard("lists", "compile", "--config", str(policy), "--index", str(out), data=data)
     assert done.returncode == 0, done.stderr
 
 
 def cp_same_lists(tmp_path: Path, index: Path, policy: Path) -> str:
-    compile_to(
-        policy, tmp_path / "again.idx", index.parent.parent
-    )  # the same lists, another hash seed
+    compile_to(policy, tmp_path / "again.idx", index.parent.parent)  # the same lists, another hash seed
     subprocess.run(["cp", str(tmp_path / "again.idx"), str(index)], check=True)
     return "switched to the recompiled list index"
 
@@ -109,40 +101,24 @@ def truncation(tmp_path: Path, index: Path, policy: Path) -> str:
 
 
 TAMPERING = {
-    f.__name__: f
-    for f in (cp_same_lists, cp_other_lists, cp_compiled_elsewhere, zeroes, random_bytes, truncation)
+    f.__name__: f for f in (cp_same_lists, cp_other_lists, cp_compiled_elsewhere, zeroes, random_bytes, truncation)
 }
 
 
 @pytest.mark.parametrize("tamper", TAMPERING.values(), ids=TAMPERING.keys())
-def test_a_tampered_index_file_never_opens_hangs_or_kills_the_proxy(
-    tmp_path, origin, tamper
-):
+def test_a_tampered_index_file_never_opens_hangs_or_kills_the_proxy(tmp_path, origin, tamper):
     policy, local = with_local_lists(tmp_path)
     data = tmp_path / "var"
     index = data / "index" / "lists.idx"
     proxy = start_proxy(tmp_path, policy)
     try:
-        assert (
-            proxied_status(proxy.port, ILLEGAL) == 403
-            and proxied_status(proxy.port, ADULT) == 403
-        )
+        assert proxied_status(proxy.port, ILLEGAL) == 403 and proxied_status(proxy.port, ADULT) == 403
         said = tamper(tmp_path, index, policy)
         # At once (before the watcher has looked) and after it has judged the new file: still blocking.
-        assert (
-            proxied_status(proxy.port, ILLEGAL) == 403
-            and proxied_status(proxy.port, ADULT) == 403
-        )
-        assert wait_for(lambda: said in proxy.log.read_text()), proxy.log.read_text()[
-            -3000:
-        ]
-        assert (
-            proxied_status(proxy.port, ILLEGAL) == 403
-            and proxied_status(proxy.port, ADULT) == 403
-        )
-        assert (
-            proxied_status(proxy.port, f"127.0.0.1:{origin.port}") == 200
-        )  # alive and answering
+        assert proxied_status(proxy.port, ILLEGAL) == 403 and proxied_status(proxy.port, ADULT) == 403
+        assert wait_for(lambda: said in proxy.log.read_text()), proxy.log.read_text()[-3000:]
+        assert proxied_status(proxy.port, ILLEGAL) == 403 and proxied_status(proxy.port, ADULT) == 403
+        assert proxied_status(proxy.port, f"127.0.0.1:{origin.port}") == 200  # alive and answering
         assert proxy.process.poll() is None
 
         # A real publish is still taken up: a new entry is blocked, on the same running proxy.
@@ -150,16 +126,11 @@ def test_a_tampered_index_file_never_opens_hangs_or_kills_the_proxy(
         done = aupguard("lists", "compile", "--config", str(policy), data=data)
         assert done.returncode == 0, done.stderr
         assert wait_for(lambda: proxied_status(proxy.port, f"second-{ILLEGAL}") == 403)
-        assert (
-            proxied_status(proxy.port, ILLEGAL) == 403
-            and proxied_status(proxy.port, ADULT) == 403
-        )
+        assert proxied_status(proxy.port, ILLEGAL) == 403 and proxied_status(proxy.port, ADULT) == 403
         served = data / "served-index"
         assert served.stat().st_mode & 0o777 == 0o700
         copies = list(served.glob("*.idx"))
-        assert 1 <= len(copies) <= 2 and all(
-            p.stat().st_mode & 0o777 == 0o400 for p in copies
-        )
+        assert 1 <= len(copies) <= 2 and all(p.stat().st_mode & 0o777 == 0o400 for p in copies)
         assert all(re.fullmatch(r"[0-9a-f]{64}\.idx", p.name) for p in copies)
     finally:
         assert proxy.stop() == 0

@@ -336,14 +336,26 @@ def test_load_mapping_reads_names_and_nulls(tmp_path):
         ("adult: adult\n  games: games\n", r":2: not valid YAML"),
         ("# nothing\n", r": the category mapping is empty"),
         # the long form
-        ("a: adult\nsr: {category: anonymizers, skip: [expression]}\n", r":2: sr.skip: 'expression' is not a list file \(one of domains, urls, expressions\)"),
+        (
+            "a: adult\nsr: {category: anonymizers, skip: [expression]}\n",
+            r":2: sr.skip: 'expression' is not a list file \(one of domains, urls, expressions\)",
+        ),
         ("sr:\n  category: anonymizers\n  skip:\n    - urls\n    - 3\n", r":5: sr.skip: '3' is not a list file"),
         ("sr: {category: anonymizers, skip: expressions}\n", r":1: sr.skip: expected a list such as \[expressions\]"),
-        ("sr: {category: anonymizers, skip: []}\n", r":1: sr.skip: name one or two of domains, urls, expressions \(to skip the whole folder, map it to null\)"),
+        (
+            "sr: {category: anonymizers, skip: []}\n",
+            r":1: sr.skip: name one or two of domains, urls, expressions \(to skip the whole folder, map it to null\)",
+        ),
         ("sr: {category: anonymizers, skip: [domains, urls, expressions]}\n", r":1: sr.skip: name one or two"),
-        ("sr: {category: Anonymizers, skip: [urls]}\n", r":1: sr.category: expected an aupguard category name .* not 'Anonymizers'"),
+        (
+            "sr: {category: Anonymizers, skip: [urls]}\n",
+            r":1: sr.category: expected an aupguard category name .* not 'Anonymizers'",
+        ),
         ("a: adult\nsr:\n  skip: [urls]\n", r":3: sr: the long form needs both category and skip"),
-        ("sr: {category: anonymizers, skip: [urls], files: [domains]}\n", r":1: sr: unknown key 'files' \(expected category and skip\)"),
+        (
+            "sr: {category: anonymizers, skip: [urls], files: [domains]}\n",
+            r":1: sr: unknown key 'files' \(expected category and skip\)",
+        ),
         ("sr:\n  category: anonymizers\n  category: vpn\n  skip: [urls]\n", r":3: sr: category is given twice"),
     ],
 )

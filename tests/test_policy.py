@@ -30,7 +30,9 @@ HARMFUL = {"adult", "gambling", "hate", "violence", "drugs", "self_harm", "extre
 CIRCUMVENTION = {"anonymizers", "vpn", "doh", "remote_access", "circumvention"}
 
 # A small valid policy; each broken case below edits one line of it.
-CATEGORY_LINES = "\n".join(f"  {name}: {{label: {name} sites, severity: low, reason: Blocked by the AUP}}" for name in CATEGORIES)
+CATEGORY_LINES = "\n".join(
+    f"  {name}: {{label: {name} sites, severity: low, reason: Blocked by the AUP}}" for name in CATEGORIES
+)
 BASE = f"""\
 version: 1
 school:
@@ -321,7 +323,9 @@ BROKEN = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("old", "new", "marker", "reason"), [case[1:] for case in BROKEN], ids=[case[0] for case in BROKEN])
+@pytest.mark.parametrize(
+    ("old", "new", "marker", "reason"), [case[1:] for case in BROKEN], ids=[case[0] for case in BROKEN]
+)
 def test_broken_policy_names_line_and_reason(tmp_path, old, new, marker, reason):
     assert_refused(tmp_path, edited(old, new), marker, reason)
 
@@ -334,12 +338,15 @@ def test_mapping_to_an_unknown_category(tmp_path):
     assert caught.value.line == line_of(text, "map.yaml")
     assert re.search(r"^lists.ut1.mapping: .*map.yaml maps 'warez' to unknown category 'warez'", caught.value.reason)
     # The long form's category is checked the same way.
-    (tmp_path / "map.yaml").write_text("agressif: violence\nstrict_redirector: {category: anonymisers, skip: [expressions]}\n")
+    (tmp_path / "map.yaml").write_text(
+        "agressif: violence\nstrict_redirector: {category: anonymisers, skip: [expressions]}\n"
+    )
     with pytest.raises(PolicyError) as caught:
         load_policy(write(tmp_path, text))
     assert caught.value.line == line_of(text, "map.yaml")
     assert re.search(
-        r"maps 'strict_redirector' to unknown category 'anonymisers' \(did you mean 'anonymizers'\?\)", caught.value.reason
+        r"maps 'strict_redirector' to unknown category 'anonymisers' \(did you mean 'anonymizers'\?\)",
+        caught.value.reason,
     )
 
 
@@ -440,7 +447,9 @@ POLICY5_BROKEN = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("old", "new", "marker", "reason"), [c[1:] for c in POLICY5_BROKEN], ids=[c[0] for c in POLICY5_BROKEN])
+@pytest.mark.parametrize(
+    ("old", "new", "marker", "reason"), [c[1:] for c in POLICY5_BROKEN], ids=[c[0] for c in POLICY5_BROKEN]
+)
 def test_broken_groups_and_categories_name_line_and_reason(tmp_path, old, new, marker, reason):
     base = BASE.replace("  adult_mixed: {label:", "  adult_mixed: {mandatory: true, label:", 1)
     assert base.count(old) == 1, old
@@ -525,8 +534,12 @@ def test_an_allow_list_naming_a_public_suffix_is_refused_at_load(tmp_path, entry
     from test_lists import write_tree
 
     local = write_tree(tmp_path / "local", {"school_allow/domains": f"vle.example.co.uk\n{entry}\n"})
-    policy = write_policy(tmp_path / "policy.yaml", lambda doc: doc["lists"].append({"name": "local", "path": str(local)}))
-    with pytest.raises(ListError, match=re.escape(f"{local / 'school_allow' / 'domains'}:2: allow entry {entry!r}")) as refused:
+    policy = write_policy(
+        tmp_path / "policy.yaml", lambda doc: doc["lists"].append({"name": "local", "path": str(local)})
+    )
+    with pytest.raises(
+        ListError, match=re.escape(f"{local / 'school_allow' / 'domains'}:2: allow entry {entry!r}")
+    ) as refused:
         Engine.from_policy_file(policy)
     assert "it would match every site under it" in str(refused.value)
     (local / "school_allow" / "domains").write_text("vle.example.co.uk\n")

@@ -87,7 +87,9 @@ def test_groups_from_the_mis_export_through_proxy_login(tmp_path, origin):
 
     def with_export(policy):
         listed(policy)
-        policy["identity"]["user_files"] = [{"path": str(export), "user_column": "Login", "group_column": "Filter group"}]
+        policy["identity"]["user_files"] = [
+            {"path": str(export), "user_column": "Login", "group_column": "Filter group"}
+        ]
 
     proxy = start_proxy(
         tmp_path, write_policy(tmp_path / "policy.yaml", with_export), extra=("--proxyauth", f"@{htpasswd}")

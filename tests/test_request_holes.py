@@ -58,7 +58,9 @@ def status_of(answer: bytes) -> int:
 
 def incident(proxy, answer: bytes) -> dict:
     """The stored incident the answer's X-Aupguard-Incident names (the writer commits in the background)."""
-    (ref,) = [line.split(b": ")[1].decode() for line in answer.split(b"\r\n") if line.startswith(b"X-Aupguard-Incident")]
+    (ref,) = [
+        line.split(b": ")[1].decode() for line in answer.split(b"\r\n") if line.startswith(b"X-Aupguard-Incident")
+    ]
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with sqlite3.connect(proxy.db) as conn:

@@ -68,7 +68,9 @@ def policy_with_local(tmp_path: Path, local: Path) -> Path:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    lines=st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"), max_size=12), max_size=30),
+    lines=st.lists(
+        st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"), max_size=12), max_size=30
+    ),
     chunk=st.integers(1, 9),
     trailing_newline=st.booleans(),
 )
@@ -120,7 +122,9 @@ def test_the_index_is_recompiled_when_lists_or_mappings_change(tmp_path):
     assert "no compiled index" in why_recompile(out, roots)
     compile_from_folders(roots, out)
     assert why_recompile(out, roots) is None
-    assert "folders or category mappings changed" in why_recompile(out, [ListRoot(root, "local", mapping={"adult": "adult"})])
+    assert "folders or category mappings changed" in why_recompile(
+        out, [ListRoot(root, "local", mapping={"adult": "adult"})]
+    )
     assert "changed" in why_recompile(out, [ListRoot(tmp_path / "elsewhere", "local", optional=True)])
     time.sleep(0.01)
     (root / "adult" / "domains").write_text("porn.example\nmore.example\n")
@@ -172,7 +176,13 @@ def test_domain_list_lines(fmt, line, expected):
 
 
 @pytest.mark.parametrize(
-    "fmt, line", [("hosts", "ads.example.com"), ("adblock", "example.com##.banner"), ("adblock", "||x.com/path^"), ("domains", "bad..name")]
+    "fmt, line",
+    [
+        ("hosts", "ads.example.com"),
+        ("adblock", "example.com##.banner"),
+        ("adblock", "||x.com/path^"),
+        ("domains", "bad..name"),
+    ],
 )
 def test_lines_that_name_no_domain_are_refused(fmt, line):
     with pytest.raises(ValueError):
@@ -262,7 +272,9 @@ def test_local_deny_and_allow_lists_override_imports_but_never_the_mandatory_tie
     iwf.write_text("illegal-feed.example\n")
     done = aupguard("lists", "import", "domains", str(iwf), "--category", "illegal", "--name", "mandatory", data=data)
     assert done.returncode == 0, done.stderr
-    assert (data / "lists" / "mandatory" / "illegal" / "domains").read_text().splitlines()[1:] == ["illegal-feed.example"]
+    assert (data / "lists" / "mandatory" / "illegal" / "domains").read_text().splitlines()[1:] == [
+        "illegal-feed.example"
+    ]
     local = tmp_path / "local"
     write_list(local, "games", ["local-deny.example"])  # a local deny list: a folder of the school's own
     # The local allow list: a site and an adult-list false positive (in the bundled adult list here).
@@ -283,7 +295,9 @@ def test_local_deny_and_allow_lists_override_imports_but_never_the_mandatory_tie
     assert "allow entry 'illegal-feed.example' (school_allow) is in the mandatory category illegal" in refused.stderr
     write_list(local, "school_allow", ["homework-help.example", "pornhub.com"])
     for group in ("pupils", "visitors", "early_years"):
-        done = aupguard("classify", "--config", str(policy_path), "--group", group, data=data, stdin="\n".join(urls) + "\n")
+        done = aupguard(
+            "classify", "--config", str(policy_path), "--group", group, data=data, stdin="\n".join(urls) + "\n"
+        )
         assert done.returncode == 0, done.stderr
         verdicts = [json.loads(line) for line in done.stdout.splitlines()]
         assert [v["url"] for v in verdicts] == urls
@@ -307,7 +321,10 @@ def test_local_deny_and_allow_lists_override_imports_but_never_the_mandatory_tie
 def test_import_refuses_the_allow_category_and_needs_one(tmp_path):
     feed = tmp_path / "d.txt"
     feed.write_text("example.com\n")
-    assert "allow list is local" in aupguard("lists", "import", "domains", str(feed), "--category", "school_allow", data=tmp_path).stderr
+    assert (
+        "allow list is local"
+        in aupguard("lists", "import", "domains", str(feed), "--category", "school_allow", data=tmp_path).stderr
+    )
     assert "needs --category" in aupguard("lists", "import", "domains", str(feed), data=tmp_path).stderr
 
 
@@ -316,7 +333,10 @@ def test_import_refuses_the_allow_category_and_needs_one(tmp_path):
 
 def ut1_tarball(path: Path, adult: list[str]) -> Path:
     with tarfile.open(path, "w:gz") as archive:
-        for name, text in (("blacklists/adult/domains", "".join(f"{d}\n" for d in adult)), ("blacklists/gambling/domains", "bet.example\n")):
+        for name, text in (
+            ("blacklists/adult/domains", "".join(f"{d}\n" for d in adult)),
+            ("blacklists/gambling/domains", "bet.example\n"),
+        ):
             raw = text.encode()
             info = tarfile.TarInfo(name)
             info.size = len(raw)
@@ -345,7 +365,9 @@ def test_update_from_a_file_imports_compiles_and_swaps(ut1_setup):
     assert blocked(index, "first-adult.example")
     second = ut1_tarball(tmp_path / "second.tar.gz", ["second-adult.example"])
     digest = hashlib.sha256(second.read_bytes()).hexdigest()
-    done = aupguard("lists", "update", "ut1", "--file", str(second), "--sha256", digest, "--config", str(policy), data=data)
+    done = aupguard(
+        "lists", "update", "ut1", "--file", str(second), "--sha256", digest, "--config", str(policy), data=data
+    )
     assert done.returncode == 0, done.stderr
     assert blocked(index, "second-adult.example") and not blocked(index, "first-adult.example")
     assert (data / "lists" / "ut1" / "adult" / "domains").read_text() == "second-adult.example\n"
@@ -429,7 +451,9 @@ def test_a_recompiled_index_is_served_without_dropping_connections(tmp_path, ori
         assert proxied_status(conn, origin_host) == 200 and conn.sock is sock
 
         # An invalid list set: compile fails with status 1, and the index in service stays.
-        broken = write_policy(tmp_path / "broken.yaml", lambda d: d["lists"].append({"name": "gone", "path": str(tmp_path / "gone")}))
+        broken = write_policy(
+            tmp_path / "broken.yaml", lambda d: d["lists"].append({"name": "gone", "path": str(tmp_path / "gone")})
+        )
         done = aupguard("lists", "compile", "--config", str(broken), data=data)
         assert done.returncode == 1 and "does not exist" in done.stderr and "unchanged" in done.stderr
 

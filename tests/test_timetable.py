@@ -38,8 +38,16 @@ timetable:
 """
 TIMED = (
     BASE.replace("groups:\n", TIMETABLE + "groups:\n", 1)
-    .replace("    block: [adult]\n", "    block: [adult, social_networks]\n    allow_during:\n      breaks: [social_networks]\n", 1)
-    .replace("  adult: {label: adult sites, severity: low,", "  adult: {mandatory: true, label: adult sites, severity: low,", 1)
+    .replace(
+        "    block: [adult]\n",
+        "    block: [adult, social_networks]\n    allow_during:\n      breaks: [social_networks]\n",
+        1,
+    )
+    .replace(
+        "  adult: {label: adult sites, severity: low,",
+        "  adult: {mandatory: true, label: adult sites, severity: low,",
+        1,
+    )
 )
 
 

@@ -217,6 +217,7 @@ def test_normalize_host_rejects(raw: str) -> None:
 
 # --- scheme and port ------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("raw", "scheme", "port"),
     [
@@ -299,6 +300,7 @@ def test_path_and_query(raw: str, path: str, query: str) -> None:
 
 # --- derived forms -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("raw", "canonical"),
     [
@@ -356,6 +358,7 @@ def test_domain_candidates_are_bounded() -> None:
 
 
 # --- from mitmproxy's request parts --------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("parts", "raw"),
@@ -459,6 +462,7 @@ def test_search_term_on_an_ip_uses_the_generic_rule_only() -> None:
 
 # --- properties -----------------------------------------------------------------------
 
+
 def _ipv4_forms(number: int, parts: int, radixes: list[str]) -> str:
     """Write a 32-bit number as `parts` WHATWG IPv4 parts, each in the given radix."""
     octets = list(number.to_bytes(4, "big"))
@@ -500,7 +504,9 @@ _host = st.one_of(
     st.text(max_size=20),
 )
 _segment = st.one_of(
-    st.sampled_from(["", ".", "..", "%2e", "%2E%2e", ".%2e", "a", "B", "%41", "%7e", "%2f", "%", "%zz", "é", " ", "\\", "@", ":"]),
+    st.sampled_from(
+        ["", ".", "..", "%2e", "%2E%2e", ".%2e", "a", "B", "%41", "%7e", "%2f", "%", "%zz", "é", " ", "\\", "@", ":"]
+    ),
     st.text(max_size=6),
 )
 _url = st.builds(
@@ -611,9 +617,7 @@ _BIDI_CONTROLS = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u20
 
 def _as_reported(typed: str) -> str | None:
     """What a reader of the report should see: controls as spaces, whitespace collapsed."""
-    visible = "".join(
-        " " if unicodedata.category(char) == "Cc" or char in _BIDI_CONTROLS else char for char in typed
-    )
+    visible = "".join(" " if unicodedata.category(char) == "Cc" or char in _BIDI_CONTROLS else char for char in typed)
     return " ".join(visible.split()) or None
 
 
@@ -720,7 +724,10 @@ def _path_and_respelling(draw):
 @example(("/s/malware.html", "/s%2Fmalware.html"))
 def test_every_server_equivalent_spelling_has_the_entrys_key(pair: tuple[str, str]) -> None:
     path, respelled = pair
-    assert normalize_url("http://h.test/" + respelled).url_list_key() == normalize_url("http://h.test" + path).url_list_key()
+    assert (
+        normalize_url("http://h.test/" + respelled).url_list_key()
+        == normalize_url("http://h.test" + path).url_list_key()
+    )
 
 
 @PROPERTY

@@ -101,7 +101,9 @@ def test_too_many_rows_are_refused(tmp_path, monkeypatch):
 
 def test_a_user_in_two_exports_is_an_error(tmp_path):
     second = WITH_FILES.replace(
-        "  networks:\n", "    - {path: exports/staff.csv, user_column: Login, group_column: Filter group}\n  networks:\n", 1
+        "  networks:\n",
+        "    - {path: exports/staff.csv, user_column: Login, group_column: Filter group}\n  networks:\n",
+        1,
     )
     path = school(tmp_path, policy=second)
     (tmp_path / "exports" / "staff.csv").write_text("Login,Filter group\nother,staff\nms.teacher,staff\n")

@@ -51,7 +51,9 @@ class WhenType(click.ParamType):
         try:
             return datetime.fromisoformat(value)
         except ValueError:
-            self.fail(f"{value!r} is not an ISO-8601 date or date-time (e.g. 2026-11-23 or 2026-11-23T09:30)", param, ctx)
+            self.fail(
+                f"{value!r} is not an ISO-8601 date or date-time (e.g. 2026-11-23 or 2026-11-23T09:30)", param, ctx
+            )
 
 
 WHEN = WhenType()
@@ -132,7 +134,9 @@ def main() -> None:
 
 @main.command()
 @click.option("--listen-host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
-@click.option("--listen-port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option(
+    "--listen-port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on."
+)
 @policy_option
 @db_option
 @click.option(
@@ -264,7 +268,11 @@ def who_and_when(command):
                 "--ip", "client_ip", default="0.0.0.0", show_default=True, help="Client address to identify by."
             ),
             click.option(
-                "--at", "at", type=WHEN, default=None, help="Decide as at this time (school local unless a zone is given)."
+                "--at",
+                "at",
+                type=WHEN,
+                default=None,
+                help="Decide as at this time (school local unless a zone is given).",
             ),
         ]
     ):
@@ -368,7 +376,9 @@ def classify(policy_path, group, user, client_ip, at, index_path) -> None:
 @click.option("--until", type=WHEN, default=None, help="Up to this date/time (exclusive).")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @out_option("Write to a file")
-@click.option("--requests", "requests", is_flag=True, help="List the block page's \"report a mistake\" requests instead.")
+@click.option(
+    "--requests", "requests", is_flag=True, help='List the block page\'s "report a mistake" requests instead.'
+)
 def report(db, policy_path, since, until, fmt, out, requests) -> None:
     """Summarise blocked attempts for the IT department.
 
@@ -429,7 +439,12 @@ def dsl_export_command(db, policy_path, since, until, out, min_severity) -> None
 @main.command()
 @db_option
 @policy_option
-@click.option("--days", type=click.IntRange(1), default=None, help="Keep this many days [default: the policy's records.retention_days].")
+@click.option(
+    "--days",
+    type=click.IntRange(1),
+    default=None,
+    help="Keep this many days [default: the policy's records.retention_days].",
+)
 def purge(db, policy_path, days) -> None:
     """Delete incidents older than the retention period (UK GDPR: no longer than necessary)."""
     from aupguard.store.incidents import purge as purge_incidents
@@ -474,7 +489,9 @@ def lists() -> None:
     help="Where imported lists go [default: DATA/lists/<source>].",
 )
 @click.option("--category", default=None, help="hosts/domains/adblock: the aupguard category the entries are.")
-@click.option("--name", default="imported", show_default=True, help="hosts/domains/adblock: the list root, DATA/lists/<name>.")
+@click.option(
+    "--name", default="imported", show_default=True, help="hosts/domains/adblock: the list root, DATA/lists/<name>."
+)
 @policy_option
 def import_lists(source, path, dest, category, name, policy_path) -> None:
     """Import block lists from a folder or file.
@@ -557,7 +574,9 @@ def _say_compiled(summary, policy=None) -> None:
         f"from {summary.sources} list folders into {summary.path} ({summary.size / 1e6:.1f} MB)"
     )
     if summary.problems:
-        click.echo(f"skipped list lines, e.g. {summary.problems[0]} ({len(summary.problems)} shown in the log)", err=True)
+        click.echo(
+            f"skipped list lines, e.g. {summary.problems[0]} ({len(summary.problems)} shown in the log)", err=True
+        )
     if policy is not None:  # `run` leaves this to the proxy, which warns when it loads the policy
         for warning in overridden_allows(policy, index_classifier(policy.lists, summary.path)):
             click.echo(f"error: {warning} (aupguard run refuses this policy until it is removed)", err=True)
@@ -615,9 +634,7 @@ def update_lists(source, url, tarball, sha256, policy_path, index_path) -> None:
     policy = _load_policy_or_exit(policy_path)
     try:
         result = _with_progress(
-            lambda progress: update_ut1(
-                policy, index_path, tarball=tarball, url=url, sha256=sha256, progress=progress
-            )
+            lambda progress: update_ut1(policy, index_path, tarball=tarball, url=url, sha256=sha256, progress=progress)
         )
     except (ListError, OSError) as exc:
         raise click.ClickException(f"{exc}; the lists in service are unchanged") from exc
@@ -634,7 +651,11 @@ store_option = click.option(
     help="The exemption store [default: DATA/exemptions.db, where the proxy looks].",
 )
 until_option = click.option(
-    "--until", "until", required=True, metavar="TIME", help="When it ends: +45m, +2h, +3d, 15:30 (today) or 2026-11-23T15:30."
+    "--until",
+    "until",
+    required=True,
+    metavar="TIME",
+    help="When it ends: +45m, +2h, +3d, 15:30 (today) or 2026-11-23T15:30.",
 )
 by_option = click.option("--by", "by", required=True, metavar="NAME", help="Who is making this change (recorded).")
 
@@ -751,8 +772,17 @@ def exempt_add(policy_path, store, group, user, network, site, category, until, 
     db = _store(store)
     _record_change(
         lambda: exemptions.add(
-            db, engine.policy, group=group, user=user, network=network, sites=[site] if site else [],
-            category=category, until=deadline, by=by, reason=reason, site_categories=site_categories,
+            db,
+            engine.policy,
+            group=group,
+            user=user,
+            network=network,
+            sites=[site] if site else [],
+            category=category,
+            until=deadline,
+            by=by,
+            reason=reason,
+            site_categories=site_categories,
         )  # fmt: skip
     )
 
@@ -815,7 +845,11 @@ def classroom() -> None:
 @click.option("--ip", "network", required=True, metavar="IP/CIDR", help="The room's address range.")
 @click.option("--mode", type=click.Choice(["allow-only", "block-all"]), required=True)
 @click.option(
-    "--site", "sites", multiple=True, metavar="DOMAIN", help="A site allowed in allow-only mode (repeatable; not a public suffix)."
+    "--site",
+    "sites",
+    multiple=True,
+    metavar="DOMAIN",
+    help="A site allowed in allow-only mode (repeatable; not a public suffix).",
 )
 @until_option
 @by_option
@@ -842,7 +876,14 @@ def classroom_set(policy_path, store, network, mode, sites, until, by, reason, w
     db = _store(store)
     _record_change(
         lambda: exemptions.add(
-            db, policy, kind=kind, network=network, sites=sites, until=deadline, by=by, reason=reason,
+            db,
+            policy,
+            kind=kind,
+            network=network,
+            sites=sites,
+            until=deadline,
+            by=by,
+            reason=reason,
             whole_school=whole_school,
         )
     )
@@ -904,4 +945,3 @@ def explain(url, policy_path, group, user, client_ip, at, store, fmt) -> None:
     engine.exemptions = load_active(store or DEFAULT_STORE, when)
     result = explain_url(engine, url, identity, when)
     click.echo(json.dumps(result) if fmt == "json" else render_text(result), nl=fmt == "json")
-

@@ -596,7 +596,9 @@ def _read_circumvention(doc: _Document, node: Node | None, groups: Mapping[str, 
             doc.fail(item, f"circumvention.connect_ports: {port} is not a TCP port (1 to 65535)")
         ports.add(port)
     if "connect_ports" in fields and not ports:
-        doc.fail(doc.heading(fields["connect_ports"]), "circumvention.connect_ports: name at least one port, e.g. [443]")
+        doc.fail(
+            doc.heading(fields["connect_ports"]), "circumvention.connect_ports: name at least one port, e.g. [443]"
+        )
 
     def number(key: str, low: int, high: int, fallback: int) -> int:
         if key not in fields:
@@ -610,7 +612,9 @@ def _read_circumvention(doc: _Document, node: Node | None, groups: Mapping[str, 
         connect_ports=frozenset(ports) or default.connect_ports,
         bare_ip_allowed=_groups_allowed(doc, fields.get("bare_ip"), "circumvention.bare_ip", groups),
         no_sni_allowed=_groups_allowed(doc, fields.get("no_sni"), "circumvention.no_sni", groups),
-        repeat_window_minutes=number("repeat_window_minutes", 1, MAX_REPEAT_WINDOW_MINUTES, default.repeat_window_minutes),
+        repeat_window_minutes=number(
+            "repeat_window_minutes", 1, MAX_REPEAT_WINDOW_MINUTES, default.repeat_window_minutes
+        ),
         repeat_threshold=number("repeat_threshold", 2, MAX_REPEAT_THRESHOLD, default.repeat_threshold),
     )
 

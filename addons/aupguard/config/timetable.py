@@ -137,11 +137,11 @@ def _clock(doc: _Document, node: Node | None, where: str, default: int) -> int:
     if node is None:
         return default
     if isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:int" and ":" in node.value:
-        doc.fail(node, f"{where}: put times in quotes (\"{node.value}\"): YAML reads {node.value} as a number")
+        doc.fail(node, f'{where}: put times in quotes ("{node.value}"): YAML reads {node.value} as a number')
     text = doc.text(node, where).strip()
     match = _CLOCK.fullmatch(text)
     if not match:
-        doc.fail(node, f"{where}: {text!r} is not a 24-hour time such as \"08:50\"")
+        doc.fail(node, f'{where}: {text!r} is not a 24-hour time such as "08:50"')
     return MINUTES_PER_DAY if text == "24:00" else int(match.group(1)) * 60 + int(match.group(2))
 
 
@@ -222,4 +222,3 @@ def _date(doc: _Document, node: Node, where: str) -> dt.date:
         return dt.date.fromisoformat(text.strip())
     except ValueError:
         doc.fail(node, f"{where}: {text!r} is not a date such as 2026-10-26")
-

@@ -39,7 +39,15 @@ from urllib.parse import unquote, unquote_plus
 
 from aupguard.core.urlnorm import NormalizedURL, URLError, normalize_url, suffix_parts
 
-__all__ = ["FIRST_LINE_WAIT", "Finding", "FirstLine", "HEURISTIC_THRESHOLD", "first_line", "inspect_url", "inspect_request"]
+__all__ = [
+    "FIRST_LINE_WAIT",
+    "Finding",
+    "FirstLine",
+    "HEURISTIC_THRESHOLD",
+    "first_line",
+    "inspect_url",
+    "inspect_request",
+]
 
 MAX_PARAMS = 64
 MAX_DECODED = 4096  # longest parameter value, path tail or decoded text worked on
@@ -555,7 +563,9 @@ _PATH_WORDS = frozenset(
         "miniproxy.php", "cgiproxy", "nph-proxy.cgi", "nph-proxy.pl",
     }
 )  # fmt: skip
-_PROXY_PARAMS = frozenset({"u", "url", "q", "uri", "link", "site", "addr", "address", "go", "proxy", "web", "surf", "href"})
+_PROXY_PARAMS = frozenset(
+    {"u", "url", "q", "uri", "link", "site", "addr", "address", "go", "proxy", "web", "surf", "href"}
+)
 _REDIRECT_PARAMS = frozenset(
     {
         "next", "return", "returnto", "return_to", "returnurl", "return_url", "returnpath", "redirect",
@@ -597,9 +607,7 @@ def _segments(path: str) -> list[str]:
     return [segment for segment in path.lower().split("/", 16)[:16] if segment]
 
 
-def _heuristic_score(
-    url: NormalizedURL, params, carried: tuple[str, str, str] | None, path_carried: bool
-) -> float:
+def _heuristic_score(url: NormalizedURL, params, carried: tuple[str, str, str] | None, path_carried: bool) -> float:
     """Sum of heuristic weights; `carried` is the strongest (param name, URL, encoding) of another site."""
     score = 0.0 if url.is_ip or not _ANY_HOST_WORD.search(url.host) else _host_weight(url.host)
     segments = _segments(url.path)
@@ -771,7 +779,9 @@ def _doh(url: NormalizedURL, content_type: str | None, accept: str | None) -> Fi
     if not _DOMAIN_NAME.match(name):
         return None
     rrtype = _param(params, "type")
-    known_type = rrtype is not None and (rrtype.upper() in _RR_TYPES or (rrtype.isdigit() and 0 < int(rrtype[:6]) < 65536))
+    known_type = rrtype is not None and (
+        rrtype.upper() in _RR_TYPES or (rrtype.isdigit() and 0 < int(rrtype[:6]) < 65536)
+    )
     if known_type or _DOH_JSON_PATHS.search(url.path):
         return Finding("doh", "dns-json", None)
     return None
@@ -804,8 +814,16 @@ _REQUEST_LINE = re.compile(_TOKEN + rb"+ " + _TARGET + rb"+ HTTP/[0-9]\.[0-9]\r?
 # The bytes so far could still become one: a method, a method and a target, or both and any leading
 # part of the version ("H", "HT", ..., "HTTP/1.1\r").
 _REQUEST_LINE_START = re.compile(
-    _TOKEN + rb"*|" + _TOKEN + rb"+ " + _TARGET + rb"*|"
-    + _TOKEN + rb"+ " + _TARGET + rb"+ (?:H(?:T(?:T(?:P(?:/(?:[0-9](?:\.(?:[0-9]\r?)?)?)?)?)?)?)?)?"
+    _TOKEN
+    + rb"*|"
+    + _TOKEN
+    + rb"+ "
+    + _TARGET
+    + rb"*|"
+    + _TOKEN
+    + rb"+ "
+    + _TARGET
+    + rb"+ (?:H(?:T(?:T(?:P(?:/(?:[0-9](?:\.(?:[0-9]\r?)?)?)?)?)?)?)?)?"
 )
 
 

@@ -39,7 +39,6 @@ class Decision:
     exemption: Exemption | None = None
     window: str | None = None  # the timetable window in force when it was decided
 
-
     @property
     def blocked(self) -> bool:
         return self.action == "block"

@@ -72,7 +72,9 @@ class Verdict(NamedTuple):  # a NamedTuple for speed: see classify.Match
     classification: Classification | None
     decision: Decision
     error: str | None = None  # set when aupguard itself failed and the group's failure rule decided
-    technique: str | None = None  # blocked as a circumvention attempt: list|signature|nested|heuristic|doh|tunnel|malformed
+    technique: str | None = (
+        None  # blocked as a circumvention attempt: list|signature|nested|heuristic|doh|tunnel|malformed
+    )
     inner_url: str | None = None  # the URL carried inside `url` (nested URL or a web proxy's target)
     # When `url` carried other URLs: its own decision (`decision` is the strictest of it and
     # theirs) and each carried URL's, so `aupguard explain` shows what check used, no second opinion.
@@ -266,7 +268,9 @@ class Engine:
             decision = within.decision
         else:
             severity = self.policy.categories[CIRCUMVENTION].severity
-            decision = Decision("block", CIRCUMVENTION, severity, (match,), (), f"malformed destination; group {identity.group}")
+            decision = Decision(
+                "block", CIRCUMVENTION, severity, (match,), (), f"malformed destination; group {identity.group}"
+            )
         classification = Classification(url, (*listed, match)) if url is not None else None
         return Verdict(identity, url, classification, decision, technique=MALFORMED)
 

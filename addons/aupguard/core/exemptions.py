@@ -120,7 +120,9 @@ class ExemptionSet:
                 table = by_prefix[net.version].setdefault(net.prefixlen, {})
                 table.setdefault(int(net.network_address) >> (net.max_prefixlen - net.prefixlen), []).append(item)
         self._networks = {
-            version: tuple(((32 if version == 4 else 128) - length, tables[length]) for length in sorted(tables, reverse=True))
+            version: tuple(
+                ((32 if version == 4 else 128) - length, tables[length]) for length in sorted(tables, reverse=True)
+            )
             for version, tables in by_prefix.items()
         }
         self._any_network = any(self._networks.values())
@@ -249,5 +251,3 @@ def _allowed(policy: Policy, decision: Decision, item: Exemption) -> Decision:
 
 
 # -- keeping a running proxy up to date --------------------------------------------------------------
-
-

@@ -379,9 +379,7 @@ def _parse_url(raw: str) -> NormalizedURL:
     scheme = text[:colon].lower()
     # "host:port/path" also looks like "scheme:...": a scheme counts when it is
     # special (browsers accept "http:host") or followed by "//".
-    if text[colon : colon + 1] == ":" and (
-        scheme in _SPECIAL_SCHEMES or text.startswith("//", colon + 1)
-    ):
+    if text[colon : colon + 1] == ":" and (scheme in _SPECIAL_SCHEMES or text.startswith("//", colon + 1)):
         rest = text[colon + 1 :]
     else:
         # A scheme-less "/path" has no host; "//host/path" has one.
@@ -429,6 +427,7 @@ def from_parts(scheme: str, host: str, port: int, path: str) -> NormalizedURL:
 
 
 # --- search terms -----------------------------------------------------------
+
 
 @functools.cache
 def _tld_extract():

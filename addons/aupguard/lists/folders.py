@@ -326,7 +326,7 @@ def read_lines(path: Path, problems: Problems) -> Iterator[tuple[int, str]]:
                 cut = data.rfind(b"\n")
                 if cut < 0:
                     # No line end in sight: keep at most one overlong line's worth, then skip to its end.
-                    tail = data if len(data) <= _MAX_LINE_BYTES else data[:_MAX_LINE_BYTES + 1]
+                    tail = data if len(data) <= _MAX_LINE_BYTES else data[: _MAX_LINE_BYTES + 1]
                     overlong = overlong or len(data) > _MAX_LINE_BYTES
                     continue
                 lines, tail = data[:cut].split(b"\n"), data[cut + 1 :]
@@ -698,8 +698,11 @@ HOST_LIST_FORMATS = {
         home="https://github.com/az0/vpn_ip",
         licence="GPL-3.0-or-later",
         files={
-            "vpn": ("output/hostname.txt|data/output/hostname.txt", "output/adguard.txt|data/output/adguard.txt",
-                    "output/ip.txt|data/output/ip.txt"),
+            "vpn": (
+                "output/hostname.txt|data/output/hostname.txt",
+                "output/adguard.txt|data/output/adguard.txt",
+                "output/ip.txt|data/output/ip.txt",
+            ),
             # Free web-proxy and proxy-list sites: anonymizers, not VPNs.
             "anonymizers": ("input/hostname_only/proxy.txt|data/input/hostname_only/proxy.txt",),
         },  # fmt: skip
@@ -938,6 +941,10 @@ def import_domain_list(fmt: str, src: Path, dest: Path, category: str) -> Import
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return ImportResult(
-        Path(dest), {category: {"domains": len(entries)}}, f"{src.name} ({fmt})", problems.count, narrowed,
+        Path(dest),
+        {category: {"domains": len(entries)}},
+        f"{src.name} ({fmt})",
+        problems.count,
+        narrowed,
         tuple(problems.as_list()),
     )

@@ -100,4 +100,6 @@ def update_ut1(
     finally:
         new_index.unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)
-    return UpdateResult(ImportResult(dest, imported.categories, imported.origin), replace(compiled, path=index_path), digest)
+    return UpdateResult(
+        ImportResult(dest, imported.categories, imported.origin), replace(compiled, path=index_path), digest
+    )

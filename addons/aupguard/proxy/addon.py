@@ -297,7 +297,9 @@ class AupGuard:
         except Exception:
             log.exception("aupguard: CONNECT %s failed", flow.request.host)
             request = flow.request
-            failed = self.engine.failed_request(identity, "https", (request.host,), request.port, "/", "CONNECT handling failed")
+            failed = self.engine.failed_request(
+                identity, "https", (request.host,), request.port, "/", "CONNECT handling failed"
+            )
             self._refuse(flow, failed, "refuse")
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
@@ -469,7 +471,12 @@ class AupGuard:
         if page is not None and flow.response is not None:
             flow.response.content = page
         sniff = flow.metadata.pop(_SNIFF, None)
-        if sniff is not None and self.engine is not None and flow.response is not None and _BLOCKED not in flow.metadata:
+        if (
+            sniff is not None
+            and self.engine is not None
+            and flow.response is not None
+            and _BLOCKED not in flow.metadata
+        ):
             identity, sniffed = sniff
             try:
                 response = flow.response
@@ -553,7 +560,9 @@ class AupGuard:
             page = self._page(flow, verdict, incident.ref, incident.local_date, incident.local_time)
             ref = incident.ref
         except Exception:
-            log.exception("aupguard: the block page for %s failed; sending the plain one", flow.request.pretty_url[:200])
+            log.exception(
+                "aupguard: the block page for %s failed; sending the plain one", flow.request.pretty_url[:200]
+            )
             page = blockpage.MINIMAL
         flow.response = _page_response(page, self.report_url, True, ref)
         flow.metadata[_BLOCKED] = True
@@ -571,9 +580,7 @@ class AupGuard:
         flow.response = _page_response(page, None, False, incident.ref)
         flow.metadata[_BLOCKED] = True
 
-    def _record(
-        self, flow: http.HTTPFlow, verdict: Verdict, action: str, when: datetime | None = None, page_for=None
-    ):
+    def _record(self, flow: http.HTTPFlow, verdict: Verdict, action: str, when: datetime | None = None, page_for=None):
         return self._submit(
             verdict,
             method=flow.request.method,

@@ -126,8 +126,17 @@ _SLOT = re.compile(f"\x00{_SLOT_MARK}:([a-z_]+)\x00")
 
 @lru_cache(maxsize=512)
 def _skeleton(
-    html: bool, school_name: str, category_label: str, reason: str, it_contact: str, accidental: str,
-    circumvention_note: str | None, title: str, accent: str, report_url: str | None, has_ref: bool,
+    html: bool,
+    school_name: str,
+    category_label: str,
+    reason: str,
+    it_contact: str,
+    accidental: str,
+    circumvention_note: str | None,
+    title: str,
+    accent: str,
+    report_url: str | None,
+    has_ref: bool,
 ) -> tuple[str, ...]:
     """The rendered template split at the per-request fields: (text, field name, text, field name, ..., text)."""
     slot = {name: f"\x00{_SLOT_MARK}:{name}\x00" for name in ("url", "date", "time", "ref", "report_token")}

@@ -98,7 +98,9 @@ class IndexWatcher:
             new = Classifier(serve_for(engine.policy.lists, index.origin, index.path.parent))
         except (IndexFormatError, OSError) as exc:
             self._failed = signature
-            log.error("aupguard: the list index file changed but cannot be used; the previous one keeps serving: %s", exc)
+            log.error(
+                "aupguard: the list index file changed but cannot be used; the previous one keeps serving: %s", exc
+            )
             return False
         old = engine.classifier
         engine.classifier = new  # one assignment: requests see the old index or the new, never a mix

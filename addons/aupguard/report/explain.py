@@ -33,7 +33,9 @@ def explain(engine: Engine, url: str, identity: Identity, when: datetime) -> dic
     own = verdict.own_decision or decision
     # The carried URL whose decision won (check keeps the first of equally strict ones). Decisions
     # of unlisted URLs are shared objects, so "is" alone would also name a carried URL that ties.
-    deciding = None if decision is own else next((inner for inner in verdict.carried if inner.decision is decision), None)
+    deciding = (
+        None if decision is own else next((inner for inner in verdict.carried if inner.decision is decision), None)
+    )
     return {
         "url": verdict.url.url if verdict.url else url,
         "time": local.isoformat(timespec="minutes"),

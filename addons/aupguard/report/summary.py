@@ -104,8 +104,18 @@ _QUERIES = (
     (
         "anonymizer_attempts",
         "Anonymizer, VPN, DoH and remote-access attempts",
-        ("ref", "local_date", "local_time", "username", "client_ip", "user_group", "url", "inner_url",
-         "category", "technique"),
+        (
+            "ref",
+            "local_date",
+            "local_time",
+            "username",
+            "client_ip",
+            "user_group",
+            "url",
+            "inner_url",
+            "category",
+            "technique",
+        ),
         # Every action, not only blocks: an allowed VPN is still an attempt IT must see.
         """SELECT ref, local_date, local_time, username, client_ip, user_group, url, inner_url,
                   (SELECT value FROM json_each(incidents.categories)

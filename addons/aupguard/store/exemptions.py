@@ -268,9 +268,7 @@ def listing(db: sqlite_utils.Database, *, include_ended: bool = False, now: date
         rows = db.query("SELECT * FROM exemptions ORDER BY id DESC")
     else:
         when = utc_iso(now or datetime.now(timezone.utc))
-        rows = db.query(
-            "SELECT * FROM exemptions WHERE revoked_utc IS NULL AND until_utc > ? ORDER BY id DESC", [when]
-        )
+        rows = db.query("SELECT * FROM exemptions WHERE revoked_utc IS NULL AND until_utc > ? ORDER BY id DESC", [when])
     return [_from_row(row) for row in rows]
 
 
@@ -358,9 +356,7 @@ def parse_until(text: str, zone: tzinfo, now: datetime | None = None) -> datetim
         else:
             when = datetime.fromisoformat(text)
     except ValueError:
-        raise ExemptionError(
-            f"--until {text!r} is not a time: use +45m, +2h, +3d, 15:30 or 2026-11-23T15:30"
-        ) from None
+        raise ExemptionError(f"--until {text!r} is not a time: use +45m, +2h, +3d, 15:30 or 2026-11-23T15:30") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=zone)
     return when.astimezone(timezone.utc)

@@ -142,9 +142,7 @@ def _migrate(db: sqlite_utils.Database) -> None:
             )
         for migration in _MIGRATIONS[version:]:
             migration(db)
-        db.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
-        )
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         db.commit()
     except BaseException:
         db.rollback()
