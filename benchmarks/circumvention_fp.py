@@ -20,14 +20,14 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.benign_urls import CATEGORIES, DEFAULT_COUNT, DEFAULT_SEED, benign_urls
+
 from aupguard.core.circumvention import (
     HEURISTIC_THRESHOLD,
     inspect_request,
     inspect_url,
 )
 from aupguard.core.urlnorm import URLError, normalize_url
-
-from benchmarks.benign_urls import CATEGORIES, DEFAULT_COUNT, DEFAULT_SEED, benign_urls
 
 VERDICTS = frozenset({"signature", "heuristic", "doh"})
 REPO = Path(__file__).resolve().parent.parent

@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from index_scale import UT1, plausible_domains, reuse_or_build_list_set  # noqa: E402
+from index_scale import UT1, plausible_domains, reuse_or_build_list_set
 
 REPO = Path(__file__).resolve().parents[1]
 AUPGUARD = [sys.executable, "-m", "aupguard.cli"]

@@ -21,13 +21,13 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import circumvention_corpus as corpus
 import yaml
+from benchmarks.benign_urls import DEFAULT_COUNT, benign_urls
+
+import circumvention_corpus as corpus
 from aupguard.core.engine import Engine
 from aupguard.core.identify import Identity
 from aupguard.lists.folders import import_host_list
-
-from benchmarks.benign_urls import DEFAULT_COUNT, benign_urls
 
 REPO = Path(__file__).resolve().parent.parent
 CIRCUMVENTION_ONLY = ["anonymizers", "vpn", "doh", "remote_access", "circumvention"]

@@ -39,7 +39,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from index_scale import UT1, reuse_or_build_list_set  # noqa: E402
+from index_scale import UT1, reuse_or_build_list_set
 
 REPO = Path(__file__).resolve().parents[1]
 NGINX = "/usr/sbin/nginx"
@@ -72,7 +72,11 @@ def wait_listening(port: int, process: subprocess.Popen, timeout: float = 120.0)
 def start(command: list[str], port: int, log: Path, env: dict | None = None) -> subprocess.Popen:
     """A child in its own session (so it and its children can be stopped together), listening on `port`."""
     process = subprocess.Popen(
-        command, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+        command,
+        stdout=open(log, "wb"),  # noqa: SIM115 - the child keeps it open for its whole life
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
     wait_listening(port, process)
     return process

@@ -213,10 +213,10 @@ def alloy_url(proxy_host: str, origin: str, path: str = "/") -> str:
 def translate_goog(target: str) -> str:
     """Google Translate's proxy host: '-' written '--', '.' written '-', under .translate.goog."""
     scheme, _, rest = target.partition("://")
-    host, slash, path = rest.partition("/")
+    host, _slash, path = rest.partition("/")
     label = host.replace("-", "--").replace(".", "-")
     query = "_x_tr_sl=auto&_x_tr_tl=en&_x_tr_hl=en-GB&_x_tr_pto=wapp" + ("&_x_tr_sch=http" if scheme == "http" else "")
-    path, question, target_query = path.partition("?")
+    path, _question, target_query = path.partition("?")
     joined = f"{target_query}&{query}" if target_query else query
     return f"https://{label}.translate.goog/{path}?{joined}"
 

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from aupguard.config.policy import PolicyError, load_policy
 
 

@@ -6,9 +6,10 @@ import re
 
 import markupsafe
 import pytest
-from aupguard.proxy import blockpage
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from aupguard.proxy import blockpage
 
 # Raw, not percent-encoded: a policy's text, a list's label or a request's parts may hold any of these.
 HOSTILE = "<script>alert(\"x\")</script><img src=x onerror='y'> & co"

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from aupguard.core.circumvention import (
     HEURISTIC_THRESHOLD,
     MAX_DEPTH,
@@ -19,13 +22,11 @@ from aupguard.core.circumvention import (
     inspect_url,
 )
 from aupguard.core.urlnorm import URLError, normalize_url
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import circumvention_corpus as corpus  # noqa: E402
+import circumvention_corpus as corpus
 
 ATTEMPTS = corpus.attempts()
 

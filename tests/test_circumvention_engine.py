@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from aupguard.config.policy import CircumventionRules, PolicyError, load_policy
 from aupguard.core.engine import Engine
 from aupguard.core.identify import Identity
@@ -15,11 +16,11 @@ from aupguard.lists.folders import ListError, host_entry, import_host_list
 from conftest import write_policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import circumvention_corpus as corpus  # noqa: E402
+import circumvention_corpus as corpus
 
 PUPIL = Identity(None, "10.1.2.3", "pupils", "test")
 STAFF = Identity("ms.t", "10.9.9.9", "staff", "test")
-T0 = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +207,9 @@ def test_a_folder_that_is_no_checkout_is_refused_and_the_old_lists_stay(tmp_path
 
 
 def test_the_cli_imports_the_shared_lists(shared_dir, tmp_path):
-    from aupguard.cli.main import main
     from click.testing import CliRunner
+
+    from aupguard.cli.main import main
 
     result = CliRunner().invoke(
         main,

@@ -26,13 +26,14 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 import requests
+
 from conftest import REPO, SHARED, Proxy, listening_pids, start_proxy, write_policy
 from test_cli import aupguard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
 
-import circumvention_corpus as corpus  # noqa: E402
+import circumvention_corpus as corpus
 
 PUPIL, REPEATER, STAFF = "127.0.0.1", "127.0.0.2", "127.0.0.3"
 # Corpus targets a pupil may visit: a URL carrying one of them is nothing to get round.

@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from aupguard.config.policy import load_policy
 from aupguard.core.classify import Classifier, url_prefixes
 from aupguard.core.decide import decide, filter_error
@@ -13,8 +16,6 @@ from aupguard.core.urlnorm import from_parts, normalize_url
 from aupguard.lists.folders import ListRoot, load_lists
 from aupguard.lists.index import compile_from_folders, load_index
 from conftest import BUNDLED_POLICY
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 LISTS = {
     "adult/domains": "example-adult.com\n192.0.2.7\nпример.рф\n",

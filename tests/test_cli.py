@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
+
 from conftest import start_proxy, write_policy
 
 
@@ -135,7 +136,7 @@ def test_ut1_import_blocks_real_entries(tmp_path, shared_dir):
     adult_urls = (shared_dir / "blocklists-ut1" / "adult" / "urls").read_text().split()[:5]
     lines += [(f"http://{entry}", "adult") for entry in adult_urls]
     out = verdicts(aupguard("classify", "--group", "pupils", stdin="\n".join(u for u, _ in lines), env=env).stdout)
-    for (url, category), verdict in zip(lines, out, strict=True):
+    for (_url, category), verdict in zip(lines, out, strict=True):
         assert verdict["action"] == "block", verdict
         assert category in verdict["categories"], verdict
 
@@ -218,8 +219,9 @@ def test_a_mistyped_database_is_refused_not_created(tmp_path, command):
 
 
 def test_help_teaches_by_example():
-    from aupguard.cli.main import main
     from click.testing import CliRunner
+
+    from aupguard.cli.main import main
 
     top = CliRunner().invoke(main, ["--help"]).output
     for needed in (

@@ -12,11 +12,12 @@ import time
 import zipfile
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from aupguard.config.policy import DOWNLOAD_TYPES, Group
 from aupguard.core import downloads
 from conftest import start_proxy, write_policy
-from hypothesis import given
-from hypothesis import strategies as st
 
 MB = 1024 * 1024
 PUPILS = Group(

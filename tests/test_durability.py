@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import BUNDLED_POLICY, free_port, wait_listening
 
 BLOCKED = "http://www.pornhub.com"  # in the bundled blocklists/adult: blocked for everyone

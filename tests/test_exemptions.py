@@ -9,11 +9,15 @@ import sqlite3
 import stat
 import subprocess
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import requests
 import tldextract
+from click.testing import CliRunner
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
 from aupguard.cli.main import main
 from aupguard.config.policy import load_policy
 from aupguard.core import exemptions as ex
@@ -23,13 +27,10 @@ from aupguard.core.identify import Identity
 from aupguard.core.urlnorm import normalize_url, suffix_parts
 from aupguard.lists.folders import one_site
 from aupguard.store import exemptions as exstore
-from click.testing import CliRunner
 from conftest import BUNDLED_POLICY, REPO, start_proxy, write_policy
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
 from test_cli import aupguard
 
-NOW = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 LATER = NOW + timedelta(hours=1)
 POLICY = load_policy(BUNDLED_POLICY)
 PUPIL = Identity("a.pupil", "10.20.4.7", "pupils", "test")
@@ -241,9 +242,9 @@ def test_parse_until():
     zone = POLICY.timezone
     assert exstore.parse_until("+45m", zone, NOW) == NOW + timedelta(minutes=45)
     assert exstore.parse_until("+2d", zone, NOW) == NOW + timedelta(days=2)
-    summer = datetime(2026, 7, 1, 9, 0, tzinfo=timezone.utc)
-    assert exstore.parse_until("15:30", zone, summer) == datetime(2026, 7, 1, 14, 30, tzinfo=timezone.utc)  # BST
-    assert exstore.parse_until("2026-11-23T15:30", zone, NOW) == datetime(2026, 11, 23, 15, 30, tzinfo=timezone.utc)
+    summer = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
+    assert exstore.parse_until("15:30", zone, summer) == datetime(2026, 7, 1, 14, 30, tzinfo=UTC)  # BST
+    assert exstore.parse_until("2026-11-23T15:30", zone, NOW) == datetime(2026, 11, 23, 15, 30, tzinfo=UTC)
     with pytest.raises(ex.ExemptionError):
         exstore.parse_until("tomorrow", zone, NOW)
 
@@ -506,7 +507,7 @@ def test_the_readme_and_help_examples_run_against_the_bundled_policy(tmp_path):
     examples += help_examples("exempt") + help_examples("classroom")
     assert len(examples) >= 8 and any("adult" in e for e in examples) and any("pupils" in e for e in examples)
     env = {"AUPGUARD_DATA": str(tmp_path / "var")}
-    for number, args in enumerate(examples, 1):
+    for _number, args in enumerate(examples, 1):
         assert "added" in aupguard(*args, env=env).stdout, args
     assert len(aupguard("exempt", "list", "--format", "json", env=env).stdout.splitlines()) == len(examples)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 
 from aupguard.core.engine import Engine
 from aupguard.report.explain import explain, render_text
@@ -94,7 +94,7 @@ def test_explain_text_for_a_person(tmp_path):
     )
     engine = Engine.from_policy_file(policy)
     identity = engine.identify("nobody", "10.9.8.7")
-    when = datetime(2026, 11, 23, 9, 30, tzinfo=timezone.utc)
+    when = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
     text = render_text(explain(engine, "http://www.pornhub.com/<script>", identity, when))
     assert text.splitlines() == [
         "URL:        http://www.pornhub.com/%3Cscript%3E",

@@ -7,6 +7,7 @@ import sqlite3
 import time
 
 import pytest
+
 from conftest import REPO, start_proxy, write_policy
 
 FAULTS = REPO / "tests" / "fault_injection.py"
@@ -96,7 +97,7 @@ def test_staff_are_blocked_when_the_mandatory_tier_itself_cannot_be_checked(faul
 
 
 def test_a_block_page_that_fails_to_render_still_blocks(faulty, origin):
-    status, headers, body = fetch(faulty, origin.url("/fault-page/x"))
+    status, _headers, body = fetch(faulty, origin.url("/fault-page/x"))
     assert status == 403
     assert body == "Blocked by the school's web filter.\n"
     assert "origin says hello" not in body

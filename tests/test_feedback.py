@@ -11,6 +11,7 @@ import time
 
 import pytest
 import requests
+
 from aupguard.proxy import feedback
 from aupguard.store import feedback as feedback_store
 from conftest import start_proxy

@@ -12,14 +12,15 @@ import json
 import zoneinfo
 
 import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from aupguard.cli.main import main as cli_main
 from aupguard.config.timetable import Span, Timetable
 from aupguard.core import circumvention
 from aupguard.core.urlnorm import URLError, _parse_url, normalize_url
 from aupguard.proxy import lean
-from click.testing import CliRunner
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 # --- URL normalisation: the plain-URL fast path ------------------------------------------------
 
@@ -99,7 +100,7 @@ def _timetable(zone: zoneinfo.ZoneInfo) -> Timetable:
 def test_window_at_remembered_equals_computed(offset, zone_name):
     zone = zoneinfo.ZoneInfo(zone_name)
     cached = _timetable(zone)
-    start = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=offset)
+    start = dt.datetime(2025, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=offset)
     for step in (0, 1, 59, 60, 61, 3600):  # the same minute, the next, and a later one
         when = start + dt.timedelta(seconds=step)
         assert cached.window_at(when) == _timetable(zone).window_at(when)
@@ -109,8 +110,8 @@ def test_window_at_across_a_daylight_saving_change():
     zone = zoneinfo.ZoneInfo("Europe/London")
     table = _timetable(zone)
     # 2026-03-29 01:00 UTC: clocks go from 01:00 GMT to 02:00 BST.
-    before = dt.datetime(2026, 3, 29, 0, 59, 30, tzinfo=dt.timezone.utc)  # 00:59 local
-    after = dt.datetime(2026, 3, 29, 1, 0, 30, tzinfo=dt.timezone.utc)  # 02:00 local
+    before = dt.datetime(2026, 3, 29, 0, 59, 30, tzinfo=dt.UTC)  # 00:59 local
+    after = dt.datetime(2026, 3, 29, 1, 0, 30, tzinfo=dt.UTC)  # 02:00 local
     assert table.window_at(before) is None
     assert table.window_at(after) == "late"
     assert table.window_at(before) is None
@@ -182,7 +183,7 @@ def test_the_incident_local_time_is_what_astimezone_gives(timestamp, zone_name):
     from aupguard.core.engine import local_date_time
 
     zone = zoneinfo.ZoneInfo(zone_name)
-    when = dt.datetime.fromtimestamp(timestamp, dt.timezone.utc)
+    when = dt.datetime.fromtimestamp(timestamp, dt.UTC)
     local = when.astimezone(zone)
     assert local_date_time(when, zone) == (local.strftime("%Y-%m-%d"), local.strftime("%H:%M:%S"))
 
@@ -302,9 +303,10 @@ def test_the_handler_table_follows_addons_added_removed_and_options_set():
 @pytest.mark.parametrize("report_url", [None, "http://aupguard.invalid/report"])
 @pytest.mark.parametrize("ref", [None, "AG-7F3K-2Q9M"])
 def test_the_page_response_is_what_response_make_gives(content_type, report_url, ref):
+    from mitmproxy import http
+
     from aupguard.proxy import blockpage
     from aupguard.proxy.addon import _page_response
-    from mitmproxy import http
 
     page = blockpage.BlockPage(403, content_type, "<p>blocked – école</p>".encode())
     made = _page_response(page, report_url, report_url is not None, ref)

@@ -7,10 +7,11 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from aupguard.config.policy import Group, NetworkIndex, NetworkRule, Policy
-from aupguard.core.identify import Identity, client_address, identify
 from hypothesis import given
 from hypothesis import strategies as st
+
+from aupguard.config.policy import Group, NetworkIndex, NetworkRule, Policy
+from aupguard.core.identify import Identity, client_address, identify
 
 GROUPS = ("pupils", "staff", "visitors", "sixth_form", "lab")
 

@@ -13,17 +13,18 @@ import sys
 import threading
 import tracemalloc
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from aupguard.core.incident import Incident, RepeatRule, new_ref
-from aupguard.store import incidents
-from aupguard.store.incidents import IncidentWriter, SchemaError, open_db, purge
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-NOW = datetime(2025, 3, 14, 10, 30, 0, tzinfo=timezone.utc)
+from aupguard.core.incident import Incident, RepeatRule, new_ref
+from aupguard.store import incidents
+from aupguard.store.incidents import IncidentWriter, SchemaError, open_db, purge
+
+NOW = datetime(2025, 3, 14, 10, 30, 0, tzinfo=UTC)
 SECRETISH = ("password", "passwd", "pwd", "secret")
 
 
@@ -93,7 +94,7 @@ def test_incident_rejects_naive_time_unknown_action_and_severity():
 def test_incident_time_is_normalised_to_utc():
     london_summer = timezone(timedelta(hours=1))
     incident = make_incident(ts_utc=datetime(2025, 6, 1, 9, 0, tzinfo=london_summer), categories=["adult"])
-    assert incident.ts_utc == datetime(2025, 6, 1, 8, 0, tzinfo=timezone.utc)
+    assert incident.ts_utc == datetime(2025, 6, 1, 8, 0, tzinfo=UTC)
     assert incident.ts_utc.utcoffset() == timedelta(0)
     assert incident.categories == ("adult",)
 
@@ -264,7 +265,7 @@ def test_concurrent_submits_are_all_written_once(tmp_path):
         for thread in threads:
             thread.join()
     stored = refs(path)
-    assert len(stored) == 10_000 and sorted(stored) == sorted(sum(submitted, []))
+    assert len(stored) == 10_000 and sorted(stored) == sorted(ref for batch in submitted for ref in batch)
     assert writer.written == 10_000 and writer.dropped == 0
 
 
@@ -603,8 +604,8 @@ def test_purge_deletes_only_incidents_older_than_the_retention(tmp_path):
 
 def test_purge_defaults_to_now(tmp_path):
     db = open_db(tmp_path / "incidents.db")
-    old = make_incident(ts_utc=datetime.now(timezone.utc) - timedelta(days=400))
+    old = make_incident(ts_utc=datetime.now(UTC) - timedelta(days=400))
     db["incidents"].insert_all(
-        [incidents._row(old), incidents._row(replace(old, ref=new_ref(), ts_utc=datetime.now(timezone.utc)))]
+        [incidents._row(old), incidents._row(replace(old, ref=new_ref(), ts_utc=datetime.now(UTC)))]
     )
     assert purge(db, 365) == 1 and db["incidents"].count == 1

@@ -7,6 +7,9 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from aupguard.lists import index as index_module
 from aupguard.lists.folders import (
     ListData,
@@ -26,8 +29,6 @@ from aupguard.lists.index import (
     load_index,
     why_recompile,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 
 def make_sources(n: int) -> list[ListSource]:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from aupguard.lists.index import HEADER_SIZE
 from conftest import listening_pids, start_proxy, wait_for, write_policy
 
@@ -71,7 +72,7 @@ def cp_same_lists(tmp_path: Path, index: Path, policy: Path) -> str:
 def cp_other_lists(tmp_path: Path, index: Path, policy: Path) -> str:
     bare = write_policy(
         tmp_path / "bare.yaml",
-        lambda d: d.update(lists=[l for l in d["lists"] if l["name"] != "blocklists"]),
+        lambda d: d.update(lists=[root for root in d["lists"] if root["name"] != "blocklists"]),
     )
     compile_to(bare, tmp_path / "other.idx", index.parent.parent)
     subprocess.run(["cp", str(tmp_path / "other.idx"), str(index)], check=True)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import requests
+
 from conftest import start_proxy
 from test_cli import aupguard
 

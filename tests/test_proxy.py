@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import requests
+
 from conftest import (
     REPO,
     Proxy,
@@ -102,7 +103,7 @@ def test_clients_that_do_not_accept_html_get_one_line(proxy):
     assert response.status_code == 403
     assert response.headers["Content-Type"].startswith("text/plain")
     body = response.text
-    assert body.count("\n") == 1 and "Gambling" in body or "gambling" in body.lower()
+    assert (body.count("\n") == 1 and "Gambling" in body) or "gambling" in body.lower()
     assert REF.search(body)
 
 
@@ -337,7 +338,7 @@ def test_the_addon_loads_the_mitmproxy_way(tmp_path):
             f"aupguard_db={db}",
             "--set",
             "connection_strategy=lazy",
-        ],  # fmt: skip
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import requests
+
 from conftest import start_proxy, write_htpasswd, write_policy
 
 

@@ -13,6 +13,10 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from rich.console import Console
+
 from aupguard.report.output import OutputError, private_text_file, safe_cell, visible
 from aupguard.report.summary import (
     DSL_COLUMNS,
@@ -24,12 +28,9 @@ from aupguard.report.summary import (
     render_table,
 )
 from aupguard.store.incidents import IncidentWriter, open_db
-from hypothesis import given
-from hypothesis import strategies as st
-from rich.console import Console
 from test_incidents import make_incident
 
-DAY1 = datetime(2025, 3, 10, 9, 0, tzinfo=timezone.utc)
+DAY1 = datetime(2025, 3, 10, 9, 0, tzinfo=UTC)
 DAY2 = DAY1 + timedelta(days=1)
 DAY3 = DAY1 + timedelta(days=2)
 TRIGGERS = ("=", "+", "-", "@", "\t", "\r")

@@ -9,6 +9,9 @@ import ssl
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from aupguard.core.engine import Engine
 from aupguard.core.identify import Identity
 from aupguard.core.urlnorm import URLError, from_parts
@@ -19,8 +22,6 @@ from conftest import (
     tls_request,
     write_policy,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 STAFF_IP = "127.0.0.2"  # loopback addresses are all local: a second client address for free
 

@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from aupguard.config.policy import load_policy
 from aupguard.lists import folders as lists
 from aupguard.lists.folders import (
@@ -36,8 +39,6 @@ from aupguard.lists.index import (
     why_recompile,
 )
 from conftest import listening_pids, start_proxy, wait_for, write_policy
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from test_index import rewrite_header
 
 REF = re.compile(r"AG-[A-Z2-9]{4}-[A-Z2-9]{4}(?:-\d+)?")

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+import itertools
+from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
-from aupguard.config.policy import load_policy
-from aupguard.config.timetable import HOLIDAYS, Span, Timetable
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from aupguard.config.policy import load_policy
+from aupguard.config.timetable import HOLIDAYS, Span, Timetable
 from policy_cases import assert_refused, edit_once, write
 from test_policy import BASE
 
 LONDON = ZoneInfo("Europe/London")
-UTC = timezone.utc
+UTC = UTC
 
 TIMETABLE = """\
 timetable:
@@ -203,4 +205,4 @@ def test_spans_are_sorted_and_disjoint_after_load(table):
     # Sorted once at load, so a lookup only bisects.
     for day in table.spans:
         assert [s.start for s in day] == sorted(s.start for s in day)
-        assert all(a.end <= b.start for a, b in zip(day, day[1:]))
+        assert all(a.end <= b.start for a, b in itertools.pairwise(day))

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 import string
 import unicodedata
 from urllib.parse import quote_plus
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
 from aupguard.core.classify import url_prefixes
 from aupguard.core.urlnorm import (
     DEFAULT_PORTS,
@@ -20,8 +24,6 @@ from aupguard.core.urlnorm import (
     search_term,
     server_path,
 )
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
 
 PROPERTY = settings(max_examples=300, deadline=None)
 
@@ -581,7 +583,7 @@ def test_domain_candidates_run_from_host_to_tld(raw: str) -> None:
         return
     assert candidates[-1] == url.host.rsplit(".", 1)[-1]
     assert len(candidates) == url.host.count(".") + 1
-    for longer, shorter in zip(candidates, candidates[1:]):
+    for longer, shorter in itertools.pairwise(candidates):
         assert longer.endswith("." + shorter)
 
 

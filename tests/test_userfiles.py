@@ -6,11 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from aupguard.config import userfiles
 from aupguard.config.policy import PolicyError, load_policy
 from aupguard.core.identify import identify
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from test_policy import BASE, line_of, write
 
 WITH_FILES = BASE.replace(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -359,14 +359,14 @@ def classify(policy_path, group, user, client_ip, at, index_path) -> None:
     # Without --at, the lines read together are decided as at the moment they were read.
     out, stdin, tail = sys.stdout, sys.stdin.buffer, b""
     while chunk := stdin.read1(1 << 16):
-        now = when or datetime.now(timezone.utc)
+        now = when or datetime.now(UTC)
         lines = (tail + chunk).split(b"\n")
         tail = lines.pop()
         text = (raw.decode("utf-8", "replace").strip() for raw in lines)
         out.write("".join(answer(line, now) for line in text if line))
         out.flush()
     if tail.strip():
-        out.write(answer(tail.decode("utf-8", "replace").strip(), when or datetime.now(timezone.utc)))
+        out.write(answer(tail.decode("utf-8", "replace").strip(), when or datetime.now(UTC)))
 
 
 @main.command()
@@ -450,7 +450,7 @@ def purge(db, policy_path, days) -> None:
     from aupguard.store.incidents import purge as purge_incidents
 
     days = days or _load_policy_or_exit(policy_path).retention_days
-    removed = purge_incidents(_open_existing_db(db), days, now=datetime.now(timezone.utc))
+    removed = purge_incidents(_open_existing_db(db), days, now=datetime.now(UTC))
     click.echo(f"deleted {removed} incident(s) older than {days} days")
 
 
@@ -682,7 +682,7 @@ def _show(items, fmt: str, policy_path: Path) -> None:
             zone = load_policy(policy_path).timezone
         except PolicyError as exc:
             click.echo(f"warning: times in UTC: {exc}", err=True)
-            zone = timezone.utc
+            zone = UTC
         when = lambda moment: moment.astimezone(zone).strftime("%Y-%m-%d %H:%M")  # noqa: E731
     rows = [
         {
@@ -783,7 +783,7 @@ def exempt_add(policy_path, store, group, user, network, site, category, until, 
             by=by,
             reason=reason,
             site_categories=site_categories,
-        )  # fmt: skip
+        )
     )
 
 
@@ -941,7 +941,7 @@ def explain(url, policy_path, group, user, client_ip, at, store, fmt) -> None:
     except URLError as exc:
         raise click.BadParameter(str(exc), param_hint="URL") from exc
     engine, identity, when = _decider(policy_path, group, user, client_ip, at)
-    when = when or datetime.now(timezone.utc)
+    when = when or datetime.now(UTC)
     engine.exemptions = load_active(store or DEFAULT_STORE, when)
     result = explain_url(engine, url, identity, when)
     click.echo(json.dumps(result) if fmt == "json" else render_text(result), nl=fmt == "json")

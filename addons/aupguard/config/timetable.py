@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import itertools
 import re
 import zoneinfo
 from collections.abc import Iterable
@@ -176,7 +177,7 @@ def _check_overlaps(doc: _Document, spans: list[Span]) -> None:
         by_day.setdefault(span.day, []).append(span)
     for day, day_spans in by_day.items():
         day_spans.sort(key=lambda s: (s.start, s.line))
-        for before, after in zip(day_spans, day_spans[1:]):
+        for before, after in itertools.pairwise(day_spans):
             if after.start < before.end:
                 # Blame the later line in the file: usually the one just added.
                 first, second = sorted((before, after), key=lambda s: s.line)

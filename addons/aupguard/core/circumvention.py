@@ -41,12 +41,12 @@ from aupguard.core.urlnorm import NormalizedURL, URLError, normalize_url, suffix
 
 __all__ = [
     "FIRST_LINE_WAIT",
+    "HEURISTIC_THRESHOLD",
     "Finding",
     "FirstLine",
-    "HEURISTIC_THRESHOLD",
     "first_line",
-    "inspect_url",
     "inspect_request",
+    "inspect_url",
 ]
 
 MAX_PARAMS = 64
@@ -711,7 +711,29 @@ _DNS_JSON = "application/dns-json"
 _DOH_JSON_PATHS = re.compile(r"/(?:resolve|dns-query|dns-json)/?\Z")
 _DOMAIN_NAME = re.compile(r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)+[A-Za-z0-9-]{1,63}\.?\Z")
 _RR_TYPES = frozenset(
-    "A NS CNAME SOA PTR MX TXT AAAA SRV NAPTR DS RRSIG NSEC DNSKEY NSEC3 TLSA SVCB HTTPS CAA ANY SPF".split()
+    [
+        "A",
+        "NS",
+        "CNAME",
+        "SOA",
+        "PTR",
+        "MX",
+        "TXT",
+        "AAAA",
+        "SRV",
+        "NAPTR",
+        "DS",
+        "RRSIG",
+        "NSEC",
+        "DNSKEY",
+        "NSEC3",
+        "TLSA",
+        "SVCB",
+        "HTTPS",
+        "CAA",
+        "ANY",
+        "SPF",
+    ]
 )
 _MAX_DNS_MESSAGE = 4096
 _QCLASSES = frozenset({1, 3, 4, 254, 255})

@@ -10,7 +10,7 @@ them; a walled-garden group is blocked from everything its allow side lacks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from aupguard.config.policy import Policy, severity_rank
@@ -57,7 +57,7 @@ def decide(
 ) -> Decision:
     """`when` is the request's time (now if None): it chooses the timetable window, and so the group's blocks."""
     group = policy.groups[identity.group]
-    window = policy.timetable.window_at(when or datetime.now(timezone.utc))
+    window = policy.timetable.window_at(when or datetime.now(UTC))
     blocks, mandatory = group.blocks(window), policy.mandatory
     matches = classification.matches
     blocked_by = tuple(m for m in matches if m.category in blocks or m.category in mandatory)

@@ -17,7 +17,7 @@ import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
@@ -167,7 +167,7 @@ class Engine:
         `when` (default now) chooses the timetable window and the exemptions in force.
         """
         normalized = url if isinstance(url, NormalizedURL) else None
-        when = when or datetime.now(timezone.utc)
+        when = when or datetime.now(UTC)
         if normalized is None:
             try:
                 normalized = normalize_url(url)  # type: ignore[arg-type]
@@ -209,7 +209,7 @@ class Engine:
 
     def _decide(self, identity: Identity, classification: Classification, when: datetime | None = None) -> Decision:
         """The policy's decision, as the active exemptions and classroom overrides change it."""
-        when = when or datetime.now(timezone.utc)
+        when = when or datetime.now(UTC)
         if classification.matches:
             decision = decide(self.policy, identity, classification, when)
         else:
@@ -331,7 +331,7 @@ class Engine:
         when: datetime | None = None,
     ) -> Incident:
         """The record of one blocked attempt: what the IT report and the DSL export are made of."""
-        when = when or datetime.now(timezone.utc)
+        when = when or datetime.now(UTC)
         local_date, local_time = local_date_time(when, self.policy.timezone)
         url = verdict.url
         categories = verdict.categories

@@ -20,7 +20,7 @@ import ipaddress
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from aupguard.config.policy import Policy
 from aupguard.core.classify import Classification
@@ -94,7 +94,7 @@ class Exemption:
 
     def describe(self) -> str:
         label = "exemption" if self.kind == EXEMPTION else "classroom override"
-        until = self.until.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")  # read by people: no microseconds
+        until = self.until.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")  # read by people: no microseconds
         return f"{label} #{self.id} ({self.who}: {self.what}; until {until}; by {self.created_by})"
 
 

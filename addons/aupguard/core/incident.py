@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from aupguard.config.policy import SEVERITIES
 
@@ -45,7 +45,7 @@ class Incident:
             raise ValueError(f"Incident.action must be one of {ACTIONS}, not {self.action!r}")
         if self.severity not in SEVERITIES:
             raise ValueError(f"Incident.severity must be one of {SEVERITIES}, not {self.severity!r}")
-        self.ts_utc = self.ts_utc.astimezone(timezone.utc)
+        self.ts_utc = self.ts_utc.astimezone(UTC)
         self.categories = tuple(self.categories)
 
 

@@ -22,15 +22,15 @@ from urllib.parse import quote, unquote_plus, unquote_to_bytes
 import idna
 
 __all__ = [
-    "URLError",
     "NormalizedURL",
-    "normalize_url",
-    "normalize_host",
+    "URLError",
     "from_parts",
+    "is_public_suffix",
+    "normalize_host",
+    "normalize_url",
     "search_term",
     "server_path",
     "suffix_parts",
-    "is_public_suffix",
 ]
 
 MAX_URL_LENGTH = 65536

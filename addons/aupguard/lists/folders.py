@@ -37,7 +37,7 @@ import tempfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -298,7 +298,7 @@ def read_lines(path: Path, problems: Problems) -> Iterator[tuple[int, str]]:
     invalid UTF-8 is replaced, and a line longer than MAX_LINE_CHARS is reported and skipped.
     """
     try:
-        file = open(path, "rb")
+        file = open(path, "rb")  # noqa: SIM115 - the `with file:` below closes it
     except FileNotFoundError:
         return
     except OSError as exc:
@@ -627,7 +627,7 @@ def _copy_counting_lines(file: BinaryIO, target: Path, limit: int) -> tuple[int,
 
 
 def _source_notes(src: Path, categories: dict[str, dict[str, int]]) -> str:
-    imported = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    imported = datetime.now(UTC).isoformat(timespec="seconds")
     rows = "\n".join(
         f"| {name} | " + " | ".join(str(counts.get(f, "-")) for f in LIST_FILES) + " |"
         for name, counts in categories.items()
@@ -705,7 +705,7 @@ HOST_LIST_FORMATS = {
             ),
             # Free web-proxy and proxy-list sites: anonymizers, not VPNs.
             "anonymizers": ("input/hostname_only/proxy.txt|data/input/hostname_only/proxy.txt",),
-        },  # fmt: skip
+        },
         allow_hosts=("input/allowlist_hostname_only.txt|data/input/allowlist_hostname_only.txt",),
         allow_networks=("input/allowlist_ip.txt|data/input/allowlist_ip.txt",),
     ),
@@ -824,7 +824,7 @@ def _allowed(host: str, hosts: set[str], networks: Sequence[ipaddress.IPv4Networ
 def _host_list_notes(
     form: HostListFormat, kind: str, src: Path, categories: dict[str, dict[str, int]], problems: Problems
 ) -> str:
-    imported = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    imported = datetime.now(UTC).isoformat(timespec="seconds")
     rows = "\n".join(f"| {name} | {counts['domains']} |" for name, counts in categories.items())
     skipped = "".join(f"\n- skipped: {problem}" for problem in problems.as_list()[:20])
     return f"""# {form.origin} (imported)

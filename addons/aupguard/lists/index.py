@@ -504,7 +504,7 @@ def _fsync_dir(path: Path) -> None:
 class _Table:
     """A read-only table over the mapping; `mask(key)` is the hot path."""
 
-    __slots__ = ("hashes", "combos", "slots", "seed", "masks")
+    __slots__ = ("combos", "hashes", "masks", "seed", "slots")
 
     def __init__(self, hashes: memoryview, combos: memoryview, seed: int, masks: list[int]):
         self.hashes = hashes

@@ -20,7 +20,7 @@ import logging
 import time
 import weakref
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mitmproxy import connection, ctx, exceptions, http, tls
@@ -105,10 +105,13 @@ class FirstLineWait(layer.Layer):
     def _hold(self, event: events.Event) -> None:
         """Keep an event for the child; bytes following bytes from the same side become one chunk."""
         last = self.events[-1] if self.events else None
-        if isinstance(event, events.DataReceived) and isinstance(last, events.DataReceived):
-            if last.connection == event.connection:
-                self.events[-1] = events.DataReceived(event.connection, last.data + event.data)
-                return
+        if (
+            isinstance(event, events.DataReceived)
+            and isinstance(last, events.DataReceived)
+            and last.connection == event.connection
+        ):
+            self.events[-1] = events.DataReceived(event.connection, last.data + event.data)
+            return
         self.events.append(event)
 
     def _line_decided(self) -> bool:
@@ -365,7 +368,7 @@ class AupGuard:
 
     def _refuse_tls(self, client: connection.Client, verdict: Verdict) -> None:
         """Record the refusal; tls_start_client then makes the connection's handshake fail."""
-        self._submit(verdict, method="CONNECT", user_agent=None, action="refuse", when=datetime.now(timezone.utc))
+        self._submit(verdict, method="CONNECT", user_agent=None, action="refuse", when=datetime.now(UTC))
         self._refused_tls.add(client)
 
     def tls_start_client(self, data: tls.TlsData) -> None:
@@ -403,7 +406,7 @@ class AupGuard:
                 self._refuse_malformed(flow, verdict, names)
             elif verdict.blocked:
                 self._block(flow, verdict, when=when)
-        except Exception:  # noqa: BLE001 (logged with its traceback, rate-limited)
+        except Exception:
             self._errors.warning("request", "aupguard: deciding %s failed", request.pretty_url[:200], exc_info=True)
             failed = self.engine.failed_request(
                 identity, request.scheme, names, request.port, request.path, "request handling failed"
@@ -531,7 +534,7 @@ class AupGuard:
         identity = self._tunnel_identity(context)
         host, port = context.server.address or ("", 0)
         verdict = self.engine.tunnel(host, port, identity, entry, f"a CONNECT tunnel carrying {why}")
-        self._submit(verdict, method="CONNECT", user_agent=None, action="refuse", when=datetime.now(timezone.utc))
+        self._submit(verdict, method="CONNECT", user_agent=None, action="refuse", when=datetime.now(UTC))
         log.info("aupguard: cut a tunnel from %s to %s:%s (%s)", identity.client_ip, host, port, why)
 
     def _will_decrypt(self, verdict: Verdict) -> bool:
@@ -718,4 +721,4 @@ def _refusing_tls() -> SSL.Connection:
 
 def _request_time(flow: http.HTTPFlow) -> datetime:
     """When the request arrived: what the timetable and the incident go by."""
-    return datetime.fromtimestamp(flow.request.timestamp_start, timezone.utc)
+    return datetime.fromtimestamp(flow.request.timestamp_start, UTC)

@@ -59,7 +59,9 @@ def load_key(path: Path) -> bytes:
     except FileExistsError:
         key = path.read_bytes()
         if len(key) < 32:
-            raise ValueError(f"{path} holds {len(key)} bytes; a feedback key has 32 (delete it to make a new one)")
+            raise ValueError(
+                f"{path} holds {len(key)} bytes; a feedback key has 32 (delete it to make a new one)"
+            ) from None
         return key
     with os.fdopen(fd, "wb") as handle:
         key = secrets.token_bytes(32)

@@ -80,10 +80,13 @@ class IndexWatcher:
         engine = self._get_engine()
         if engine is None or not isinstance(engine.classifier.lookup, CompiledIndex):
             return False
-        if self._current is not None and engine.classifier is not self._current:
-            if any(engine.classifier is old for _when, old in self._retiring):
-                # A policy reload built its engine from the classifier this watcher had just retired.
-                engine.classifier = self._current
+        if (
+            self._current is not None
+            and engine.classifier is not self._current
+            and any(engine.classifier is old for _when, old in self._retiring)
+        ):
+            # A policy reload built its engine from the classifier this watcher had just retired.
+            engine.classifier = self._current
         index = engine.classifier.lookup
         if not index.stale():
             return False

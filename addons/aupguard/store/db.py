@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlite_utils
@@ -18,7 +18,7 @@ def utc_iso(when: datetime) -> str:
     """The stored form of a time: fixed-width ISO-8601 UTC with 'Z', so text order is time order."""
     if when.tzinfo is None or when.utcoffset() is None:
         raise ValueError(f"a timezone-aware datetime is needed, not {when!r}")
-    return when.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    return when.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def private_parent(path: Path) -> None:

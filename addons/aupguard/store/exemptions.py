@@ -9,7 +9,7 @@ import pwd
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 
 import sqlite_utils
@@ -143,7 +143,7 @@ def add(
     silently never applying. A classroom override's range may be wider than
     CLASSROOM_MIN_PREFIX (a /16, or /48 for IPv6) only with `whole_school`.
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if kind not in KINDS:
         raise ExemptionError(f"unknown kind {kind!r}")
     if until.tzinfo is None:
@@ -230,7 +230,7 @@ def revoke(
     kinds: tuple[str, ...] = KINDS,
 ) -> Exemption:
     """End an exemption or override (of one of `kinds`) now; ExemptionError if there is none such, or it has ended."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     by = _text(by, "--by (who is making this change)", MAX_NAME)
     reason = _text(reason, "--reason", MAX_TEXT, required=False) or ""
     with db.conn:
@@ -267,7 +267,7 @@ def listing(db: sqlite_utils.Database, *, include_ended: bool = False, now: date
     if include_ended:
         rows = db.query("SELECT * FROM exemptions ORDER BY id DESC")
     else:
-        when = utc_iso(now or datetime.now(timezone.utc))
+        when = utc_iso(now or datetime.now(UTC))
         rows = db.query("SELECT * FROM exemptions WHERE revoked_utc IS NULL AND until_utc > ? ORDER BY id DESC", [when])
     return [_from_row(row) for row in rows]
 
@@ -312,7 +312,7 @@ def _domain(text: str) -> str:
 
 
 def _when(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text.rstrip("Z")).replace(tzinfo=timezone.utc) if text else None
+    return datetime.fromisoformat(text.rstrip("Z")).replace(tzinfo=UTC) if text else None
 
 
 def _from_row(row: dict) -> Exemption:
@@ -342,7 +342,7 @@ def parse_until(text: str, zone: tzinfo, now: datetime | None = None) -> datetim
 
     A time without a zone is the school's local time; the result is UTC.
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     text = text.strip()
     relative = _RELATIVE.fullmatch(text)
     if relative:
@@ -359,4 +359,4 @@ def parse_until(text: str, zone: tzinfo, now: datetime | None = None) -> datetim
         raise ExemptionError(f"--until {text!r} is not a time: use +45m, +2h, +3d, 15:30 or 2026-11-23T15:30") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=zone)
-    return when.astimezone(timezone.utc)
+    return when.astimezone(UTC)

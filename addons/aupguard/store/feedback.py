@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlite_utils
@@ -43,7 +43,7 @@ def record(db: sqlite_utils.Database, ref: str, kind: str, reason: str, when: da
     with db.conn:
         db.execute(
             "INSERT OR REPLACE INTO incident_requests (ref, kind, reason, ts_utc) VALUES (?, ?, ?, ?)",
-            [ref, kind, clean_reason(reason), utc_iso(when or datetime.now(timezone.utc))],
+            [ref, kind, clean_reason(reason), utc_iso(when or datetime.now(UTC))],
         )
 
 

@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +223,7 @@ def purge(db: sqlite_utils.Database, older_than_days: int, now: datetime | None 
     """
     if older_than_days < 0:
         raise ValueError("older_than_days must not be negative")
-    cutoff = utc_iso((now or datetime.now(timezone.utc)) - timedelta(days=older_than_days))
+    cutoff = utc_iso((now or datetime.now(UTC)) - timedelta(days=older_than_days))
     deleted = db.execute("DELETE FROM incidents WHERE ts_utc < ?", [cutoff]).rowcount
     if deleted:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
