@@ -150,8 +150,8 @@ def decisions_squidguard(path: Path) -> list[str]:
 
 def explain(url: str, ours: str, listed_ips: list[str], url_entries: set[str]) -> str:
     """Why aupguard and squidGuard decided `url` differently, as far as can be told."""
+    from aupguard.base.urlnorm import URLError, normalize_url
     from aupguard.core.classify import url_prefixes
-    from aupguard.core.urlnorm import URLError, normalize_url
 
     try:
         normalized = normalize_url(url)

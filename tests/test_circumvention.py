@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aupguard.base.urlnorm import URLError, normalize_url
 from aupguard.core.circumvention import (
     HEURISTIC_THRESHOLD,
     MAX_DEPTH,
@@ -21,7 +22,6 @@ from aupguard.core.circumvention import (
     inspect_request,
     inspect_url,
 )
-from aupguard.core.urlnorm import URLError, normalize_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

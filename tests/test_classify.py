@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aupguard.base.urlnorm import from_parts, normalize_url
 from aupguard.config.policy import load_policy
 from aupguard.core.classify import Classifier, url_prefixes
 from aupguard.core.decide import decide, filter_error
 from aupguard.core.identify import Identity
-from aupguard.core.urlnorm import from_parts, normalize_url
 from aupguard.lists.folders import ListRoot, load_lists
 from aupguard.lists.index import compile_from_folders, load_index
 from conftest import BUNDLED_POLICY

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aupguard.config.policy import DOWNLOAD_TYPES, Group
+from aupguard.base.vocabulary import DOWNLOAD_TYPES
+from aupguard.config.policy import Group
 from aupguard.core import downloads
 from conftest import start_proxy, write_policy
 

@@ -18,13 +18,13 @@ from click.testing import CliRunner
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from aupguard.base.urlnorm import normalize_url, suffix_parts
 from aupguard.cli.main import main
 from aupguard.config.policy import load_policy
 from aupguard.core import exemptions as ex
 from aupguard.core.classify import Classification, Match
 from aupguard.core.decide import decide
 from aupguard.core.identify import Identity
-from aupguard.core.urlnorm import normalize_url, suffix_parts
 from aupguard.lists.folders import one_site
 from aupguard.store import exemptions as exstore
 from conftest import BUNDLED_POLICY, REPO, start_proxy, write_policy

@@ -16,10 +16,10 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aupguard.base.urlnorm import URLError, _parse_url, normalize_url
 from aupguard.cli.main import main as cli_main
 from aupguard.config.timetable import Span, Timetable
 from aupguard.core import circumvention
-from aupguard.core.urlnorm import URLError, _parse_url, normalize_url
 from aupguard.proxy import lean
 
 # --- URL normalisation: the plain-URL fast path ------------------------------------------------

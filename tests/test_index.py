@@ -11,14 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aupguard.lists import index as index_module
-from aupguard.lists.folders import (
-    ListData,
-    ListRoot,
-    ListSource,
-    MappedFolder,
-    load_lists,
-    url_host,
-)
+from aupguard.lists.folders import ListData, ListRoot, ListSource, MappedFolder, load_lists, url_host
 from aupguard.lists.index import (
     HEADER_SIZE,
     IndexFormatError,

@@ -13,17 +13,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from aupguard.core.urlnorm import normalize_host, normalize_url
+from aupguard.base.urlnorm import normalize_host, normalize_url
 from aupguard.lists import folders as lists
-from aupguard.lists.folders import (
-    ListError,
-    ListRoot,
-    MappedFolder,
-    import_ut1,
-    load_lists,
-    load_mapping,
-    mapped,
-)
+from aupguard.lists.folders import ListError, ListRoot, MappedFolder, import_ut1, load_lists, load_mapping, mapped
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "blocklists"

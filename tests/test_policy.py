@@ -10,16 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aupguard import paths
-from aupguard.config.policy import (
-    CATEGORIES,
-    MAX_POLICY_BYTES,
-    SEVERITIES,
-    Policy,
-    PolicyError,
-    load_policy,
-    severity_rank,
-)
+from aupguard.base import paths
+from aupguard.base.vocabulary import CATEGORIES, SEVERITIES, severity_rank
+from aupguard.config.policy import MAX_POLICY_BYTES, Policy, PolicyError, load_policy
 from aupguard.core.identify import identify
 from aupguard.lists.folders import mapped
 from policy_cases import assert_refused, edit_once, line_of, write
@@ -463,10 +456,10 @@ def test_broken_groups_and_categories_name_line_and_reason(tmp_path, old, new, m
 
 
 def decide_for(policy: Policy, group: str, *categories: str, when=None):
+    from aupguard.base.urlnorm import normalize_url
     from aupguard.core.classify import Classification, Match
     from aupguard.core.decide import decide
     from aupguard.core.identify import Identity
-    from aupguard.core.urlnorm import normalize_url
 
     url = normalize_url("http://site.example/")
     matches = tuple(Match(c, "domain", "site.example", f"test/{c}/domains") for c in categories)
@@ -497,10 +490,10 @@ def test_a_walled_garden_blocks_everything_not_allowed(tmp_path):
 
 
 def test_bundled_walled_garden_holds_childrens_sites(bundled):
+    from aupguard.base.urlnorm import normalize_url
     from aupguard.core.classify import Classifier
     from aupguard.core.decide import decide
     from aupguard.core.identify import Identity
-    from aupguard.core.urlnorm import normalize_url
     from aupguard.lists.folders import load_lists
 
     classifier = Classifier(load_lists(bundled.lists[:1]))

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aupguard.base.urlnorm import URLError, from_parts
 from aupguard.core.engine import Engine
 from aupguard.core.identify import Identity
-from aupguard.core.urlnorm import URLError, from_parts
 from conftest import (
     BUNDLED_POLICY,
     allow_tunnels_to,

@@ -32,12 +32,7 @@ from aupguard.lists.folders import (
     import_domain_list,
     load_lists,
 )
-from aupguard.lists.index import (
-    compile_from_folders,
-    ensure_index,
-    load_index,
-    why_recompile,
-)
+from aupguard.lists.index import compile_from_folders, ensure_index, load_index, why_recompile
 from conftest import listening_pids, start_proxy, wait_for, write_policy
 from test_index import rewrite_header
 

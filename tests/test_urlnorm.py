@@ -13,8 +13,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from aupguard.core.classify import url_prefixes
-from aupguard.core.urlnorm import (
+from aupguard.base.urlnorm import (
     DEFAULT_PORTS,
     NormalizedURL,
     URLError,
@@ -24,6 +23,7 @@ from aupguard.core.urlnorm import (
     search_term,
     server_path,
 )
+from aupguard.core.classify import url_prefixes
 
 PROPERTY = settings(max_examples=300, deadline=None)
 

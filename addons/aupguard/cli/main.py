@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from aupguard import paths
+from aupguard.base import paths
 from aupguard.config.policy import PolicyError, load_policy
 
 WEBFILTER_SCRIPT = paths.HOME / "addons" / "webfilter.py"
@@ -321,7 +321,7 @@ def classify(policy_path, group, user, client_ip, at, index_path) -> None:
     or tunnel) and, when one URL carried another, "inner_url".
     A line that is not a URL gets "action": "error" with a reason, and reading goes on.
     """
-    from aupguard.core.urlnorm import URLError, normalize_url
+    from aupguard.base.urlnorm import URLError, normalize_url
 
     engine, identity, when = _decider(policy_path, group, user, client_ip, at, index_path)
     dumps = json.dumps
@@ -388,13 +388,7 @@ def report(db, policy_path, since, until, fmt, out, requests) -> None:
     from rich.console import Console
 
     from aupguard.report.output import STDOUT, private_text_file
-    from aupguard.report.summary import (
-        build_report,
-        build_requests_report,
-        render_csv,
-        render_json,
-        render_table,
-    )
+    from aupguard.report.summary import build_report, build_requests_report, render_csv, render_json, render_table
 
     zone = _load_policy_or_exit(policy_path).timezone
     since, until = _period(since, until, zone)
@@ -507,20 +501,14 @@ def import_lists(source, path, dest, category, name, policy_path) -> None:
     The policy's `lists:` must name the root (`{data}/lists/<name>`) for its entries to count;
     then `aupguard lists compile` (a running proxy switches to the new index by itself).
     """
-    from aupguard.lists.folders import (
-        DOMAIN_LIST_FORMATS,
-        ListError,
-        import_domain_list,
-        import_host_list,
-        import_ut1,
-    )
+    from aupguard.lists.folders import DOMAIN_LIST_FORMATS, ListError, import_domain_list, import_host_list, import_ut1
 
     if source in DOMAIN_LIST_FORMATS:
         if not category:
             raise click.UsageError(f"`lists import {source}` needs --category (the aupguard category of its entries)")
         if category == "school_allow":
             raise click.UsageError("the allow list is local: add entries to blocklists/school_allow/domains instead")
-        from aupguard.config.policy import INCIDENT_CATEGORIES
+        from aupguard.base.vocabulary import INCIDENT_CATEGORIES
 
         known = [c for c in _load_policy_or_exit(policy_path).categories if c not in INCIDENT_CATEGORIES]
         if category not in known:
@@ -755,8 +743,8 @@ def exempt() -> None:
 @click.option("--reason", required=True, help="Why (recorded; e.g. the lesson, or the Head's written permission).")
 def exempt_add(policy_path, store, group, user, network, site, category, until, by, reason) -> None:
     """Add an exemption."""
+    from aupguard.base.urlnorm import normalize_url
     from aupguard.core.engine import Engine
-    from aupguard.core.urlnorm import normalize_url
     from aupguard.lists.folders import ListError
     from aupguard.store import exemptions
 
@@ -931,7 +919,7 @@ def explain(url, policy_path, group, user, client_ip, at, store, fmt) -> None:
     with it, the timetable window in force, the exemptions considered, and the
     final action. Without --at: now.
     """
-    from aupguard.core.urlnorm import URLError, normalize_url
+    from aupguard.base.urlnorm import URLError, normalize_url
     from aupguard.report.explain import explain as explain_url
     from aupguard.report.explain import render_text
     from aupguard.store.exemptions import DEFAULT_STORE, load_active

@@ -23,52 +23,17 @@ import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from aupguard import paths
+from aupguard.base import paths
+from aupguard.base.urlnorm import URLError, normalize_host
+from aupguard.base.vocabulary import CATEGORIES, CATEGORY_NAME, DOWNLOAD_TYPES, SEVERITIES
 from aupguard.config.timetable import Timetable, read_timetable
 from aupguard.config.userfiles import Member, UserFile, UserFileError, read_user_file
-from aupguard.core.urlnorm import URLError, normalize_host
-from aupguard.lists.folders import (
-    ListError,
-    ListRoot,
-    MappedFolder,
-    load_mapping,
-    mapped,
-)
+from aupguard.lists.folders import ListError, ListRoot, MappedFolder, load_mapping, mapped
 
 SUPPORTED_VERSION = 1
 MAX_POLICY_BYTES = 1 << 20  # a policy is a few kilobytes; anything this big is not one
 
-SEVERITIES = ("low", "medium", "high", "critical")
 
-# Categories that aupguard itself reports, with no list behind them.
-INCIDENT_CATEGORIES = ("circumvention", "filter_error", "download", "not_in_walled_garden", "classroom_lock")
-# File types a group's `downloads.block_types` may name (matched by Content-Type and extension).
-DOWNLOAD_TYPES = ("executable", "installer", "disk_image", "apk", "torrent", "archive", "script")
-# Every category the code, the bundled lists or the UT1 mapping can produce (ARCHITECTURE.md):
-# a policy must give each a label, severity and reason, so a block page or
-# incident never meets a category it cannot explain. Schools may add their own.
-CATEGORIES = (
-    # illegal content (IWF/CTIRU-style feeds a school is licensed to receive): the mandatory tier
-    "illegal",
-    # harmful
-    "adult", "adult_mixed", "gambling", "hate", "violence", "drugs", "self_harm", "extremism",
-    "malware", "phishing", "piracy", "hacking", "cheating",
-    # circumvention
-    "anonymizers", "vpn", "doh", "remote_access",
-    # communication
-    "social_networks", "webmail", "chat", "dating", "forums",
-    # leisure
-    "games", "streaming", "shopping",
-    # sensitive: never decrypted
-    "banking", "health",
-    # other
-    "downloads", "filehosting", "shorteners", "ads", "school_allow",
-    # the early years walled garden: the only sites its groups may visit
-    "early_years_allow",
-    *INCIDENT_CATEGORIES,
-)  # fmt: skip
-
-CATEGORY_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # also list root names
 MAX_RETENTION_DAYS = 3650
 MAX_REPEAT_WINDOW_MINUTES = 24 * 60
@@ -82,11 +47,6 @@ DEFAULT_CIRCUMVENTION_TEXT = (
     "is against our Acceptable Use Policy. If you need this page for your work, ask your teacher: they can "
     "ask for it to be checked."
 )
-
-
-def severity_rank(severity: str) -> int:
-    """0 for "low" up to 3 for "critical"; raises ValueError for anything else."""
-    return SEVERITIES.index(severity)
 
 
 class PolicyError(Exception):

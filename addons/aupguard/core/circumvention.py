@@ -37,7 +37,7 @@ import struct
 from dataclasses import dataclass
 from urllib.parse import unquote, unquote_plus
 
-from aupguard.core.urlnorm import NormalizedURL, URLError, normalize_url, suffix_parts
+from aupguard.base.urlnorm import NormalizedURL, URLError, normalize_url, suffix_parts
 
 __all__ = [
     "FIRST_LINE_WAIT",

@@ -15,7 +15,7 @@ from typing import NamedTuple, Protocol
 
 import re2
 
-from aupguard.core.urlnorm import NormalizedURL
+from aupguard.base.urlnorm import NormalizedURL
 from aupguard.lists.folders import ListSource, url_host
 
 log = logging.getLogger(__name__)

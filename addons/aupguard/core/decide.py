@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from aupguard.config.policy import Policy, severity_rank
+from aupguard.base.urlnorm import normalize_url
+from aupguard.base.vocabulary import FILTER_ERROR, NOT_IN_WALLED_GARDEN, severity_rank
+from aupguard.config.policy import Policy
 from aupguard.core.classify import Classification, Classifier, Match
 from aupguard.core.identify import Identity
-from aupguard.core.urlnorm import normalize_url
 from aupguard.lists.folders import Problems, domain_key, one_site, read_entries, url_key
 
 if TYPE_CHECKING:
@@ -72,8 +73,8 @@ def decide(
     if not blocked_by:
         if group.walled_garden:
             why = f"group {group.name} is a walled garden and no allow category matched"
-            severity = policy.categories["not_in_walled_garden"].severity
-            return Decision("block", "not_in_walled_garden", severity, (), (), why, window=window)
+            severity = policy.categories[NOT_IN_WALLED_GARDEN].severity
+            return Decision("block", NOT_IN_WALLED_GARDEN, severity, (), (), why, window=window)
         why = f"no category blocked for group {group.name}{during}"
         return Decision("allow", None, None, (), allowed_by, why, window=window)
     worst = max(blocked_by, key=lambda m: severity_rank(policy.categories[m.category].severity))
@@ -92,8 +93,8 @@ def filter_error(policy: Policy, identity: Identity) -> Decision:
         return Decision("allow", None, None, (), (), f"filter error; group {group.name} fails open")
     return Decision(
         "block",
-        "filter_error",
-        policy.categories["filter_error"].severity,
+        FILTER_ERROR,
+        policy.categories[FILTER_ERROR].severity,
         (),
         (),
         "filter error; failing closed",

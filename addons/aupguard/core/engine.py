@@ -22,30 +22,26 @@ from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
-from aupguard.config.policy import Policy, load_policy, severity_rank
+from aupguard.base.urlnorm import NormalizedURL, URLError, from_parts, normalize_url, search_term
+from aupguard.base.vocabulary import (
+    CIRCUMVENTION,
+    CIRCUMVENTION_LIST_CATEGORIES,
+    CIRCUMVENTION_SEVERITY,
+    FILTER_ERROR,
+    severity_rank,
+)
+from aupguard.config.policy import Policy, load_policy
 from aupguard.core import circumvention
 from aupguard.core.classify import Classification, Classifier, Match
 from aupguard.core.decide import Decision, decide, filter_error, overridden_allows
 from aupguard.core.exemptions import ExemptionSet
 from aupguard.core.identify import Identity, identify
 from aupguard.core.incident import Incident, RepeatRule, new_ref
-from aupguard.core.urlnorm import (
-    NormalizedURL,
-    URLError,
-    from_parts,
-    normalize_url,
-    search_term,
-)
 from aupguard.lists.folders import ListError, load_lists
 from aupguard.lists.index import index_classifier
 
 log = logging.getLogger(__name__)
 
-# List categories that are themselves ways round the filter: a block by them is a circumvention attempt.
-CIRCUMVENTION_CATEGORIES = frozenset({"anonymizers", "vpn", "doh", "remote_access"})
-# The incident category every circumvention attempt is filed under, and its least severity.
-CIRCUMVENTION = "circumvention"
-CIRCUMVENTION_SEVERITY = "medium"
 # Which matches a circumvention finding becomes: (category, source).
 _FINDING_MATCHES = {
     "signature": ("anonymizers", "aupguard/signatures"),
@@ -390,8 +386,8 @@ def _local_minute(minute: int, zone) -> tuple[str, str] | None:
 
 def _mandatory_unchecked(policy: Policy, identity: Identity) -> Decision:
     """The filter error decision for a group that fails open, when the mandatory tier could not be checked."""
-    severity = policy.categories["filter_error"].severity
-    return Decision("block", "filter_error", severity, (), (), f"mandatory tier unchecked; group {identity.group}")
+    severity = policy.categories[FILTER_ERROR].severity
+    return Decision("block", FILTER_ERROR, severity, (), (), f"mandatory tier unchecked; group {identity.group}")
 
 
 def _finding_matches(findings: tuple[circumvention.Finding, ...]) -> list[Match]:
@@ -428,7 +424,7 @@ def _technique(outer: Decision, decision: Decision, deciding_inner: str | None) 
             return technique
     if deciding_inner is not None:
         return "nested"
-    if CIRCUMVENTION_CATEGORIES.intersection(m.category for m in decision.blocked_by):
+    if any(m.category in CIRCUMVENTION_LIST_CATEGORIES for m in decision.blocked_by):
         return "list"
     return None
 

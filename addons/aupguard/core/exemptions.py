@@ -22,18 +22,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from aupguard.base.urlnorm import NormalizedURL
+from aupguard.base.vocabulary import CLASSROOM_LOCK
 from aupguard.config.policy import Policy
 from aupguard.core.classify import Classification
 from aupguard.core.decide import Decision
 from aupguard.core.identify import Identity, client_address
-from aupguard.core.urlnorm import NormalizedURL
 from aupguard.lists.folders import one_site
 
 log = logging.getLogger(__name__)
 
 EXEMPTION, ALLOW_ONLY, BLOCK_ALL = "exemption", "allow_only", "block_all"
 KINDS = (EXEMPTION, ALLOW_ONLY, BLOCK_ALL)
-LOCK_CATEGORY = "classroom_lock"  # the incident category of a request a classroom override blocked
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -185,8 +185,8 @@ class ExemptionSet:
                 return decision  # the mandatory category is the truer reason to show and report
             return Decision(
                 "block",
-                LOCK_CATEGORY,
-                policy.categories[LOCK_CATEGORY].severity,
+                CLASSROOM_LOCK,
+                policy.categories[CLASSROOM_LOCK].severity,
                 decision.blocked_by,
                 (),
                 f"blocked by {lock.describe()}",

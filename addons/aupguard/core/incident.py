@@ -6,7 +6,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from aupguard.config.policy import SEVERITIES
+from aupguard.base.vocabulary import SEVERITIES
 
 ACTIONS = ("block", "refuse", "allow")
 

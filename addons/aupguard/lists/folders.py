@@ -44,8 +44,9 @@ from typing import BinaryIO
 import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
-from aupguard.core.urlnorm import is_public_suffix, normalize_host, normalize_url
-from aupguard.paths import make_dir
+from aupguard.base.paths import make_dir
+from aupguard.base.urlnorm import is_public_suffix, normalize_host, normalize_url
+from aupguard.base.vocabulary import CATEGORY_NAME
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,6 @@ MAX_PROBLEMS = 1000
 
 # A UT1 folder name (audio-video, remote-control, ...); never "." or "..".
 UT1_CATEGORY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
-# An aupguard category name, as the policy spells them.
-CATEGORY_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 _LABEL = r"(?![a-z0-9]{2}--)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"

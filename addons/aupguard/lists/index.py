@@ -73,11 +73,11 @@ from pathlib import Path
 
 from xxhash import xxh3_64, xxh3_64_intdigest
 
-from aupguard import paths
+from aupguard.base import paths
+from aupguard.base.paths import make_dir, private_dir
 from aupguard.core.classify import Classifier
 from aupguard.lists import folders as lists
 from aupguard.lists.folders import ListData, ListError, ListRoot, ListSource
-from aupguard.paths import make_dir, private_dir
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from aupguard.base.paths import make_dir
 from aupguard.config.policy import Policy
 from aupguard.lists.folders import ImportResult, ListError, _swap_into_place, import_ut1
 from aupguard.lists.index import CompileSummary, Progress, compile_from_folders
-from aupguard.paths import make_dir
 
 UT1_URL = "https://dsi.ut-capitole.fr/blacklists/download/blacklists.tar.gz"
 MAX_DOWNLOAD_BYTES = 256 << 20  # upstream's tarball is ~20 MB

@@ -30,7 +30,9 @@ from mitmproxy.proxy import server as proxy_server
 from mitmproxy.proxy.layers import HttpLayer, ServerTLSLayer, TCPLayer
 from OpenSSL import SSL
 
-from aupguard import paths
+from aupguard.base import paths
+from aupguard.base.urlnorm import from_parts
+from aupguard.base.vocabulary import DOWNLOAD
 from aupguard.config.policy import PolicyError
 from aupguard.core import downloads
 from aupguard.core.circumvention import FIRST_LINE_WAIT, FirstLine, first_line
@@ -39,7 +41,6 @@ from aupguard.core.decide import Decision
 from aupguard.core.engine import MALFORMED, MAX_ASKED_SHOWN, Engine, Verdict
 from aupguard.core.exemptions import ExemptionSet
 from aupguard.core.identify import Identity
-from aupguard.core.urlnorm import from_parts
 from aupguard.lists.folders import ListError
 from aupguard.proxy import blockpage, feedback, http1, lean
 from aupguard.proxy.exemptionwatch import ExemptionWatcher
@@ -500,9 +501,9 @@ class AupGuard:
     def _download_verdict(self, flow: http.HTTPFlow, identity: Identity, refused: downloads.DownloadBlock) -> Verdict:
         policy = self.engine.policy
         request = flow.request
-        match = Match("download", refused.reason, refused.detail, _DOWNLOADS_SOURCE)
+        match = Match(DOWNLOAD, refused.reason, refused.detail, _DOWNLOADS_SOURCE)
         decision = Decision(
-            "block", "download", policy.categories["download"].severity, (match,), (), f"download: {refused.detail}"
+            "block", DOWNLOAD, policy.categories[DOWNLOAD].severity, (match,), (), f"download: {refused.detail}"
         )
         url = from_parts(request.scheme, request.pretty_host, request.port, request.path)
         return Verdict(identity, url, None, decision)

@@ -23,12 +23,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from aupguard.config.policy import SEVERITIES
+from aupguard.base.vocabulary import CIRCUMVENTION_CATEGORIES, SEVERITIES
 from aupguard.report.output import _printable, private_text_file, safe_cell, visible
 from aupguard.store.db import utc_iso
 
 BLOCKING_ACTIONS = ("block", "refuse")
-CIRCUMVENTION_CATEGORIES = ("anonymizers", "vpn", "doh", "remote_access", "circumvention")
 UNAUTHENTICATED = "(unauthenticated)"
 TOP_HOSTS = 20
 DSL_COLUMNS = (

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from aupguard.paths import make_dir
+from aupguard.base.paths import make_dir
 
 BUSY_TIMEOUT_S = 30.0  # several proxy workers may write to one file; a batch commit takes milliseconds
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from aupguard import paths
+from aupguard.base import paths
 from aupguard.config.policy import Policy
 from aupguard.core.exemptions import (
     ALLOW_ONLY,

@@ -28,7 +28,7 @@ from typing import Any
 
 import sqlite_utils
 
-from aupguard.config.policy import SEVERITIES
+from aupguard.base.vocabulary import SEVERITIES
 from aupguard.core.incident import Incident, RepeatRule
 from aupguard.store.db import connect_private, utc_iso
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-HOME = Path(os.environ.get("AUPGUARD_HOME") or Path(__file__).resolve().parents[2])
+HOME = Path(os.environ.get("AUPGUARD_HOME") or Path(__file__).resolve().parents[3])
 CONFIG_DIR = HOME / "config"
 BUNDLED_LISTS = HOME / "blocklists"
 DEFAULT_POLICY = CONFIG_DIR / "policy.yaml"
