@@ -28,6 +28,7 @@ import circumvention_corpus as corpus
 from aupguard.core.engine import Engine
 from aupguard.core.identify import Identity
 from aupguard.lists.folders import import_host_list
+from aupguard.runtime import load_engine
 
 REPO = Path(__file__).resolve().parent.parent
 CIRCUMVENTION_ONLY = ["anonymizers", "vpn", "doh", "remote_access", "circumvention"]
@@ -44,7 +45,7 @@ def build_engine(shared: Path, work: Path) -> Engine:
     policy["groups"]["circumvention_only"] = {"block": CIRCUMVENTION_ONLY, "allow": ["school_allow"]}
     path = work / "policy.yaml"
     path.write_text(yaml.safe_dump(policy))
-    return Engine.from_policy_file(path)
+    return load_engine(path, index_path=None, exemptions_path=None)
 
 
 def timed(engine: Engine, identity: Identity, requests: list[tuple[str, dict[str, str]]]) -> tuple[list[float], int]:

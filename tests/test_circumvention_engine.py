@@ -17,6 +17,7 @@ from conftest import write_policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import circumvention_corpus as corpus
+from aupguard.runtime import load_engine
 
 PUPIL = Identity(None, "10.1.2.3", "pupils", "test")
 STAFF = Identity("ms.t", "10.9.9.9", "staff", "test")
@@ -33,7 +34,7 @@ def engine(tmp_path_factory) -> Engine:
         policy["lists"] = [root for root in policy["lists"] if not str(root["path"]).startswith("{data}")]
         policy["lists"].append({"name": "testlists", "path": str(tmp / "lists")})
 
-    return Engine.from_policy_file(write_policy(tmp / "policy.yaml", edit))
+    return load_engine(write_policy(tmp / "policy.yaml", edit), index_path=None, exemptions_path=None)
 
 
 # -- the engine --------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from aupguard.core.classify import Classification, Match
 from aupguard.core.decide import decide
 from aupguard.core.identify import Identity
 from aupguard.lists.folders import one_site
+from aupguard.runtime import load_engine
 from aupguard.store import exemptions as exstore
 from conftest import BUNDLED_POLICY, REPO, start_proxy, write_policy
 from test_cli import aupguard
@@ -443,21 +444,20 @@ def store_row(db, kind, sites, **columns):
 
 
 def test_a_stored_public_suffix_exemption_does_not_let_an_adult_site_through(tmp_path, caplog):
-    from aupguard.core.engine import Engine
 
     def adult_list(policy):
         policy["lists"].append({"name": "testlists", "path": str(tmp_path / "lists")})
 
     (tmp_path / "lists" / "adult").mkdir(parents=True)
     (tmp_path / "lists" / "adult" / "domains").write_text("adult-site.com\n")
-    engine = Engine.from_policy_file(write_policy(tmp_path / "policy.yaml", adult_list))
+    engine = load_engine(write_policy(tmp_path / "policy.yaml", adult_list), index_path=None, exemptions_path=None)
     path = tmp_path / "exemptions.db"
     db = exstore.open_store(path)
     store_row(db, ex.EXEMPTION, ["com"], group_name="pupils")
     store_row(db, ex.ALLOW_ONLY, ["co.uk", "kahoot.it"], network="10.20.5.0/24")
     db.close()
     with caplog.at_level("WARNING", logger="aupguard.store.exemptions"):
-        engine.exemptions = exstore.load_active(path)
+        engine = engine.replace(exemptions=exstore.load_active(path))
     warnings = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(warnings) == 1 and "#1 'com'" in warnings[0] and "#2 'co.uk'" in warnings[0]
     verdict = engine.check("https://www.adult-site.com/", engine.identify("a.pupil", "10.20.4.7"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from aupguard.core.engine import Engine
 from aupguard.report.explain import explain, render_text
+from aupguard.runtime import load_engine
 from conftest import write_policy
 from test_cli import aupguard, verdicts
 
@@ -92,7 +92,7 @@ def test_explain_text_for_a_person(tmp_path):
     policy = write_policy(
         tmp_path / "policy.yaml", lambda d: d["lists"].append({"name": "feeds", "path": str(tmp_path / "feeds")})
     )
-    engine = Engine.from_policy_file(policy)
+    engine = load_engine(policy, index_path=None, exemptions_path=None)
     identity = engine.identify("nobody", "10.9.8.7")
     when = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
     text = render_text(explain(engine, "http://www.pornhub.com/<script>", identity, when))
@@ -184,7 +184,7 @@ def test_explain_shows_a_nested_url_that_decides_for_an_allowed_page(tmp_path):
 
 def test_explain_text_shows_control_characters_instead_of_obeying_them(tmp_path):
     """Issue 9.10: a teacher's name or reason on an exemption, a URL, an error: shown, never run by the terminal."""
-    engine = Engine.from_policy_file(write_policy(tmp_path / "policy.yaml"))
+    engine = load_engine(write_policy(tmp_path / "policy.yaml"), index_path=None, exemptions_path=None)
     identity = engine.identify("nobody", "10.9.8.7")
     explanation = explain(engine, INSTAGRAM, identity, datetime(2026, 11, 23, 9, 30, tzinfo=UTC))
     explanation["exemptions"] = ["exemption #1 (group pupils: site instagram.com; by Ms \x1b]0;pwned\x07T\u202eeacher)"]

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from aupguard.base.urlnorm import normalize_host, normalize_url
 from aupguard.lists import folders as lists
 from aupguard.lists.folders import ListError, ListRoot, MappedFolder, import_ut1, load_lists, load_mapping, mapped
+from aupguard.runtime import load_engine
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "blocklists"
@@ -728,7 +729,6 @@ def test_support_services_are_never_in_a_block_list():
 
 
 def test_an_allow_entry_in_a_mandatory_category_is_refused_at_load_and_reported_by_compile(tmp_path):
-    from aupguard.core.engine import Engine
     from aupguard.lists.folders import ListError
     from conftest import write_policy
     from test_cli import aupguard
@@ -750,7 +750,7 @@ def test_an_allow_entry_in_a_mandatory_category_is_refused_at_load_and_reported_
         "mandatory category illegal, which nothing may allow: remove the entry"
     )
     with pytest.raises(ListError) as refused:
-        Engine.from_policy_file(policy)
+        load_engine(policy, index_path=None, exemptions_path=None)
     assert str(refused.value) == expected
     done = aupguard(
         "lists", "compile", "--config", str(policy), "--index", str(tmp_path / "lists.idx"),

@@ -15,6 +15,7 @@ from aupguard.base.vocabulary import CATEGORIES, SEVERITIES, severity_rank
 from aupguard.config.policy import MAX_POLICY_BYTES, Policy, PolicyError, load_policy
 from aupguard.core.identify import identify
 from aupguard.lists.folders import mapped
+from aupguard.runtime import load_engine
 from policy_cases import assert_refused, edit_once, line_of, write
 
 REPO = Path(__file__).resolve().parents[1]
@@ -522,7 +523,6 @@ def test_exemptions_max_days_is_read_and_defaults_to_a_month(tmp_path):
 def test_an_allow_list_naming_a_public_suffix_is_refused_at_load(tmp_path, entry):
     # A public suffix on an allow list would let every site under it through (all of .co.uk for
     # pupils): the policy is refused, naming the file and line, as a mandatory entry is.
-    from aupguard.core.engine import Engine
     from aupguard.lists.folders import ListError
     from conftest import write_policy
     from test_lists import write_tree
@@ -534,8 +534,8 @@ def test_an_allow_list_naming_a_public_suffix_is_refused_at_load(tmp_path, entry
     with pytest.raises(
         ListError, match=re.escape(f"{local / 'school_allow' / 'domains'}:2: allow entry {entry!r}")
     ) as refused:
-        Engine.from_policy_file(policy)
+        load_engine(policy, index_path=None, exemptions_path=None)
     assert "it would match every site under it" in str(refused.value)
     (local / "school_allow" / "domains").write_text("vle.example.co.uk\n")
-    engine = Engine.from_policy_file(policy)
+    engine = load_engine(policy, index_path=None, exemptions_path=None)
     assert not engine.check("https://vle.example.co.uk/", engine.identify(None, "10.20.4.7")).blocked

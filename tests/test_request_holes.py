@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from aupguard.base.urlnorm import URLError, from_parts
 from aupguard.core.engine import Engine
 from aupguard.core.identify import Identity
+from aupguard.runtime import load_engine
 from conftest import (
     BUNDLED_POLICY,
     allow_tunnels_to,
@@ -78,7 +79,7 @@ def incident(proxy, answer: bytes) -> dict:
 
 @pytest.fixture(scope="module")
 def engine() -> Engine:
-    return Engine.from_policy_file(BUNDLED_POLICY)
+    return load_engine(BUNDLED_POLICY, index_path=None, exemptions_path=None)
 
 
 @pytest.mark.parametrize("group", ["pupils", "staff"])

@@ -287,19 +287,22 @@ def _decider(
     client_ip: str,
     at: datetime | None,
     index_path: Path | None = paths.DEFAULT_INDEX,
+    store: Path | None = None,
 ):
     """(engine, identity, when) for `classify` and `explain`; `when` is None when --at was not given.
 
-    The lists are served from the compiled index, as `run` serves them (compiled first if out of date).
+    The engine is the one `run` builds (runtime.load_engine): the lists served from the compiled index
+    (compiled first if out of date), with the exemptions and overrides active in the store at --at.
     """
-    from aupguard.core.engine import Engine
     from aupguard.core.identify import Identity
     from aupguard.lists.folders import ListError
+    from aupguard.runtime import load_engine
+    from aupguard.store.exemptions import DEFAULT_STORE
 
     if group and user:
         raise click.UsageError("--group and --user are alternatives: give one")
     try:
-        engine = Engine.from_policy_file(policy_path, index_path=index_path)
+        engine = load_engine(policy_path, index_path=index_path, exemptions_path=store or DEFAULT_STORE, when=at)
     except (PolicyError, ListError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     if group and group not in engine.policy.groups:
@@ -554,8 +557,7 @@ def _with_progress(compile_call):
 
 def _say_compiled(summary, policy=None) -> None:
     """Say what was compiled; with `policy`, warn of allow entries its mandatory categories override."""
-    from aupguard.core.decide import overridden_allows
-    from aupguard.lists.index import index_classifier
+    from aupguard.runtime import index_classifier, overridden_allows
 
     click.echo(
         f"compiled {summary.domains:,} domains, {summary.urls:,} urls and {summary.expressions:,} expressions "
@@ -744,12 +746,12 @@ def exempt() -> None:
 def exempt_add(policy_path, store, group, user, network, site, category, until, by, reason) -> None:
     """Add an exemption."""
     from aupguard.base.urlnorm import normalize_url
-    from aupguard.core.engine import Engine
     from aupguard.lists.folders import ListError
+    from aupguard.runtime import load_engine
     from aupguard.store import exemptions
 
     try:
-        engine = Engine.from_policy_file(policy_path)
+        engine = load_engine(policy_path, exemptions_path=None)
         deadline = exemptions.parse_until(until, engine.policy.timezone)
     except (PolicyError, ListError, exemptions.ExemptionError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -922,14 +924,12 @@ def explain(url, policy_path, group, user, client_ip, at, store, fmt) -> None:
     from aupguard.base.urlnorm import URLError, normalize_url
     from aupguard.report.explain import explain as explain_url
     from aupguard.report.explain import render_text
-    from aupguard.store.exemptions import DEFAULT_STORE, load_active
 
     try:
         normalize_url(url)
     except URLError as exc:
         raise click.BadParameter(str(exc), param_hint="URL") from exc
-    engine, identity, when = _decider(policy_path, group, user, client_ip, at)
-    when = when or datetime.now(UTC)
-    engine.exemptions = load_active(store or DEFAULT_STORE, when)
+    when = at or datetime.now(UTC)
+    engine, identity, when = _decider(policy_path, group, user, client_ip, when, store=store)
     result = explain_url(engine, url, identity, when)
     click.echo(json.dumps(result) if fmt == "json" else render_text(result), nl=fmt == "json")

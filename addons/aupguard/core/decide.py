@@ -13,19 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from aupguard.base.urlnorm import normalize_url
 from aupguard.base.vocabulary import FILTER_ERROR, NOT_IN_WALLED_GARDEN, severity_rank
 from aupguard.config.policy import Policy
-from aupguard.core.classify import Classification, Classifier, Match
+from aupguard.core.classify import Classification, Match
 from aupguard.core.identify import Identity
-from aupguard.lists.folders import Problems, domain_key, one_site, read_entries, url_key
 
 if TYPE_CHECKING:
     from aupguard.core.exemptions import Exemption
-
-# Allow-list lines looked up by `overridden_allows`: a local allow list is short; a big list
-# mapped onto an allow category is not read to its end at every load.
-MAX_ALLOW_ENTRIES_CHECKED = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,54 +93,3 @@ def filter_error(policy: Policy, identity: Identity) -> Decision:
         (),
         "filter error; failing closed",
     )
-
-
-def overridden_allows(policy: Policy, classifier: Classifier) -> list[str]:
-    """Allow-list entries the policy is refused for, as "file:line: ..." messages.
-
-    A `domains` entry that names no one site (`com`, `co.uk`) would allow every site
-    under it; an entry in a mandatory category would be blocked whatever allows it.
-    A policy whose allow lists hold either is refused at load (Engine.from_policy_file)
-    rather than silently applied or not applied.
-    Cheap: only the allow categories' own `domains` and `urls` files are read, and
-    each entry is looked up once in the classifier (no scan of the block lists).
-    """
-    allow = frozenset().union(*(group.allow for group in policy.groups.values()))
-    if not allow:
-        return []
-    warnings: list[str] = []
-    checked = 0
-    for source in classifier.lookup.sources:
-        if source.category not in allow:
-            continue
-        for kind in ("domains", "urls"):
-            if kind in source.skip:
-                continue
-            path = source.path / kind
-            for number, entry in read_entries(path, Problems(), strip_comments=True):
-                try:
-                    key = domain_key(entry) if kind == "domains" else None  # a urls key only when looked up
-                except ValueError:
-                    continue  # the list loader reports the line
-                if key is not None:
-                    try:
-                        one_site(key)
-                    except ValueError as exc:
-                        warnings.append(f"{path}:{number}: allow entry {entry!r} ({source.category}): {exc}")
-                        continue
-                checked += 1
-                if not policy.mandatory or checked > MAX_ALLOW_ENTRIES_CHECKED:
-                    continue
-                try:
-                    key = key if key is not None else url_key(entry)
-                    bracketed = f"[{key}]" if kind == "domains" and ":" in key else key  # an IPv6 address
-                    url = normalize_url(f"http://{bracketed}")
-                except ValueError:
-                    continue  # the list loader reports the line
-                forced = sorted({m.category for m in classifier.matches(url) if m.category in policy.mandatory})
-                if forced:
-                    warnings.append(
-                        f"{path}:{number}: allow entry {entry!r} ({source.category}) is in the mandatory category "
-                        f"{', '.join(forced)}, which nothing may allow: remove the entry"
-                    )
-    return warnings

@@ -16,10 +16,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from pathlib import Path
 from typing import NamedTuple
 
 from aupguard.base.urlnorm import NormalizedURL, URLError, from_parts, normalize_url, search_term
@@ -30,15 +29,13 @@ from aupguard.base.vocabulary import (
     FILTER_ERROR,
     severity_rank,
 )
-from aupguard.config.policy import Policy, load_policy
+from aupguard.config.policy import Policy
 from aupguard.core import circumvention
 from aupguard.core.classify import Classification, Classifier, Match
-from aupguard.core.decide import Decision, decide, filter_error, overridden_allows
+from aupguard.core.decide import Decision, decide, filter_error
 from aupguard.core.exemptions import ExemptionSet
 from aupguard.core.identify import Identity, identify
 from aupguard.core.incident import Incident, RepeatRule, new_ref
-from aupguard.lists.folders import ListError, load_lists
-from aupguard.lists.index import index_classifier
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +87,30 @@ class Verdict(NamedTuple):  # a NamedTuple for speed: see classify.Match
         return tuple(dict.fromkeys(c for c in (first, *self.classification.categories) if c))
 
 
+@dataclass(frozen=True, slots=True, eq=False)
 class Engine:
-    def __init__(self, policy: Policy, classifier: Classifier):
-        self.policy = policy
-        self.classifier = classifier  # swapped whole by indexwatch.IndexWatcher when the index is recompiled
-        self.index_path: Path | None = None  # the compiled index the classifier serves, if any
-        # Replaced whole (never mutated) by whoever watches the exemption store: the proxy's ExemptionWatcher.
-        self.exemptions = ExemptionSet()
-        # Most URLs match no list: their decision depends only on the group and the timetable window,
-        # so it is made once per pair (this engine's policy never changes: a reload makes a new engine).
-        self._unmatched: dict[tuple[str, str | None], Decision] = {}
+    """The policy, its classifier and the active exemptions: everything a decision needs, immutable.
+
+    A reload, a recompiled index or a change of exemptions makes a new Engine (`replace`), which
+    the proxy installs in one assignment: a request sees the old engine or the new, never a mix.
+    `runtime.load_engine` builds one from the files.
+    """
+
+    policy: Policy
+    classifier: Classifier
+    exemptions: ExemptionSet = field(default_factory=ExemptionSet)
+    # Most URLs match no list: their decision depends only on the group and the timetable window,
+    # so it is made once per pair. It depends on the policy alone, so `replace` shares the cache.
+    _unmatched: dict[tuple[str, str | None], Decision] = field(default_factory=dict, repr=False)
+
+    def replace(self, *, classifier: Classifier | None = None, exemptions: ExemptionSet | None = None) -> Engine:
+        """This engine with another classifier (a recompiled index) or other exemptions."""
+        return Engine(
+            self.policy,
+            self.classifier if classifier is None else classifier,
+            self.exemptions if exemptions is None else exemptions,
+            self._unmatched,
+        )
 
     @property
     def repeat_rule(self) -> RepeatRule:
@@ -107,37 +118,6 @@ class Engine:
         counting in the shared database, so every worker's attempts count and a reload forgets none."""
         rules = self.policy.circumvention
         return RepeatRule(CIRCUMVENTION, timedelta(minutes=rules.repeat_window_minutes), rules.repeat_threshold)
-
-    @classmethod
-    def from_policy_file(cls, path: Path, previous: Engine | None = None, index_path: Path | None = None) -> Engine:
-        """Load a policy and the lists it names. Raises PolicyError or ListError: nothing starts on a bad policy.
-
-        Reloading passes the running engine as `previous`: its lists are reused when the
-        policy names the same ones, and its exemptions carry over. With `index_path` the
-        lists are served from the compiled index there (compiled first when missing or
-        out of date: `index.ensure_index`); without, they are read as text.
-        """
-        policy = load_policy(path)
-        if index_path is None and previous is not None:
-            index_path = previous.index_path
-        if previous is not None and previous.policy.lists == policy.lists:
-            classifier = previous.classifier
-        elif index_path is not None:
-            classifier = index_classifier(policy.lists, index_path)
-        else:
-            lists = load_lists(policy.lists)
-            for problem in lists.problems[:20]:
-                log.warning("list line skipped: %s", problem)
-            classifier = Classifier(lists)
-        refused = overridden_allows(policy, classifier)
-        if refused:
-            # Issue 4's mandatory tier: an allow list that would let it through is refused, not ignored.
-            raise ListError("; ".join(refused[:10]) + (f" (and {len(refused) - 10} more)" if len(refused) > 10 else ""))
-        engine = cls(policy, classifier)
-        engine.index_path = index_path
-        if previous is not None:
-            engine.exemptions = previous.exemptions
-        return engine
 
     def identify(self, user: str | None, client_ip: str) -> Identity:
         try:

@@ -75,9 +75,8 @@ from xxhash import xxh3_64, xxh3_64_intdigest
 
 from aupguard.base import paths
 from aupguard.base.paths import make_dir, private_dir
-from aupguard.core.classify import Classifier
 from aupguard.lists import folders as lists
-from aupguard.lists.folders import ListData, ListError, ListRoot, ListSource
+from aupguard.lists.folders import ListData, ListRoot, ListSource
 
 log = logging.getLogger(__name__)
 
@@ -847,17 +846,3 @@ def ensure_index(
             index.close()
     compile_from_folders(roots, path, progress)
     return serve_for(roots, path, store), reason
-
-
-def index_classifier(roots: Sequence[ListRoot], index_path: Path) -> Classifier:
-    """A classifier over the compiled index of `roots` at `index_path`, compiling it first if needed.
-
-    Raises ListError when the lists cannot be compiled or the index cannot be loaded.
-    """
-    try:
-        index, reason = ensure_index(roots, index_path)
-    except IndexFormatError as exc:
-        raise ListError(str(exc)) from exc
-    if reason:
-        log.warning("aupguard: compiled the list index %s (%s)", index_path, reason)
-    return Classifier(index)

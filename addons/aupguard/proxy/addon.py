@@ -46,6 +46,7 @@ from aupguard.proxy import blockpage, feedback, http1, lean
 from aupguard.proxy.exemptionwatch import ExemptionWatcher
 from aupguard.proxy.indexwatch import IndexWatcher
 from aupguard.proxy.reload import PolicyReloader
+from aupguard.runtime import load_engine
 from aupguard.store.incidents import IncidentWriter
 
 log = logging.getLogger(__name__)
@@ -162,8 +163,10 @@ class AupGuard:
         self.report_url: str | None = None  # where the forms post (feedback.FeedbackApp), when offered
         # The policy reloads on change or SIGHUP while the proxy runs, keeping the old one on any error.
         # Every worker follows `aupguard lists compile` onto the new index file.
-        self.index_watcher = IndexWatcher(lambda: self.engine)
-        self.reloader = PolicyReloader(lambda: Path(ctx.options.aupguard_policy), lambda: self.engine, self._install)
+        self.index_watcher = IndexWatcher(lambda: self.engine, self._install)
+        self.reloader = PolicyReloader(
+            lambda: Path(ctx.options.aupguard_policy), lambda: self._index_path(), lambda: self.engine, self._install
+        )
         # Who opened each CONNECT tunnel, for the checks on what it carries (mitmproxy's proxyauth
         # keeps only the password-bearing pair); forgotten with the connection.
         self._tunnel_users: weakref.WeakKeyDictionary[connection.Client, str] = weakref.WeakKeyDictionary()
@@ -222,8 +225,9 @@ class AupGuard:
             _quiet_connections(ctx.options.termlog_verbosity)
         if "aupguard_policy" in updated:
             try:
-                index = Path(ctx.options.aupguard_index) if ctx.options.aupguard_index else None
-                self.engine = Engine.from_policy_file(Path(ctx.options.aupguard_policy), index_path=index)
+                self.engine = load_engine(
+                    Path(ctx.options.aupguard_policy), index_path=self._index_path(), exemptions_path=None
+                )
             except (PolicyError, ListError, OSError) as exc:
                 raise exceptions.OptionsError(f"aupguard: {exc}") from exc
             policy = self.engine.policy
@@ -249,16 +253,14 @@ class AupGuard:
             self.feedback_host = ctx.options.aupguard_feedback_host
             self.report_url = f"http://{self.feedback_host}{feedback.PATH}" if self.feedback_key else None
         if self.engine is not None:
-            self.engine.exemptions = self.exemptions
-            if self.writer:
-                self.writer.repeat_rule = self.engine.repeat_rule
+            self._install(self.engine)
 
     def _set_exemptions(self, exemptions: ExemptionSet) -> None:
         """Called from the watcher's thread: one reference swap each, so requests never see half a change."""
         self.exemptions = exemptions
         engine = self.engine
         if engine is not None:
-            engine.exemptions = exemptions
+            self.engine = engine.replace(exemptions=exemptions)
 
     def running(self) -> None:
         self.reloader.start()
@@ -268,10 +270,13 @@ class AupGuard:
         lean.freeze_startup_objects()
 
     def _install(self, engine: Engine) -> None:
-        engine.exemptions = self.exemptions
         if self.writer:
             self.writer.repeat_rule = engine.repeat_rule
-        self.engine = engine
+        self.engine = engine.replace(exemptions=self.exemptions)
+
+    @staticmethod
+    def _index_path() -> Path | None:
+        return Path(ctx.options.aupguard_index) if ctx.options.aupguard_index else None
 
     def done(self) -> None:
         self.reloader.stop()

@@ -42,8 +42,14 @@ CLOSE_DELAY = 60.0
 class IndexWatcher:
     """Keeps the engine that `get_engine()` returns on the newest valid index file."""
 
-    def __init__(self, get_engine: Callable[[], Engine | None], interval: float = POLL_SECONDS):
+    def __init__(
+        self,
+        get_engine: Callable[[], Engine | None],
+        set_engine: Callable[[Engine], None],
+        interval: float = POLL_SECONDS,
+    ):
         self._get_engine = get_engine
+        self._set_engine = set_engine
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -80,7 +86,8 @@ class IndexWatcher:
             and any(engine.classifier is old for _when, old in self._retiring)
         ):
             # A policy reload built its engine from the classifier this watcher had just retired.
-            engine.classifier = self._current
+            engine = engine.replace(classifier=self._current)
+            self._set_engine(engine)
         index = engine.classifier.lookup
         if not index.stale():
             return False
@@ -100,7 +107,7 @@ class IndexWatcher:
             )
             return False
         old = engine.classifier
-        engine.classifier = new  # one assignment: requests see the old index or the new, never a mix
+        self._set_engine(engine.replace(classifier=new))  # one assignment: the old index or the new, never a mix
         self._current = new
         self._retiring.append((time.monotonic() + CLOSE_DELAY, old))
         counts = new.lookup.counts

@@ -19,6 +19,7 @@ from pathlib import Path
 from aupguard.config.policy import PolicyError
 from aupguard.core.engine import Engine
 from aupguard.lists.folders import ListError
+from aupguard.runtime import load_engine
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,14 @@ def stamp(files: tuple[Path, ...]) -> Stamp:
 class PolicyReloader:
     """Keeps `get()` up to date with the policy file at `path()`; `set()` installs a new engine."""
 
-    def __init__(self, path: Callable[[], Path], get: Callable[[], Engine | None], set: Callable[[Engine], None]):
-        self._path, self._get, self._set = path, get, set
+    def __init__(
+        self,
+        path: Callable[[], Path],
+        index_path: Callable[[], Path | None],
+        get: Callable[[], Engine | None],
+        set: Callable[[Engine], None],
+    ):
+        self._path, self._index_path, self._get, self._set = path, index_path, get, set
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
         self._stamp: Stamp | None = None
@@ -88,7 +95,9 @@ class PolicyReloader:
             # Stamped before reading, so an edit made while loading is seen by the next poll.
             before = await asyncio.to_thread(stamp, files)
             try:
-                engine = await asyncio.to_thread(Engine.from_policy_file, path, previous)
+                engine = await asyncio.to_thread(
+                    load_engine, path, index_path=self._index_path(), exemptions_path=None, previous=previous
+                )
             except (PolicyError, ListError, OSError) as exc:
                 self._failed = before
                 log.error("aupguard: %s, but it cannot be used; the previous policy stays in force: %s", why, exc)
