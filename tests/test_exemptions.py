@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from aupguard.base.urlnorm import normalize_url, suffix_parts
 from aupguard.cli.main import main
 from aupguard.config.policy import load_policy
+from aupguard.core import exemption as exrec
 from aupguard.core import exemptions as ex
 from aupguard.core.classify import Classification, Match
 from aupguard.core.decide import decide
@@ -110,7 +111,7 @@ def test_exemptions_expire_by_themselves(store):
         ({"group": "pupils", "category": "games", "by": " "}, "--by"),
         ({"group": "pupils", "category": "games", "reason": ""}, "--reason"),
         ({"ip": "10.20.4.0/33", "category": "games"}, "not an address"),
-        ({"kind": ex.ALLOW_ONLY, "ip": "10.20.4.0/24"}, "at least one --site"),
+        ({"kind": exrec.ALLOW_ONLY, "ip": "10.20.4.0/24"}, "at least one --site"),
     ],
 )
 def test_bad_exemptions_are_refused_with_a_reason(store, kwargs, message):
@@ -118,23 +119,23 @@ def test_bad_exemptions_are_refused_with_a_reason(store, kwargs, message):
     if "ip" in kwargs:
         kwargs["network"] = kwargs.pop("ip")
     categories = {"illegal-feed.example": ["illegal"], "adult-and-illegal.example": ["adult", "illegal"]}
-    with pytest.raises(ex.ExemptionError, match=message):
+    with pytest.raises(exrec.ExemptionError, match=message):
         add(store, sites=[site] if site else [], site_categories=lambda d: categories.get(d, []), **kwargs)
     assert exstore.audit_trail(store) == []
 
 
 @pytest.mark.parametrize("network", ["0.0.0.0/0", "10.0.0.0/8", "10.20.0.0/15", "::/0", "2001:db8::/47"])
 def test_a_classroom_override_wider_than_a_site_range_needs_whole_school(store, network):
-    with pytest.raises(ex.ExemptionError, match="--whole-school"):
-        add(store, kind=ex.BLOCK_ALL, network=network)
+    with pytest.raises(exrec.ExemptionError, match="--whole-school"):
+        add(store, kind=exrec.BLOCK_ALL, network=network)
     assert exstore.audit_trail(store) == []
-    wide = add(store, kind=ex.BLOCK_ALL, network=network, whole_school=True)
+    wide = add(store, kind=exrec.BLOCK_ALL, network=network, whole_school=True)
     assert str(wide.network) == network
 
 
 def test_room_sized_ranges_and_exemptions_need_no_whole_school(store):
     for network in ("10.20.0.0/16", "10.20.4.0/24", "10.20.4.7", "2001:db8::/48", "2001:db8:0:4::/64"):
-        add(store, kind=ex.BLOCK_ALL, network=network)
+        add(store, kind=exrec.BLOCK_ALL, network=network)
     add(store, network="10.0.0.0/8", category="games")  # an exemption only lets a site through
 
 
@@ -151,9 +152,9 @@ def test_cli_classroom_refuses_the_whole_internet_without_whole_school(tmp_path)
 # -- the decision ------------------------------------------------------------------------------------
 
 
-def item(**kwargs) -> ex.Exemption:
-    defaults = dict(id=1, kind=ex.EXEMPTION, until=LATER, created_at=NOW, created_by="Ms Khan", reason="r")
-    return ex.Exemption(**(defaults | kwargs))
+def item(**kwargs) -> exrec.Exemption:
+    defaults = dict(id=1, kind=exrec.EXEMPTION, until=LATER, created_at=NOW, created_by="Ms Khan", reason="r")
+    return exrec.Exemption(**(defaults | kwargs))
 
 
 def test_a_site_exemption_covers_its_subdomains_for_the_named_group_only():
@@ -168,7 +169,7 @@ def test_a_site_exemption_covers_its_subdomains_for_the_named_group_only():
 
 def test_user_and_address_exemptions():
     by_user = item(user="a.pupil", category="games")
-    by_network = item(network=ex.ipaddress.ip_network("10.20.4.0/24"), category="games")
+    by_network = item(network=exrec.ipaddress.ip_network("10.20.4.0/24"), category="games")
     for exemption in (by_user, by_network):
         assert decided([exemption], PUPIL, "https://poki.com/", "games").action == "allow"
         assert decided([exemption], OTHER_PUPIL, "https://poki.com/", "games").action == "block"
@@ -185,7 +186,11 @@ def test_nothing_lets_a_mandatory_category_through():
     mixed = "https://games-and-worse.example/"
     for exemption in (
         item(group="pupils", sites=("games-and-worse.example",)),
-        item(kind=ex.ALLOW_ONLY, network=ex.ipaddress.ip_network("10.20.4.0/24"), sites=("games-and-worse.example",)),
+        item(
+            kind=exrec.ALLOW_ONLY,
+            network=exrec.ipaddress.ip_network("10.20.4.0/24"),
+            sites=("games-and-worse.example",),
+        ),
     ):
         decision = decided([exemption], PUPIL, mixed, "games", "illegal")
         assert decision.action == "block" and decision.category == "illegal"
@@ -207,13 +212,13 @@ def test_the_heads_permission_can_lift_an_adult_block(store):
 
 
 def test_classroom_block_all_and_allow_only():
-    room = ex.ipaddress.ip_network("10.20.4.0/24")
-    lock = item(kind=ex.BLOCK_ALL, network=room)
+    room = exrec.ipaddress.ip_network("10.20.4.0/24")
+    lock = item(kind=exrec.BLOCK_ALL, network=room)
     locked = decided([lock], PUPIL, "https://www.bbc.co.uk/bitesize")
     assert locked.action == "block" and locked.category == "classroom_lock" and locked.exemption == lock
     assert "classroom override #1" in locked.rule
     assert decided([lock], OTHER_PUPIL, "https://www.bbc.co.uk/bitesize").action == "allow"
-    only = item(kind=ex.ALLOW_ONLY, network=room, sites=("bbc.co.uk", "kahoot.it"))
+    only = item(kind=exrec.ALLOW_ONLY, network=room, sites=("bbc.co.uk", "kahoot.it"))
     assert decided([only], PUPIL, "https://www.bbc.co.uk/bitesize").action == "allow"
     assert decided([only], PUPIL, "https://kahoot.it/", "games").action == "allow"
     assert decided([only], PUPIL, "https://en.wikipedia.org/").category == "classroom_lock"
@@ -246,7 +251,7 @@ def test_parse_until():
     summer = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
     assert exstore.parse_until("15:30", zone, summer) == datetime(2026, 7, 1, 14, 30, tzinfo=UTC)  # BST
     assert exstore.parse_until("2026-11-23T15:30", zone, NOW) == datetime(2026, 11, 23, 15, 30, tzinfo=UTC)
-    with pytest.raises(ex.ExemptionError):
+    with pytest.raises(exrec.ExemptionError):
         exstore.parse_until("tomorrow", zone, NOW)
 
 
@@ -376,10 +381,10 @@ PUBLIC_SUFFIXES = ["com", "co.uk", ".com", "COM.", "*.co.uk", "xn--p1ai", "рф"
 @pytest.mark.parametrize("site", PUBLIC_SUFFIXES)
 def test_an_exemption_or_classroom_site_is_never_a_public_suffix(store, site):
     # `lists import`'s words: a single-label suffix (com) is "a single label", co.uk "a public suffix".
-    with pytest.raises(ex.ExemptionError, match=r"is not one site: .* it would match every site under it"):
+    with pytest.raises(exrec.ExemptionError, match=r"is not one site: .* it would match every site under it"):
         add(store, group="pupils", sites=[site])
-    with pytest.raises(ex.ExemptionError, match="it would match every site under it"):
-        add(store, kind=ex.ALLOW_ONLY, network="10.20.4.0/24", sites=["bbc.co.uk", site])
+    with pytest.raises(exrec.ExemptionError, match="it would match every site under it"):
+        add(store, kind=exrec.ALLOW_ONLY, network="10.20.4.0/24", sites=["bbc.co.uk", site])
     assert exstore.audit_trail(store) == []
 
 
@@ -453,8 +458,8 @@ def test_a_stored_public_suffix_exemption_does_not_let_an_adult_site_through(tmp
     engine = load_engine(write_policy(tmp_path / "policy.yaml", adult_list), index_path=None, exemptions_path=None)
     path = tmp_path / "exemptions.db"
     db = exstore.open_store(path)
-    store_row(db, ex.EXEMPTION, ["com"], group_name="pupils")
-    store_row(db, ex.ALLOW_ONLY, ["co.uk", "kahoot.it"], network="10.20.5.0/24")
+    store_row(db, exrec.EXEMPTION, ["com"], group_name="pupils")
+    store_row(db, exrec.ALLOW_ONLY, ["co.uk", "kahoot.it"], network="10.20.5.0/24")
     db.close()
     with caplog.at_level("WARNING", logger="aupguard.store.exemptions"):
         engine = engine.replace(exemptions=exstore.load_active(path))
@@ -514,10 +519,10 @@ def test_the_readme_and_help_examples_run_against_the_bundled_policy(tmp_path):
 
 def test_until_is_capped_by_exemptions_max_days(store, tmp_path):
     add(store, group="pupils", category="games", until=NOW + timedelta(days=31))
-    with pytest.raises(ex.ExemptionError, match=r"more than 31 days away: the policy's exemptions.max_days"):
+    with pytest.raises(exrec.ExemptionError, match=r"more than 31 days away: the policy's exemptions.max_days"):
         add(store, group="pupils", category="games", until=NOW + timedelta(days=31, minutes=1))
-    with pytest.raises(ex.ExemptionError, match="more than 31 days"):
-        add(store, kind=ex.BLOCK_ALL, network="10.20.4.0/24", until=NOW + timedelta(days=40))
+    with pytest.raises(exrec.ExemptionError, match="more than 31 days"):
+        add(store, kind=exrec.BLOCK_ALL, network="10.20.4.0/24", until=NOW + timedelta(days=40))
     env = {"AUPGUARD_DATA": str(tmp_path / "var")}
     args = ("exempt", "add", "--group", "pupils", "--category", "games", "--by", "x", "--reason", "y")
     refused = aupguard(*args, "--until", "+400d", env=env, check=False)

@@ -705,7 +705,7 @@ def _show(items, fmt: str, policy_path: Path) -> None:
 
 
 def _record_change(change) -> None:
-    from aupguard.core.exemptions import ExemptionError
+    from aupguard.core.exemption import ExemptionError
     from aupguard.report.output import visible
 
     try:
@@ -886,7 +886,7 @@ def classroom_set(policy_path, store, network, mode, sites, until, by, reason, w
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def classroom_list(store, policy_path, include_ended, fmt) -> None:
     """List classroom overrides (newest first), times in the school's time zone (JSON: UTC)."""
-    from aupguard.core.exemptions import EXEMPTION
+    from aupguard.core.exemption import EXEMPTION
     from aupguard.store.exemptions import listing
 
     items = [item for item in listing(_store(store), include_ended=include_ended) if item.kind != EXEMPTION]

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from aupguard.base.vocabulary import FILTER_ERROR, NOT_IN_WALLED_GARDEN, severity_rank
 from aupguard.config.policy import Policy
 from aupguard.core.classify import Classification, Match
+from aupguard.core.exemption import Exemption
 from aupguard.core.identify import Identity
-
-if TYPE_CHECKING:
-    from aupguard.core.exemptions import Exemption
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +27,7 @@ class Decision:
     blocked_by: tuple[Match, ...]  # matches of categories the group blocks
     allowed_by: tuple[Match, ...]  # allow-side matches that overrode them
     why: str
-    # The exemption or classroom override (exemptions.Exemption) that made this decision, if one did.
+    # The exemption or classroom override (exemption.Exemption) that made this decision, if one did.
     exemption: Exemption | None = None
     window: str | None = None  # the timetable window in force when it was decided
 

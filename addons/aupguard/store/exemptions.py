@@ -16,16 +16,8 @@ import sqlite_utils
 
 from aupguard.base import paths
 from aupguard.config.policy import Policy
-from aupguard.core.exemptions import (
-    ALLOW_ONLY,
-    BLOCK_ALL,
-    EXEMPTION,
-    KINDS,
-    Exemption,
-    ExemptionError,
-    ExemptionSet,
-    Network,
-)
+from aupguard.core.exemption import EXEMPTION, KINDS, Exemption, ExemptionError, Network
+from aupguard.core.exemptions import ALLOW_ONLY, BLOCK_ALL, ExemptionSet
 from aupguard.lists.folders import one_site
 from aupguard.store.db import connect_private, utc_iso
 
