@@ -27,8 +27,12 @@ MAX_PATH_PREFIXES = 32
 class ListLookup(Protocol):
     """What the classifier needs from lists: the text-loaded `ListData` or a compiled index."""
 
-    sources: Sequence[ListSource]
-    expressions: Sequence[tuple[int, str]]
+    # Read-only here (properties), so a class that stores them as lists satisfies the protocol.
+    @property
+    def sources(self) -> Sequence[ListSource]: ...
+
+    @property
+    def expressions(self) -> Sequence[tuple[int, str]]: ...
 
     def domain_mask(self, key: str) -> int: ...
 

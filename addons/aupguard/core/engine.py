@@ -190,9 +190,10 @@ class Engine:
             decision = decide(self.policy, identity, classification, when)
         else:
             key = (identity.group, self.policy.timetable.window_at(when))
-            decision = self._unmatched.get(key)
-            if decision is None:
-                decision = self._unmatched[key] = decide(self.policy, identity, classification, when)
+            cached = self._unmatched.get(key)
+            if cached is None:
+                cached = self._unmatched[key] = decide(self.policy, identity, classification, when)
+            decision = cached
         if not self.exemptions:
             return decision
         return self.exemptions.apply(self.policy, identity, classification, decision, when)
@@ -359,7 +360,7 @@ def _local_minute(minute: int, zone) -> tuple[str, str] | None:
     """The local date and 'HH:MM' of one UTC minute; None when the zone's offset then was not whole
     minutes (old local mean times), as a local minute then does not start with the UTC one."""
     local = datetime.fromtimestamp(minute * 60, zone)
-    if local.utcoffset().total_seconds() % 60:
+    if (local.utcoffset() or timedelta()).total_seconds() % 60:
         return None
     return local.strftime("%Y-%m-%d"), local.strftime("%H:%M")
 

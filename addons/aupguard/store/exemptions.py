@@ -81,11 +81,16 @@ def open_store(path: Path = DEFAULT_STORE) -> sqlite_utils.Database:
     return db
 
 
-def _text(value: str | None, name: str, bound: int, required: bool = True) -> str | None:
+def _text(value: str | None, name: str, bound: int) -> str:
+    checked = _optional_text(value, name, bound)
+    if checked is None:
+        raise ExemptionError(f"{name} is required")
+    return checked
+
+
+def _optional_text(value: str | None, name: str, bound: int) -> str | None:
     value = (value or "").strip()
     if not value:
-        if required:
-            raise ExemptionError(f"{name} is required")
         return None
     if len(value) > bound:
         raise ExemptionError(f"{name} is longer than {bound} characters")
@@ -156,7 +161,7 @@ def add(
         raise ExemptionError("a classroom override covers an address range: give --ip")
     if group is not None and group not in policy.groups:
         raise ExemptionError(f"unknown group {group!r}; the policy has {', '.join(policy.groups)}")
-    user = _text(user, "--user", MAX_NAME, required=False)
+    user = _optional_text(user, "--user", MAX_NAME)
     parsed_network = _network(network) if network else None
     if kind != EXEMPTION and parsed_network is not None and not whole_school:
         widest = CLASSROOM_MIN_PREFIX[parsed_network.version]
@@ -208,6 +213,7 @@ def add(
         exemption_id = db.execute(
             f"INSERT INTO exemptions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values())
         ).lastrowid
+        assert exemption_id is not None  # an INSERT always sets it
         _audit(db, now, by, "add", exemption_id, row, reason, os_user)
     return _from_row({**row, "id": exemption_id})
 
@@ -224,7 +230,7 @@ def revoke(
     """End an exemption or override (of one of `kinds`) now; ExemptionError if there is none such, or it has ended."""
     now = now or datetime.now(UTC)
     by = _text(by, "--by (who is making this change)", MAX_NAME)
-    reason = _text(reason, "--reason", MAX_TEXT, required=False) or ""
+    reason = _optional_text(reason, "--reason", MAX_TEXT) or ""
     with db.conn:
         row = db.execute("SELECT * FROM exemptions WHERE id = ?", [exemption_id]).fetchone()
         if row is None:
@@ -303,8 +309,8 @@ def _domain(text: str) -> str:
     return domain
 
 
-def _when(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text.rstrip("Z")).replace(tzinfo=UTC) if text else None
+def _when(text: str) -> datetime:
+    return datetime.fromisoformat(text.rstrip("Z")).replace(tzinfo=UTC)
 
 
 def _from_row(row: dict) -> Exemption:
@@ -320,7 +326,7 @@ def _from_row(row: dict) -> Exemption:
         network=ipaddress.ip_network(row["network"]) if row["network"] else None,
         sites=tuple(json.loads(row["sites"])),
         category=row["category"],
-        revoked_at=_when(row.get("revoked_utc")),
+        revoked_at=_when(row["revoked_utc"]) if row.get("revoked_utc") else None,
         revoked_by=row.get("revoked_by"),
         os_user=row.get("os_user"),
     )

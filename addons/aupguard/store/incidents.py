@@ -74,7 +74,7 @@ class SchemaError(RuntimeError):
 
 
 def _create_v1(db: sqlite_utils.Database) -> None:
-    incidents = db["incidents"]
+    incidents = db.table("incidents")
     incidents.create(
         {
             "ref": str,
@@ -111,7 +111,7 @@ def _create_v1(db: sqlite_utils.Database) -> None:
 
 def _index_recent_by_user_and_address(db: sqlite_utils.Database) -> None:
     """v2: the repeat count (RepeatRule) looks up one user's or one address's recent incidents."""
-    incidents = db["incidents"]
+    incidents = db.table("incidents")
     for column in ("username", "client_ip"):
         db.execute(f"DROP INDEX IF EXISTS idx_incidents_{column}")  # the pair's index serves these lookups too
         incidents.create_index([column, "ts_utc"], if_not_exists=True)
@@ -122,7 +122,7 @@ _MIGRATIONS = (_create_v1, _index_recent_by_user_and_address)
 
 
 def _schema_version(db: sqlite_utils.Database) -> int:
-    if not db["meta"].exists():
+    if not db.table("meta").exists():
         return 0
     row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     return int(row[0]) if row else 0
@@ -134,7 +134,7 @@ def _migrate(db: sqlite_utils.Database) -> None:
     # IMMEDIATE: two workers starting at once must not both create the schema.
     db.execute("BEGIN IMMEDIATE")
     try:
-        db["meta"].create({"key": str, "value": str}, pk="key", not_null=["value"], if_not_exists=True)
+        db.table("meta").create({"key": str, "value": str}, pk="key", not_null=["value"], if_not_exists=True)
         version = _schema_version(db)
         if version > SCHEMA_VERSION:
             raise SchemaError(
