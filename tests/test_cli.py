@@ -365,3 +365,36 @@ def test_requests_log_no_connection_lines_at_the_default_level(tmp_path, origin,
     else:
         assert connection_lines == []
         assert len(after_start.splitlines()) <= 2  # the rest of the "listening" line and lean's one line
+
+
+# -- one error handler: every explained error is one line, exit 1, never a traceback ------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("classify", "--group", "pupils"),
+        ("explain", "https://example.com/"),
+        ("exempt", "add", "--group", "pupils", "--site", "example.com", "--until", "+1h", "--by", "A", "--reason", "B"),
+        ("classroom", "set", "--ip", "10.0.0.0/24", "--mode", "block-all", "--until", "+1h", "--by", "A", "--reason", "B"),
+        ("purge",),
+        ("lists", "compile"),
+    ],
+)  # fmt: skip
+def test_a_bad_policy_is_one_line_for_every_command(tmp_path, command):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("groups: [\n")
+    result = aupguard(*command, "--config", str(policy), stdin="", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"Error: {policy}:")
+
+
+@pytest.mark.parametrize("command", [("exempt", "list"), ("classroom", "list"), ("exempt", "audit")])
+def test_a_store_that_cannot_be_opened_is_one_line_not_a_traceback(tmp_path, command):
+    (tmp_path / "file").write_text("")
+    store = tmp_path / "file" / "exemptions.db"  # under a regular file: no folder can be made there
+    result = aupguard(*command, "--store", str(store), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("Error: ") and str(tmp_path / "file") in line
