@@ -14,7 +14,7 @@ import sqlite_utils
 from aupguard.base import paths
 from aupguard.core.engine import Engine
 from aupguard.core.identify import Identity
-from aupguard.report.output import FORMATS, check_output
+from aupguard.report.output import FORMATS, OutputError, check_output
 from aupguard.report.summary import check_period
 from aupguard.runtime import load_engine
 from aupguard.store.exemptions import DEFAULT_STORE, open_store
@@ -53,16 +53,12 @@ store_option = click.option(
 )
 
 
-def format_option(default: str = "table", choices: tuple[str, ...] = FORMATS) -> Callable[[F], F]:
+ROWS_AS = "table: for people (one line per row when piped); csv: for spreadsheets; json: one object per line."
+
+
+def format_option(default: str = "table", help: str = ROWS_AS) -> Callable[[F], F]:
     """--format for a command that prints rows: report/output.py renders each format the same for every command."""
-    return click.option(
-        "--format",
-        "fmt",
-        type=click.Choice(choices),
-        default=default,
-        show_default=True,
-        help="table: for people (one line per row when piped); csv: for spreadsheets; json: one object per line.",
-    )
+    return click.option("--format", "fmt", type=click.Choice(FORMATS), default=default, show_default=True, help=help)
 
 
 class WhenType(click.ParamType):
@@ -105,7 +101,7 @@ def _check_out(ctx: click.Context, param: click.Parameter, value: Path | None) -
     if value is not None:
         try:
             check_output(value)
-        except ValueError as exc:  # OutputError
+        except OutputError as exc:
             raise click.BadParameter(str(exc), ctx, param) from exc
     return value
 

@@ -21,7 +21,7 @@ from aupguard.store.incidents import purge as purge_incidents
 @policy_option
 @click.option("--since", type=WHEN, default=None, help="From this date/time (inclusive).")
 @click.option("--until", type=WHEN, default=None, help="Up to this date/time (exclusive).")
-@format_option()
+@format_option(help="table: for people (one line per row when piped); csv: for spreadsheets; json: one document.")
 @out_option("Write to a file")
 @click.option(
     "--requests", "requests", is_flag=True, help='List the block page\'s "report a mistake" requests instead.'
