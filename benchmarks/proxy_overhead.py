@@ -185,7 +185,7 @@ def main() -> None:
             sys.exit(f"{tool} is missing (Debian: apt-get install nginx-light wrk)")
     if not UT1.is_dir():
         sys.exit(f"the UT1 snapshot is not at {UT1}")
-    from aupguard.cli.main import MITMPROXY_OPTIONS
+    from aupguard.cli.run import MITMPROXY_OPTIONS
 
     with tempfile.TemporaryDirectory(prefix="aupguard-proxy-") as tmp:
         workdir = args.workdir or Path(tmp)

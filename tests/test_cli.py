@@ -10,23 +10,47 @@ import re
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
+from click.testing import CliRunner
 
+from aupguard.cli.main import main
 from conftest import start_proxy, write_policy
 
 
-def aupguard(*args, stdin: str | None = None, env: dict | None = None, check: bool = True):
-    result = subprocess.run(
-        [sys.executable, "-m", "aupguard.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
+@dataclass(frozen=True)
+class Ran:
+    """What a command did, in subprocess.run's terms whether it ran in this process or another."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def aupguard(*args, stdin: str | None = None, env: dict | None = None, check: bool = True) -> Ran:
+    """Run the `aupguard` command: in this process (click's CliRunner), or with `env` in a new one.
+
+    aupguard reads AUPGUARD_DATA and AUPGUARD_HOME once, when it is imported, so a command run with
+    another environment needs a process of its own; so do `run` and anything the proxy serves.
+    """
+    if env:
+        done = subprocess.run(
+            [sys.executable, "-m", "aupguard.cli", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, **env},
+        )
+        result = Ran(done.returncode, done.stdout, done.stderr)
+    else:
+        invoked = CliRunner().invoke(main, list(args), input=stdin)
+        if invoked.exception is not None and not isinstance(invoked.exception, SystemExit):
+            raise invoked.exception  # a traceback in a real process: never an answer
+        result = Ran(invoked.exit_code, invoked.stdout, invoked.stderr)
     if check and result.returncode != 0:
         raise AssertionError(f"aupguard {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
     return result
@@ -219,10 +243,6 @@ def test_a_mistyped_database_is_refused_not_created(tmp_path, command):
 
 
 def test_help_teaches_by_example():
-    from click.testing import CliRunner
-
-    from aupguard.cli.main import main
-
     top = CliRunner().invoke(main, ["--help"]).output
     for needed in (
         "aupguard explain ",
@@ -246,14 +266,12 @@ OUT_COMMANDS = [("report", "--format", "csv"), ("dsl-export",)]
 
 
 @pytest.mark.parametrize("command", OUT_COMMANDS)
-def test_out_dash_is_standard_output(recorded, tmp_path, command):
-    result = subprocess.run(
-        [sys.executable, "-m", "aupguard.cli", *command, "--db", str(recorded.db), "--out", "-"],
-        capture_output=True, timeout=300, cwd=tmp_path, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    rows = list(csv.DictReader(io.StringIO(result.stdout.decode("utf-8-sig"), newline="")))
-    assert rows and "wrote" not in result.stdout.decode() and "wrote" in result.stderr.decode()
+def test_out_dash_is_standard_output(recorded, tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, [*command, "--db", str(recorded.db), "--out", "-"])
+    assert result.exit_code == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout_bytes.decode("utf-8-sig"), newline="")))
+    assert rows and "wrote" not in result.stdout_bytes.decode() and "wrote" in result.stderr_bytes.decode()
     assert list(tmp_path.iterdir()) == []  # no file called "-"
 
 
@@ -347,3 +365,36 @@ def test_requests_log_no_connection_lines_at_the_default_level(tmp_path, origin,
     else:
         assert connection_lines == []
         assert len(after_start.splitlines()) <= 2  # the rest of the "listening" line and lean's one line
+
+
+# -- one error handler: every explained error is one line, exit 1, never a traceback ------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("classify", "--group", "pupils"),
+        ("explain", "https://example.com/"),
+        ("exempt", "add", "--group", "pupils", "--site", "example.com", "--until", "+1h", "--by", "A", "--reason", "B"),
+        ("classroom", "set", "--ip", "10.0.0.0/24", "--mode", "block-all", "--until", "+1h", "--by", "A", "--reason", "B"),
+        ("purge",),
+        ("lists", "compile"),
+    ],
+)  # fmt: skip
+def test_a_bad_policy_is_one_line_for_every_command(tmp_path, command):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("groups: [\n")
+    result = aupguard(*command, "--config", str(policy), stdin="", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"Error: {policy}:")
+
+
+@pytest.mark.parametrize("command", [("exempt", "list"), ("classroom", "list"), ("exempt", "audit")])
+def test_a_store_that_cannot_be_opened_is_one_line_not_a_traceback(tmp_path, command):
+    (tmp_path / "file").write_text("")
+    store = tmp_path / "file" / "exemptions.db"  # under a regular file: no folder can be made there
+    result = aupguard(*command, "--store", str(store), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("Error: ") and str(tmp_path / "file") in line

@@ -18,8 +18,8 @@ def explained(*args, env=None) -> dict:
 
 
 def test_explain_shows_group_matches_window_and_action(tmp_path):
-    env = {"AUPGUARD_DATA": str(tmp_path)}
-    lesson = explained(INSTAGRAM, "--group", "staff", "--at", "2026-11-23T09:30", env=env)
+    own = ("--store", str(tmp_path / "exemptions.db"))  # no exemptions: a store of its own
+    lesson = explained(INSTAGRAM, "--group", "staff", "--at", "2026-11-23T09:30", *own)
     assert lesson["window"] == "lessons" and lesson["time"] == "2026-11-23T09:30+00:00"
     assert lesson["group"] == "staff" and lesson["group_why"] == "given with --group"
     assert lesson["matches"] == [
@@ -34,17 +34,17 @@ def test_explain_shows_group_matches_window_and_action(tmp_path):
     assert lesson["why"] == "category social_networks is blocked for group staff during lessons"
     assert lesson["exemptions"] == []
     # At lunch the same match no longer blocks; summer time is shown in the school's zone.
-    lunch = explained(INSTAGRAM, "--group", "staff", "--at", "2026-07-06T12:45", env=env)
+    lunch = explained(INSTAGRAM, "--group", "staff", "--at", "2026-07-06T12:45", *own)
     assert (lunch["window"], lunch["action"], lunch["time"]) == ("lunch", "allow", "2026-07-06T12:45+01:00")
     assert lunch["matches"][0]["effect"] == "not blocked for this group now"
 
 
 def test_explain_agrees_with_classify(tmp_path):
-    env = {"AUPGUARD_DATA": str(tmp_path)}
+    own = ("--store", str(tmp_path / "exemptions.db"))  # no exemptions: a store of its own
     for at in ("2026-11-23T09:30", "2026-11-23T10:55", "2026-11-28T12:00"):
         for url in (INSTAGRAM, "https://www.pornhub.com/", "https://www.bbc.co.uk/bitesize"):
-            shown = explained(url, "--group", "staff", "--at", at, env=env)
-            (classified,) = verdicts(aupguard("classify", "--group", "staff", "--at", at, stdin=url, env=env).stdout)
+            shown = explained(url, "--group", "staff", "--at", at, *own)
+            (classified,) = verdicts(aupguard("classify", "--group", "staff", "--at", at, *own, stdin=url).stdout)
             assert shown["action"] == classified["action"], (url, at)
 
 
@@ -71,17 +71,16 @@ def test_explain_names_the_mis_line_and_the_walled_garden(tmp_path):
 
 def test_explain_lists_the_exemptions_considered(tmp_path):
     store = tmp_path / "exemptions.db"
-    env = {"AUPGUARD_DATA": str(tmp_path)}
     aupguard(
         "exempt", "add", "--store", str(store), "--group", "pupils", "--site", "instagram.com",
-        "--until", "+2h", "--by", "Ms Teacher", "--reason", "media studies lesson", env=env,
+        "--until", "+2h", "--by", "Ms Teacher", "--reason", "media studies lesson"
     )  # fmt: skip
-    out = explained(INSTAGRAM, "--store", str(store), env=env)
+    out = explained(INSTAGRAM, "--store", str(store))
     assert out["group"] == "pupils" and out["action"] == "allow"
     (considered,) = out["exemptions"]
     assert "#1" in considered and "instagram.com" in considered and "Ms Teacher" in considered
     assert out["exemption_applied"] == considered
-    text = aupguard("explain", INSTAGRAM, "--store", str(store), env=env).stdout
+    text = aupguard("explain", INSTAGRAM, "--store", str(store)).stdout
     assert "exemptions: considered:" in text and "decision:   ALLOW" in text
 
 
@@ -120,7 +119,7 @@ def test_explain_text_for_a_person(tmp_path):
 
 
 def test_explain_refuses_what_is_not_a_url(tmp_path):
-    result = aupguard("explain", "http://[::1", env={"AUPGUARD_DATA": str(tmp_path)}, check=False)
+    result = aupguard("explain", "http://[::1", check=False)
     assert result.returncode == 2 and "URL" in result.stderr
 
 
@@ -129,8 +128,8 @@ GLYPE_TO_PORNHUB = "https://x.example/browse.php?u=aHR0cHM6Ly93d3cucG9ybmh1Yi5jb
 
 def test_explain_shows_a_web_proxys_target_and_the_entry_that_blocked_it(tmp_path):
     """Each match's effect comes from the decision that used it: the proxy page's own, or its target's."""
-    env = {"AUPGUARD_DATA": str(tmp_path)}
-    out = explained(GLYPE_TO_PORNHUB, "--group", "pupils", "--at", "2026-11-23T09:30", env=env)
+    own = ("--store", str(tmp_path / "exemptions.db"))  # no exemptions: a store of its own
+    out = explained(GLYPE_TO_PORNHUB, "--group", "pupils", "--at", "2026-11-23T09:30", *own)
     assert out["matches"] == [
         {
             "category": "anonymizers",
@@ -157,7 +156,7 @@ def test_explain_shows_a_web_proxys_target_and_the_entry_that_blocked_it(tmp_pat
         }
     ]
     assert (out["action"], out["category"]) == ("block", "adult")
-    text = aupguard("explain", GLYPE_TO_PORNHUB, "--group", "pupils", "--at", "2026-11-23T09:30", env=env).stdout
+    text = aupguard("explain", GLYPE_TO_PORNHUB, "--group", "pupils", "--at", "2026-11-23T09:30", *own).stdout
     assert text.splitlines()[6:12] == [
         "matched:",
         "  anonymizers: aupguard/signatures: glype (signature) -> blocked for this group",
@@ -169,14 +168,14 @@ def test_explain_shows_a_web_proxys_target_and_the_entry_that_blocked_it(tmp_pat
 
 
 def test_explain_shows_a_nested_url_that_decides_for_an_allowed_page(tmp_path):
-    env = {"AUPGUARD_DATA": str(tmp_path)}
+    own = ("--store", str(tmp_path / "exemptions.db"))  # no exemptions: a store of its own
     url = "https://www.google.com/url?q=https://www.pornhub.com/"
-    out = explained(url, "--group", "pupils", "--at", "2026-11-23T09:30", env=env)
+    out = explained(url, "--group", "pupils", "--at", "2026-11-23T09:30", *own)
     assert out["matches"] == [] and (out["technique"], out["action"], out["category"]) == ("nested", "block", "adult")
     ((carried),) = out["carried"]
     assert carried["decides"] and carried["matches"][0]["effect"] == "blocked for this group"
     # Where the carried site is allowed, it is shown and does not decide.
-    fine = explained("https://www.google.com/url?q=https://www.bbc.co.uk/bitesize", "--group", "pupils", env=env)
+    fine = explained("https://www.google.com/url?q=https://www.bbc.co.uk/bitesize", "--group", "pupils", *own)
     (carried,) = fine["carried"]
     assert (carried["url"], carried["action"], carried["decides"]) == ("https://www.bbc.co.uk/bitesize", "allow", False)
     assert (fine["action"], fine["technique"], fine["inner_url"]) == ("allow", None, None)

@@ -17,12 +17,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
+from aupguard.report.dsl import DSL_COLUMNS, dsl_export
 from aupguard.report.output import OutputError, private_text_file, safe_cell, visible
 from aupguard.report.summary import (
-    DSL_COLUMNS,
     build_report,
     build_requests_report,
-    dsl_export,
     render_csv,
     render_json,
     render_table,

@@ -1,23 +1,41 @@
-"""Output shared by every command: escaping untrusted text for terminals and spreadsheets, and private output files."""
+"""Output shared by every command: escaping untrusted text, rows as a table, CSV or JSON, and private output files.
+
+Every command that prints rows renders them here, so `--format table|csv|json` means the same everywhere:
+- table: for people. On a terminal as wide as it is, and a section too wide for it one block per row
+  (as psql's \\x) rather than a column of slivers; into a pipe or a file at whatever width it takes,
+  so no value is ever broken across lines (`aupguard exempt list | grep 'Ms Khan'` finds the row).
+- csv: one header line, then one line per row; every cell through `safe_cell` (no formula, no control).
+- json: one object per line (JSON lines), each a row. `report --format json` alone writes one
+  document (its sections by name), as it always has.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
+import json
 import os
 import re
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
+from aupguard.base.errors import AupguardError
 from aupguard.store.db import private_parent
 
 STDOUT = "-"  # as an output path: standard output
+FORMATS = ("table", "csv", "json")
+# A table into a pipe or a file is as wide as its widest row needs, up to this (a bound, not a layout).
+UNBOUNDED_WIDTH = 1 << 16
 
 
 # Cells starting with these are formulas to Excel/LibreOffice/Sheets (OWASP CSV injection).
@@ -65,7 +83,7 @@ def _escape(match: re.Match[str]) -> str:
     return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
-class OutputError(ValueError):
+class OutputError(AupguardError, ValueError):
     """An output path that must not be written: it exists and is not a regular file."""
 
 
@@ -119,3 +137,87 @@ def private_text_file(path: Path | str, encoding: str = "utf-8") -> Iterator[Tex
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+# -- rows as a table, CSV or JSON ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """Rows with the same columns, e.g. one part of a report or the list of exemptions."""
+
+    name: str
+    title: str  # "" for a listing that is its own title
+    columns: tuple[str, ...]
+    rows: list[dict[str, Any]]
+
+
+def table_console(file: TextIO | None = None) -> Console:
+    """A console for tables on `file` (None: standard output, looked up when printing).
+
+    A terminal keeps its width; anything else (a pipe, a file, a test's capture) gets an unbounded
+    one, so a table there never folds a value onto a second line, whatever COLUMNS says.
+    """
+    console = Console(file=file)
+    if console.is_terminal:
+        return console
+    return Console(file=file, width=UNBOUNDED_WIDTH, no_color=True)
+
+
+def write_table(section: Section, console: Console) -> None:
+    """`section` as a table, or, when that is wider than the console, one block of lines per row.
+
+    Cells are never markup and show control characters as escapes (`visible`). A column of whole
+    numbers is right-aligned. In the blocks each field is one soft-wrapped line: a narrow terminal
+    wraps it on screen, but the text holds no line break inside a value.
+    """
+    title = section.title or None
+    table = Table(title=title, title_justify="left", min_width=len(section.title) + 4 if title else None)
+    for column in section.columns:
+        numeric = all(isinstance(row[column], int) and not isinstance(row[column], bool) for row in section.rows)
+        table.add_column(column, justify="right" if numeric else "left", overflow="fold")
+    for row in section.rows:
+        table.add_row(*(_printable(row[column]) for column in section.columns))
+    if console.measure(table, options=console.options.update_width(UNBOUNDED_WIDTH)).maximum <= console.width:
+        console.print(table)
+        return
+    if title:
+        console.print(Text(title))
+    width = max(map(len, section.columns))
+    for number, row in enumerate(section.rows, 1):
+        console.print(Text(f"[{number}]"))
+        for column in section.columns:
+            line = Text.assemble(" ", (column.ljust(width), "dim"), "  ", visible(row[column]))
+            console.print(line, soft_wrap=True)
+
+
+def write_csv(columns: Sequence[str], rows: Iterable[Mapping[str, object]], out: TextIO) -> None:
+    """A header line of `columns`, then each row's cells in that order (missing ones empty), each `safe_cell`."""
+    writer = csv.writer(out)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([safe_cell(row.get(column)) for column in columns])
+
+
+def write_json_lines(rows: Iterable[Mapping[str, object]], out: TextIO) -> None:
+    """One JSON object per row, one per line (JSON's own escapes keep control characters out)."""
+    for row in rows:
+        out.write(json.dumps(row) + "\n")
+
+
+def write_rows(section: Section, fmt: str, out: TextIO | None = None, *, empty: str = "none") -> None:
+    """A listing in `fmt` (one of FORMATS) on `out` (None: standard output); a table with no rows says `empty`."""
+    if fmt == "table":
+        console = table_console(out)
+        if section.rows:
+            write_table(section, console)
+        else:
+            console.print(Text(empty))
+        return
+    stream = out if out is not None else sys.stdout
+    if fmt == "csv":
+        write_csv(section.columns, section.rows, stream)
+    elif fmt == "json":
+        write_json_lines(section.rows, stream)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")

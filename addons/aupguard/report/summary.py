@@ -1,47 +1,32 @@
-"""Report: summaries of the incident log for IT, and the CSV export for the DSL.
+"""Report: summaries of the incident log for IT (`aupguard report`, and `--requests`).
 
 Everything here reads untrusted text (URLs, user agents, search terms) back
-out of the database, so each output escapes for its reader: the terminal table
-and every CSV cell show control characters as escapes (`visible`: a `cat` of an
-export obeys no terminal escape and no right-to-left override), CSV cells that a
-spreadsheet would run as formulas are neutralised (`safe_cell`, OWASP "CSV
-injection"), JSON is JSON (its \\u escapes already keep them out). Files are
-written 0600 and atomically (`private_text_file`); `-` is standard output.
+out of the database, so each output escapes for its reader through report/output.py:
+the terminal table and every CSV cell show control characters as escapes (`visible`:
+a `cat` of an export obeys no terminal escape and no right-to-left override), CSV
+cells that a spreadsheet would run as formulas are neutralised (`safe_cell`, OWASP
+"CSV injection"), JSON is JSON (its \\u escapes already keep them out).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
-from pathlib import Path
 from typing import Any, TextIO
 
 import sqlite_utils
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
-from aupguard.base.vocabulary import CIRCUMVENTION_CATEGORIES, SEVERITIES
-from aupguard.report.output import _printable, private_text_file, safe_cell, visible
+from aupguard.base.vocabulary import CIRCUMVENTION_CATEGORIES
+from aupguard.report.output import Section, visible, write_csv, write_table
 from aupguard.store.db import utc_iso
+from aupguard.store.feedback import ensure_schema
 
 BLOCKING_ACTIONS = ("block", "refuse")
 UNAUTHENTICATED = "(unauthenticated)"
 TOP_HOSTS = 20
-DSL_COLUMNS = (
-    "ref", "date", "time", "username", "client_ip", "group", "url", "inner_url", "categories", "severity",
-    "technique", "search_term",
-)  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class Section:
-    name: str
-    title: str
-    columns: tuple[str, ...]
-    rows: list[dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +119,7 @@ def check_period(since: datetime | None, until: datetime | None) -> None:
         raise ValueError(f"the period's start ({since.isoformat()}) is not before its end ({until.isoformat()})")
 
 
-def _period(since: datetime | None, until: datetime | None) -> tuple[str, dict[str, str]]:
+def period_condition(since: datetime | None, until: datetime | None) -> tuple[str, dict[str, str]]:
     """The SQL condition for since <= ts_utc < until, and its parameters."""
     check_period(since, until)
     conditions, params = ["1 = 1"], {}
@@ -154,8 +139,8 @@ def build_report(
 
     `zone` is the school's time zone, in which the table's header shows the period.
     """
-    period, params = _period(since, until)
-    params |= {
+    period, bounds = period_condition(since, until)
+    params: dict[str, object] = bounds | {
         "blocking": json.dumps(BLOCKING_ACTIONS),
         "circumvention": json.dumps(CIRCUMVENTION_CATEGORIES),
         "unauthenticated": UNAUTHENTICATED,
@@ -173,10 +158,8 @@ def build_requests_report(
     db: sqlite_utils.Database, since: datetime | None, until: datetime | None, zone: tzinfo = UTC
 ) -> Report:
     """The block page's "report a mistake" requests made since <= ts_utc < until, with their incidents."""
-    from aupguard.store.feedback import ensure_schema
-
     ensure_schema(db)
-    period, params = _period(since, until)
+    period, params = period_condition(since, until)
     period = period.replace("ts_utc", "r.ts_utc")
     columns = ("ref", "requested_utc", "kind", "reason", "local_date", "local_time", "username", "client_ip",
                "user_group", "url", "inner_url", "category")  # fmt: skip
@@ -216,26 +199,7 @@ def render_table(report: Report, console: Console) -> None:
         if not section.rows:
             console.print(Text(f"{section.title}: no incidents"))
             continue
-        table = Table(title=section.title, title_justify="left", min_width=len(section.title) + 4)
-        for column in section.columns:
-            table.add_column(column, justify="right" if column == "blocked" else "left", overflow="fold")
-        for row in section.rows:
-            table.add_row(*(_printable(row[column]) for column in section.columns))
-        if console.measure(table, options=console.options.update_width(1 << 16)).maximum <= console.width:
-            console.print(table)
-        else:  # wider than the terminal: one block per incident (as psql's \x), not a column of slivers
-            _print_records(section, console)
-
-
-def _print_records(section: Section, console: Console) -> None:
-    console.print(Text(section.title))
-    for number, row in enumerate(section.rows, 1):
-        record = Table(show_header=False, box=None, padding=(0, 1), title=f"[{number}]", title_justify="left")
-        record.add_column(style="dim", no_wrap=True)
-        record.add_column(overflow="fold")
-        for column in section.columns:
-            record.add_row(Text(column), _printable(row[column]))
-        console.print(record)
+        write_table(section, console)  # wider than the terminal: one block per incident
 
 
 def render_csv(report: Report, out: TextIO) -> None:
@@ -243,11 +207,8 @@ def render_csv(report: Report, out: TextIO) -> None:
     columns: list[str] = []
     for section in report.sections.values():
         columns += [column for column in section.columns if column not in columns]
-    writer = csv.writer(out)
-    writer.writerow(["section", *columns])
-    for section in report.sections.values():
-        for row in section.rows:
-            writer.writerow([section.name, *(safe_cell(row.get(column)) for column in columns)])
+    rows = ({"section": section.name, **row} for section in report.sections.values() for row in section.rows)
+    write_csv(["section", *columns], rows, out)
 
 
 def render_json(report: Report, out: TextIO) -> None:
@@ -259,37 +220,3 @@ def render_json(report: Report, out: TextIO) -> None:
     document |= {name: section.rows for name, section in report.sections.items()}
     json.dump(document, out, indent=2)
     out.write("\n")
-
-
-def dsl_export(
-    db: sqlite_utils.Database,
-    out: Path | str,
-    since: datetime | None,
-    until: datetime | None,
-    min_severity: str = "high",
-) -> int:
-    """Write incidents of `min_severity` or worse, oldest first, as CSV for the DSL; return the row count.
-
-    UTF-8 with a byte order mark, so Excel shows pupils' names correctly. `out` "-" is standard output.
-    """
-    if min_severity not in SEVERITIES:
-        raise ValueError(f"min_severity must be one of {SEVERITIES}, not {min_severity!r}")
-    period, params = _period(since, until)
-    params["severities"] = json.dumps(SEVERITIES[SEVERITIES.index(min_severity) :])
-    rows = db.query(
-        f"""SELECT ref, local_date AS date, local_time AS time, username, client_ip, user_group AS "group",
-                   url, inner_url, categories, severity, technique, search_term
-            FROM incidents
-            WHERE {period} AND severity IN (SELECT value FROM json_each(:severities))
-            ORDER BY ts_utc, ref""",
-        params,
-    )
-    count = 0
-    with private_text_file(out, encoding="utf-8-sig") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(DSL_COLUMNS)
-        for row in rows:
-            row["categories"] = "; ".join(json.loads(row["categories"]))
-            writer.writerow([safe_cell(row[column]) for column in DSL_COLUMNS])
-            count += 1
-    return count
