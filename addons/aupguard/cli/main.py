@@ -175,14 +175,15 @@ def run(listen_host, listen_port, policy_path, db, confdir, proxyauth, extra, sc
     served from the compiled index, compiled here first when there is none or
     the policy's list folders, mappings or list files changed since.
     """
-    from aupguard.lists.index import IndexFormatError, why_recompile
+    from aupguard.lists.index import IndexFormatError
+    from aupguard.offline.compile import why_recompile
     from aupguard.proxy.workers import serve
 
     policy = _load_policy_or_exit(policy_path)  # fail before mitmproxy starts, with a clear message
     reason = why_recompile(index_path, policy.lists)
     if reason:
-        from aupguard.lists.folders import ListError
-        from aupguard.lists.index import compile_from_folders
+        from aupguard.lists.model import ListError
+        from aupguard.offline.compile import compile_from_folders
 
         click.echo(f"compiling the list index: {reason}", err=True)
         try:
@@ -295,7 +296,7 @@ def _decider(
     (compiled first if out of date), with the exemptions and overrides active in the store at --at.
     """
     from aupguard.core.identify import Identity
-    from aupguard.lists.folders import ListError
+    from aupguard.lists.model import ListError
     from aupguard.runtime import load_engine
     from aupguard.store.exemptions import DEFAULT_STORE
 
@@ -504,7 +505,8 @@ def import_lists(source, path, dest, category, name, policy_path) -> None:
     The policy's `lists:` must name the root (`{data}/lists/<name>`) for its entries to count;
     then `aupguard lists compile` (a running proxy switches to the new index by itself).
     """
-    from aupguard.lists.folders import DOMAIN_LIST_FORMATS, ListError, import_domain_list, import_host_list, import_ut1
+    from aupguard.lists.model import ListError
+    from aupguard.offline.importers import DOMAIN_LIST_FORMATS, import_domain_list, import_host_list, import_ut1
 
     if source in DOMAIN_LIST_FORMATS:
         if not category:
@@ -582,8 +584,8 @@ def compile_lists(policy_path, index_path) -> None:
     dropping a connection. When the lists cannot be compiled (a missing list folder,
     an unreadable list file) the index in place is kept and the exit status is 1.
     """
-    from aupguard.lists.folders import ListError
-    from aupguard.lists.index import compile_from_folders
+    from aupguard.lists.model import ListError
+    from aupguard.offline.compile import compile_from_folders
 
     policy = _load_policy_or_exit(policy_path)
     try:
@@ -614,8 +616,8 @@ def update_lists(source, url, tarball, sha256, policy_path, index_path) -> None:
     """
     import re
 
-    from aupguard.lists.folders import ListError
-    from aupguard.lists.update import update_ut1
+    from aupguard.lists.model import ListError
+    from aupguard.offline.update import update_ut1
 
     if url and tarball:
         raise click.UsageError("--url and --file are alternatives: give one")
@@ -746,7 +748,7 @@ def exempt() -> None:
 def exempt_add(policy_path, store, group, user, network, site, category, until, by, reason) -> None:
     """Add an exemption."""
     from aupguard.base.urlnorm import normalize_url
-    from aupguard.lists.folders import ListError
+    from aupguard.lists.model import ListError
     from aupguard.runtime import load_engine
     from aupguard.store import exemptions
 

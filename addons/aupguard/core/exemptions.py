@@ -28,7 +28,7 @@ from aupguard.config.policy import Policy
 from aupguard.core.classify import Classification
 from aupguard.core.decide import Decision
 from aupguard.core.identify import Identity, client_address
-from aupguard.lists.folders import one_site
+from aupguard.lists.model import one_site
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,13 @@ import os
 import re
 import stat
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
 from rich.text import Text
 
+from aupguard.base.files import atomic_write_text
 from aupguard.store.db import private_parent
 
 STDOUT = "-"  # as an output path: standard output
@@ -107,15 +107,5 @@ def private_text_file(path: Path | str, encoding: str = "utf-8") -> Iterator[Tex
     check_output(path)
     path = Path(path)
     private_parent(path)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600
-    try:
-        os.fchmod(fd, 0o600)  # mkstemp's promise, made explicit: the mode is the point
-        with open(fd, "w", encoding=encoding, newline="") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    with atomic_write_text(path, 0o600, encoding=encoding, newline="") as handle:
+        yield handle

@@ -26,7 +26,7 @@ from aupguard.core.exemptions import (
     ExemptionSet,
     Network,
 )
-from aupguard.lists.folders import one_site
+from aupguard.lists.model import one_site
 from aupguard.store.db import connect_private, utc_iso
 
 DEFAULT_STORE = paths.DATA_DIR / "exemptions.db"
