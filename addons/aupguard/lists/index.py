@@ -66,6 +66,7 @@ import struct
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 from xxhash import xxh3_64, xxh3_64_intdigest
 
@@ -86,7 +87,7 @@ _HEADER_CHECKSUM = struct.Struct("<Q")
 HEADER_SIZE = 256
 assert _HEADER.size + _HEADER_CHECKSUM.size <= HEADER_SIZE
 
-_COMBO_TYPECODES = {1: "B", 2: "H", 4: "I"}
+_COMBO_TYPECODES: dict[int, Literal["B", "H", "I"]] = {1: "B", 2: "H", 4: "I"}
 _VERIFY_CHUNK = 1 << 20
 _MAX_JSON = 256 << 20
 
@@ -166,8 +167,8 @@ class _Table:
 class CompiledIndex:
     """A loaded index: the `ListLookup` protocol over a shared read-only mapping."""
 
-    sources: list[ListSource]
-    expressions: list[tuple[int, str]]
+    sources: Sequence[ListSource]
+    expressions: Sequence[tuple[int, str]]
     domain_mask: Callable[[str], int]  # 0 when absent
     url_mask: Callable[[str], int]
     url_host_mask: Callable[[str], int]

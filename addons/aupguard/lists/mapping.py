@@ -109,4 +109,4 @@ def _is_text(node: yaml.Node) -> bool:
 def _shown(node: yaml.Node) -> str:
     if isinstance(node, ScalarNode):
         return repr(node.value[:80])
-    return f"a YAML {node.id}"
+    return f"a YAML {'mapping' if isinstance(node, MappingNode) else 'sequence'}"

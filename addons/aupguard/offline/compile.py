@@ -288,7 +288,7 @@ def compile_from_folders(
     for source in sources:
         bit = 1 << source.id
         for kind in KINDS:
-            tick = progress and (lambda n, base=done: progress(base + n, total))
+            tick = progress and _counting_on(progress, done, total)
             writer.add(kind, ((key, bit) for key in source_keys(source, kind, problems)), tick=tick)
             done += lines[source.id, kind]
             if progress:
@@ -347,6 +347,11 @@ def _count_lines(path: Path) -> int:
             return 1 + sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(_VERIFY_CHUNK), b""))
     except OSError:  # missing (most folders lack a `urls` file) or unreadable: lists reports it
         return 0
+
+
+def _counting_on(progress: Progress, base: int, total: int) -> Callable[[int], None]:
+    """A `tick` for IndexWriter.add that reports its count after the `base` entries done before."""
+    return lambda n: progress(base + n, total)
 
 
 def compile_list_data(data: ListData, out_path: Path, progress: Progress | None = None) -> CompileSummary:

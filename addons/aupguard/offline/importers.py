@@ -12,11 +12,11 @@ import shutil
 import stat
 import tarfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from aupguard.base.files import atomic_write_text, staged_dir
 from aupguard.base.paths import make_dir
@@ -75,7 +75,7 @@ def import_ut1(src: Path, dest: Path) -> ImportResult:
     return ImportResult(dest, categories)
 
 
-def _ut1_files(src: Path) -> Iterator[tuple[str, str, BinaryIO]]:
+def _ut1_files(src: Path) -> Generator[tuple[str, str, IO[bytes]]]:
     """(category, file name, open binary file) for each UT1 list file of a folder or archive."""
     if src.is_dir():
         yield from _folder_files(src)
@@ -87,7 +87,7 @@ def _ut1_files(src: Path) -> Iterator[tuple[str, str, BinaryIO]]:
         raise ListError(f"{src}: not a readable UT1 folder or archive: {exc}") from exc
 
 
-def _folder_files(root: Path) -> Iterator[tuple[str, str, BinaryIO]]:
+def _folder_files(root: Path) -> Iterator[tuple[str, str, IO[bytes]]]:
     if (root / "blacklists").is_dir():  # an unpacked blacklists.tar.gz
         root = root / "blacklists"
     for entry in sorted(os.scandir(root), key=lambda entry: entry.name):
@@ -100,7 +100,7 @@ def _folder_files(root: Path) -> Iterator[tuple[str, str, BinaryIO]]:
                     yield entry.name, filename, file
 
 
-def _open_regular(path: Path) -> BinaryIO | None:
+def _open_regular(path: Path) -> IO[bytes] | None:
     """The file opened for reading if it is a regular file (not a link, FIFO or device), else None."""
     try:
         # O_NONBLOCK: opening a FIFO must not hang; it is then refused by the check below.
@@ -113,7 +113,7 @@ def _open_regular(path: Path) -> BinaryIO | None:
     return os.fdopen(fd, "rb")
 
 
-def _archive_files(archive: tarfile.TarFile, src: Path) -> Iterator[tuple[str, str, BinaryIO]]:
+def _archive_files(archive: tarfile.TarFile, src: Path) -> Iterator[tuple[str, str, IO[bytes]]]:
     for count, member in enumerate(archive, 1):
         if count > MAX_ARCHIVE_MEMBERS:
             raise ListError(f"{src}: more than {MAX_ARCHIVE_MEMBERS} entries; not a UT1 archive")
@@ -140,7 +140,7 @@ def _archive_place(name: str) -> tuple[str, str] | None:
     return category, filename
 
 
-def _copy_files(files: Iterator[tuple[str, str, BinaryIO]], staging: Path) -> dict[str, dict[str, int]]:
+def _copy_files(files: Iterator[tuple[str, str, IO[bytes]]], staging: Path) -> dict[str, dict[str, int]]:
     """Write each file to staging/<category>/<name>, within size bounds; line counts per category."""
     categories: dict[str, dict[str, int]] = {}
     budget = MAX_IMPORT_BYTES
@@ -155,7 +155,7 @@ def _copy_files(files: Iterator[tuple[str, str, BinaryIO]], staging: Path) -> di
     return dict(sorted(categories.items()))
 
 
-def _copy_counting_lines(file: BinaryIO, target: Path, limit: int) -> tuple[int, int]:
+def _copy_counting_lines(file: IO[bytes], target: Path, limit: int) -> tuple[int, int]:
     lines = size = 0
     last = b"\n"
     with open(target, "wb") as out:
@@ -239,7 +239,8 @@ HOST_LIST_FORMATS = {
 }
 
 
-_ADGUARD_RULE = re.compile(r"\|\|([^\^/$|]+)\^(?:\$.*)?")
+# An Adblock/AdGuard domain rule, `||name^` or `||name^$options`: group 1 the name, group 2 the options.
+_ADBLOCK_RULE = re.compile(r"\|\|([^\^/$|]+)\^(?:\$(.*))?")
 
 
 def host_entry(line: str) -> str | None:
@@ -250,8 +251,8 @@ def host_entry(line: str) -> str | None:
     line = line.split("#", 1)[0].strip()
     if not line or line[0] in "!@[":  # AdGuard comments, exception rules and section headers
         return None
-    rule = _ADGUARD_RULE.fullmatch(line)
-    if rule:
+    rule = _ADBLOCK_RULE.fullmatch(line)
+    if rule:  # a DoH or VPN host is blocked whole, whatever options the rule gives
         line = rule.group(1)
     if len(line.split()) != 1:
         raise ValueError(f"{line[:80]!r} is not one host name or address")
@@ -375,7 +376,6 @@ _HOSTS_SELF = frozenset({"localhost", "localhost.localdomain", "local", "broadca
                          "ip6-allhosts", "0.0.0.0"})  # fmt: skip
 
 
-_ADBLOCK_DOMAIN_RULE = re.compile(r"\|\|([^\^/$|*]+)\^(?:\$(.*))?")
 # Adblock options that leave a `||domain^` rule blocking the whole domain; any other
 # ($third-party, $domain=, $script, ...) blocks only some requests to it.
 _ADBLOCK_WHOLE_DOMAIN_OPTIONS = frozenset({"important", "all"})
@@ -399,8 +399,8 @@ def domain_list_entries(fmt: str, line: str) -> list[str]:
         line = line.strip()
         if not line or line[0] in "!#[" or line.startswith("@@"):
             return []
-        rule = _ADBLOCK_DOMAIN_RULE.fullmatch(line)
-        if rule is None:
+        rule = _ADBLOCK_RULE.fullmatch(line)
+        if rule is None or "*" in rule.group(1):  # a wildcard makes a pattern, not a domain
             raise ValueError("not a `||domain^` rule (element-hiding and path rules are not domain lists)")
         options = {o.strip().lower() for o in rule.group(2).split(",")} if rule.group(2) is not None else set()
         if options - _ADBLOCK_WHOLE_DOMAIN_OPTIONS:
