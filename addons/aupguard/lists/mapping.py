@@ -1,4 +1,7 @@
-"""The UT1 category mapping file (`config/ut1-mapping.yaml`): UT1 folder -> aupguard category, read with file:line errors."""
+"""The UT1 category mapping (`config/ut1-mapping.yaml`): UT1 folder -> aupguard category.
+
+Read with `file:line: reason` errors (ListError); the long form also names list files not read.
+"""
 
 from __future__ import annotations
 

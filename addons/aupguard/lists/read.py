@@ -1,4 +1,10 @@
-"""Reading list folders: every category folder of every list root, line by line within bounds, into `ListData` or a stream of keys."""
+"""Reading list folders into `ListData`, or key by key, within bounds.
+
+One set of per-file readers serves both consumers: `load_lists` (dicts in memory, for
+small lists and tests) and `offline.compile.compile_from_folders` (streamed into the
+on-disk index). A list file is read 1 MiB at a time and every line is bounded, so a
+huge or hostile file costs bounded memory; bad lines go to `Problems`, never fatal.
+"""
 
 from __future__ import annotations
 

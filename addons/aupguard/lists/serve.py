@@ -1,4 +1,9 @@
-"""Serving the compiled index: a validated private copy of a published index, which nothing else writes."""
+"""Serving the compiled index: the proxy maps a validated private copy that nothing else writes.
+
+`serve_index` copies a published index (one whose SHA-256 `record_publication` noted)
+into a 0700 folder under AUPGUARD_DATA, as a 0400 file named by its digest that every
+worker shares, validates that copy and maps it; old copies are pruned.
+"""
 
 from __future__ import annotations
 

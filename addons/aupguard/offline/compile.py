@@ -1,4 +1,9 @@
-"""Compiling list folders into the index file (`aupguard lists compile`), and compiling at start when the index is missing or stale."""
+"""Compiling list folders into the index file (`aupguard lists compile`).
+
+`IndexWriter` builds the open-addressing tables and writes the file in the format
+`lists.index` reads (atomically, recording its digest as published); `ensure_index`
+compiles at start when the index is missing or stale, then serves it.
+"""
 
 from __future__ import annotations
 

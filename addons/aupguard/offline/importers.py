@@ -1,4 +1,9 @@
-"""Importing third-party lists into list folders: UT1 (folder or tarball), DoH/VPN host lists, and hosts/domains/Adblock files."""
+"""Importing third-party lists into list folders (`aupguard lists import`).
+
+UT1 (a folder or blacklists.tar.gz), DoH/VPN host lists (checkouts of their upstream
+repositories) and hosts/domains/Adblock files: untrusted input, bounded in size and
+count; a folder or `domains` file is replaced only once its new copy is complete.
+"""
 
 from __future__ import annotations
 
