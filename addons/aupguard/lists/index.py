@@ -59,7 +59,6 @@ Why this design:
 from __future__ import annotations
 
 import json
-import logging
 import mmap
 import os
 import struct
@@ -71,8 +70,6 @@ from typing import Literal
 from xxhash import xxh3_64, xxh3_64_intdigest
 
 from aupguard.lists.model import ListRoot, ListSource, MappedFolder, mapped
-
-log = logging.getLogger(__name__)
 
 MAGIC = b"AUPGIDX\x00"
 FORMAT_VERSION = 3  # 2: the url_hosts table; 3: urls keyed by urlnorm.server_path

@@ -27,15 +27,12 @@ over-blocking KCSIE warns schools against.
 from __future__ import annotations
 
 import functools
-import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from aupguard.base.urlnorm import is_public_suffix, normalize_host, normalize_url
-
-log = logging.getLogger(__name__)
 
 LIST_FILES = ("domains", "urls", "expressions")
 
