@@ -44,7 +44,8 @@ def blocked_folders(root: Path) -> dict[str, tuple[str, frozenset[str]]]:
     """UT1 folder -> (aupguard category, list files not read), for the folders the bundled policy
     blocks for GROUP, as config/ut1-mapping.yaml maps them (its long form may skip some files)."""
     from aupguard.config.policy import load_policy
-    from aupguard.lists.folders import load_mapping, mapped
+    from aupguard.lists.mapping import load_mapping
+    from aupguard.lists.model import mapped
 
     policy = load_policy(REPO / "config" / "policy.yaml")
     mapping = {name: mapped(value) for name, value in load_mapping(REPO / "config" / "ut1-mapping.yaml").items()}

@@ -27,7 +27,7 @@ from benchmarks.benign_urls import DEFAULT_COUNT, benign_urls
 import circumvention_corpus as corpus
 from aupguard.core.engine import Engine
 from aupguard.core.identify import Identity
-from aupguard.lists.folders import import_host_list
+from aupguard.offline.importers import import_host_list
 from aupguard.runtime import load_engine
 
 REPO = Path(__file__).resolve().parent.parent

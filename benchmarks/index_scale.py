@@ -203,8 +203,8 @@ def run_phase(*args: str) -> dict:
 
 
 def phase_compile(root: str, out: str) -> dict:
-    from aupguard.lists.folders import ListRoot
-    from aupguard.lists.index import compile_from_folders
+    from aupguard.lists.model import ListRoot
+    from aupguard.offline.compile import compile_from_folders
 
     folders = sorted(p.name for p in Path(root).iterdir())
     # Every UT1 folder counts, named as a category ("audio-video" -> "audio_video").
@@ -232,8 +232,8 @@ def phase_compile(root: str, out: str) -> dict:
 
 
 def phase_compile_small(keys_file: str, out: str) -> dict:
-    from aupguard.lists.folders import ListSource
-    from aupguard.lists.index import IndexWriter
+    from aupguard.lists.model import ListSource
+    from aupguard.offline.compile import IndexWriter
 
     keys = Path(keys_file).read_text().split("\n")
     writer = IndexWriter([ListSource(0, "adult", "small/adult", Path("small"))], expected={"domains": len(keys)})
@@ -274,7 +274,8 @@ def memory(names: tuple[str, ...] = ("VmRSS", "RssAnon", "RssFile")) -> dict:
 
 
 def phase_load(index_file: str, hits_file: str, misses_file: str) -> dict:
-    from aupguard.lists.index import load_index, serve_index
+    from aupguard.lists.index import load_index
+    from aupguard.lists.serve import serve_index
 
     hits = Path(hits_file).read_text().split("\n")
     misses = Path(misses_file).read_text().split("\n")

@@ -12,7 +12,8 @@ from aupguard.config.policy import CircumventionRules, PolicyError, load_policy
 from aupguard.core.engine import Engine
 from aupguard.core.identify import Identity
 from aupguard.core.incident import RepeatRule
-from aupguard.lists.folders import ListError, host_entry, import_host_list
+from aupguard.lists.model import ListError
+from aupguard.offline.importers import host_entry, import_host_list
 from conftest import write_policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

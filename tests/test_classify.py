@@ -13,8 +13,10 @@ from aupguard.config.policy import load_policy
 from aupguard.core.classify import Classifier, url_prefixes
 from aupguard.core.decide import decide, filter_error
 from aupguard.core.identify import Identity
-from aupguard.lists.folders import ListRoot, load_lists
-from aupguard.lists.index import compile_from_folders, load_index
+from aupguard.lists.index import load_index
+from aupguard.lists.model import ListRoot
+from aupguard.lists.read import load_lists
+from aupguard.offline.compile import compile_from_folders
 from conftest import BUNDLED_POLICY
 
 LISTS = {

@@ -26,7 +26,7 @@ from aupguard.core import exemptions as ex
 from aupguard.core.classify import Classification, Match
 from aupguard.core.decide import decide
 from aupguard.core.identify import Identity
-from aupguard.lists.folders import one_site
+from aupguard.lists.model import one_site
 from aupguard.runtime import load_engine
 from aupguard.store import exemptions as exstore
 from conftest import BUNDLED_POLICY, REPO, start_proxy, write_policy

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from pathlib import Path
@@ -11,17 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aupguard.lists import index as index_module
-from aupguard.lists.folders import ListData, ListRoot, ListSource, MappedFolder, load_lists, url_host
-from aupguard.lists.index import (
-    HEADER_SIZE,
-    IndexFormatError,
-    IndexWriter,
-    compile_from_folders,
-    compile_list_data,
-    key_hash,
-    load_index,
-    why_recompile,
-)
+from aupguard.lists import serve as serve_module
+from aupguard.lists.index import HEADER_SIZE, IndexFormatError, key_hash, load_index
+from aupguard.lists.model import ListData, ListRoot, ListSource, MappedFolder, url_host
+from aupguard.lists.read import load_lists
+from aupguard.offline.compile import IndexWriter, compile_from_folders, compile_list_data, why_recompile
 
 
 def make_sources(n: int) -> list[ListSource]:
@@ -430,7 +425,7 @@ IN_PLACE = {
 def test_a_served_index_answers_the_same_whatever_is_done_to_its_file(small_lists, tmp_path, damage):
     path = compile_list_data(small_lists, tmp_path / "index" / "lists.idx").path
     store = tmp_path / "served"
-    with index_module.serve_index(path, store) as served:
+    with serve_module.serve_index(path, store) as served:
         assert served.path.parent == store and served.origin == path
         inode = path.stat().st_ino
         damage(path)
@@ -440,11 +435,11 @@ def test_a_served_index_answers_the_same_whatever_is_done_to_its_file(small_list
             assert served.domain_mask(key) == mask, key
         assert served.url_mask("example.org/bad") == 1 and served.domain_mask("other.example") == 0
         if damage is other_index_copied_over:
-            with index_module.serve_index(path, store) as other:  # a valid index is served, from its own copy
+            with serve_module.serve_index(path, store) as other:  # a valid index is served, from its own copy
                 assert other.domain_mask("other.example") == 1 and other.path != served.path
         else:
             with pytest.raises(IndexFormatError):
-                index_module.serve_index(path, store)
+                serve_module.serve_index(path, store)
     assert {p.name for p in (tmp_path / "index").iterdir()} <= {"lists.idx", "o.idx"}  # no copy beside the index
 
 
@@ -454,8 +449,8 @@ def test_served_copies_are_private_content_named_shared_and_only_the_two_newest_
     digests = []
     for n in range(4):
         compile_list_data(ListData(make_sources(1), {f"v{n}.example": 1}, {}, [], []), path)
-        digests.append(index_module.hashlib.sha256(path.read_bytes()).hexdigest())
-        first, second = index_module.serve_index(path, store), index_module.serve_index(path, store)
+        digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
+        first, second = serve_module.serve_index(path, store), serve_module.serve_index(path, store)
         assert first.path == second.path == store / f"{digests[-1]}.idx"  # two workers map one file
         assert os.stat(first.path).st_ino == os.stat(second.path).st_ino
         first.close()
@@ -466,16 +461,16 @@ def test_served_copies_are_private_content_named_shared_and_only_the_two_newest_
 
 
 def test_a_file_changed_while_copied_is_not_served(index_file, tmp_path, monkeypatch):
-    real_copy = index_module._copy
+    real_copy = serve_module._copy
 
     def copy_then_touch(src, dst):
         digest = real_copy(src, dst)
         os.utime(index_file, ns=(1, 1))
         return digest
 
-    monkeypatch.setattr(index_module, "_copy", copy_then_touch)
+    monkeypatch.setattr(serve_module, "_copy", copy_then_touch)
     with pytest.raises(IndexFormatError, match="changed while it was being copied"):
-        index_module.serve_index(index_file, tmp_path / "served")
+        serve_module.serve_index(index_file, tmp_path / "served")
     assert not list((tmp_path / "served").iterdir())
 
 
@@ -483,25 +478,25 @@ def test_only_an_index_the_writer_published_here_is_served(small_lists, tmp_path
     path = tmp_path / "index" / "lists.idx"
     # Compiled by an aupguard with another data folder (another machine, or a file forged with valid
     # checksums): it validates, but this data folder never recorded publishing it.
-    monkeypatch.setattr(index_module.paths, "DATA_DIR", tmp_path / "elsewhere")
+    monkeypatch.setattr(serve_module.paths, "DATA_DIR", tmp_path / "elsewhere")
     compile_list_data(ListData(small_lists.sources, {}, {}, [], []), path)  # same folders, nothing listed
-    monkeypatch.setattr(index_module.paths, "DATA_DIR", tmp_path / "here")
+    monkeypatch.setattr(serve_module.paths, "DATA_DIR", tmp_path / "here")
     load_index(path).close()  # a valid index in every other respect
     with pytest.raises(IndexFormatError, match="not an index that `aupguard lists compile` published here"):
-        index_module.serve_index(path, tmp_path / "served")
+        serve_module.serve_index(path, tmp_path / "served")
     compile_list_data(small_lists, path)  # published here: served
-    with index_module.serve_index(path, tmp_path / "served") as served:
+    with serve_module.serve_index(path, tmp_path / "served") as served:
         assert served.domain_mask("porn.example") == small_lists.domains["porn.example"]
-    marks = list(index_module.published_dir().iterdir())
+    marks = list(serve_module.published_dir().iterdir())
     assert [m.stat().st_mode & 0o777 for m in marks] == [0o400]
-    assert index_module.published_dir().stat().st_mode & 0o777 == 0o700
+    assert serve_module.published_dir().stat().st_mode & 0o777 == 0o700
 
 
 def test_a_fifo_at_the_index_path_is_refused_without_waiting_for_a_writer(tmp_path):
     fifo = tmp_path / "lists.idx"
     os.mkfifo(fifo)
     with pytest.raises(IndexFormatError, match="not a regular file"):
-        index_module.serve_index(fifo, tmp_path / "served")
+        serve_module.serve_index(fifo, tmp_path / "served")
 
 
 def test_a_partial_copy_left_by_a_killed_process_is_deleted_a_fresh_one_kept(index_file, tmp_path):
@@ -511,7 +506,7 @@ def test_a_partial_copy_left_by_a_killed_process_is_deleted_a_fresh_one_kept(ind
     old.write_bytes(b"x")
     fresh.write_bytes(b"x")  # another worker's copy in progress
     os.utime(old, (1, 1))
-    index_module.serve_index(index_file, store).close()
+    serve_module.serve_index(index_file, store).close()
     assert not old.exists() and fresh.exists()
 
 
@@ -522,7 +517,7 @@ def test_any_write_into_a_served_file_changes_no_lookup_and_is_not_served(small_
     path = compile_list_data(small_lists, folder / "lists.idx").path
     size = path.stat().st_size
     at %= size
-    with index_module.serve_index(path, folder / "store") as served:
+    with serve_module.serve_index(path, folder / "store") as served:
         original = path.read_bytes()
         with open(path, "r+b") as f:
             f.seek(at)
@@ -533,4 +528,4 @@ def test_any_write_into_a_served_file_changes_no_lookup_and_is_not_served(small_
             assert served.domain_mask(key) == mask
         if path.read_bytes() != original:
             with pytest.raises(IndexFormatError):
-                index_module.serve_index(path, folder / "store")
+                serve_module.serve_index(path, folder / "store")

@@ -14,8 +14,13 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from aupguard.base.urlnorm import normalize_host, normalize_url
-from aupguard.lists import folders as lists
-from aupguard.lists.folders import ListError, ListRoot, MappedFolder, import_ut1, load_lists, load_mapping, mapped
+from aupguard.lists import model as lists
+from aupguard.lists import read as reading
+from aupguard.lists.mapping import load_mapping
+from aupguard.lists.model import ListError, ListRoot, MappedFolder, mapped
+from aupguard.lists.read import load_lists
+from aupguard.offline import importers
+from aupguard.offline.importers import import_ut1
 from aupguard.runtime import load_engine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,7 +107,7 @@ def test_ip_entries(tmp_path):
 
 
 def test_a_huge_line_is_skipped_and_the_rest_read(tmp_path):
-    huge = "a" * (lists.MAX_LINE_CHARS + 1) + ".test"
+    huge = "a" * (reading.MAX_LINE_CHARS + 1) + ".test"
     data = load_one(tmp_path, {"adult/domains": f"before.test\n{huge}\nafter.test\n", "adult/expressions": huge})
     assert set(data.domains) == {"before.test", "after.test"}
     assert data.expressions == []
@@ -161,7 +166,7 @@ def test_problems_are_bounded_and_counted(tmp_path):
 
 
 def test_an_oversized_file_is_reported_not_loaded(tmp_path, monkeypatch):
-    monkeypatch.setattr(lists, "MAX_LIST_FILE_BYTES", 100)
+    monkeypatch.setattr(reading, "MAX_LIST_FILE_BYTES", 100)
     data = load_one(tmp_path, {"adult/domains": "x.test\n" * 20, "gambling/domains": "small.test\n"})
     assert set(data.domains) == {"small.test"}
     assert len(data.problems) == 1 and "larger than" in data.problems[0]
@@ -510,7 +515,7 @@ def test_import_from_a_directory(tmp_path, shared_dir):
     folders = sorted(p.name for p in src.iterdir() if p.is_dir())
     assert list(result.categories) == folders
     for category in folders:
-        for name in lists.UT1_FILES:
+        for name in importers.UT1_FILES:
             original = src / category / name
             assert (dest / category / name).exists() == original.exists()
             if original.exists() and name != "usage":
@@ -558,7 +563,7 @@ def test_import_from_a_tarball(tmp_path, shared_dir):
     assert result.categories["adult"] == {"urls": 1090, "expressions": 0}
     assert sorted(p.name for p in dest.iterdir()) == sorted([*subset, "SOURCE.md"])
     for category in subset:
-        for name in lists.UT1_FILES:
+        for name in importers.UT1_FILES:
             if (src / category / name).exists():
                 assert (dest / category / name).read_bytes() == (src / category / name).read_bytes()
     assert not (dest / "adult" / "very_restrictive_expression").exists()
@@ -600,7 +605,7 @@ def test_a_malicious_tarball_cannot_escape_or_plant_links(tmp_path):
 
 
 def test_archive_members_are_read_only_as_category_files():
-    place = lists._archive_place
+    place = importers._archive_place
     assert place("blacklists/adult/domains") == ("adult", "domains")
     assert place("./blacklists/audio-video/urls") == ("audio-video", "urls")
     assert place("adult/expressions") == ("adult", "expressions")
@@ -622,7 +627,7 @@ def old_import(tmp_path):
 def test_a_failed_import_keeps_the_old_lists(tmp_path, old_import, monkeypatch):
     dest, before = old_import
     # Too big: stopped half-way through the copy.
-    monkeypatch.setattr(lists, "MAX_LIST_FILE_BYTES", 50)
+    monkeypatch.setattr(importers, "MAX_LIST_FILE_BYTES", 50)
     big = write_tree(tmp_path / "v2", {"adult/domains": "a.test\n", "gambling/domains": "new.test\n" * 100})
     with pytest.raises(ListError, match="size limit"):
         import_ut1(big, dest)
@@ -658,7 +663,7 @@ def test_a_failed_swap_puts_the_old_lists_back(tmp_path, old_import, monkeypatch
             raise OSError(28, "No space left on device")
         real_rename(src, dst)
 
-    monkeypatch.setattr(lists.os, "rename", failing_rename)
+    monkeypatch.setattr(os, "rename", failing_rename)
     with pytest.raises(OSError, match="No space"):
         import_ut1(write_tree(tmp_path / "v2", {"games/domains": "new.test\n"}), dest)
     assert read_tree(dest) == before and no_staging_left(dest.parent)
@@ -729,7 +734,7 @@ def test_support_services_are_never_in_a_block_list():
 
 
 def test_an_allow_entry_in_a_mandatory_category_is_refused_at_load_and_reported_by_compile(tmp_path):
-    from aupguard.lists.folders import ListError
+    from aupguard.lists.model import ListError
     from conftest import write_policy
     from test_cli import aupguard
 

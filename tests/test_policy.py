@@ -14,7 +14,7 @@ from aupguard.base import paths
 from aupguard.base.vocabulary import CATEGORIES, SEVERITIES, severity_rank
 from aupguard.config.policy import MAX_POLICY_BYTES, Policy, PolicyError, load_policy
 from aupguard.core.identify import identify
-from aupguard.lists.folders import mapped
+from aupguard.lists.model import mapped
 from aupguard.runtime import load_engine
 from policy_cases import assert_refused, edit_once, line_of, write
 
@@ -495,7 +495,7 @@ def test_bundled_walled_garden_holds_childrens_sites(bundled):
     from aupguard.core.classify import Classifier
     from aupguard.core.decide import decide
     from aupguard.core.identify import Identity
-    from aupguard.lists.folders import load_lists
+    from aupguard.lists.read import load_lists
 
     classifier = Classifier(load_lists(bundled.lists[:1]))
     child = Identity(None, "10.0.0.1", "early_years", "test")
@@ -523,7 +523,7 @@ def test_exemptions_max_days_is_read_and_defaults_to_a_month(tmp_path):
 def test_an_allow_list_naming_a_public_suffix_is_refused_at_load(tmp_path, entry):
     # A public suffix on an allow list would let every site under it through (all of .co.uk for
     # pupils): the policy is refused, naming the file and line, as a mandatory entry is.
-    from aupguard.lists.folders import ListError
+    from aupguard.lists.model import ListError
     from conftest import write_policy
     from test_lists import write_tree
 

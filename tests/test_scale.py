@@ -23,16 +23,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aupguard.config.policy import load_policy
-from aupguard.lists import folders as lists
-from aupguard.lists.folders import (
-    ListError,
-    ListRoot,
-    NarrowedRule,
-    domain_list_entries,
-    import_domain_list,
-    load_lists,
-)
-from aupguard.lists.index import compile_from_folders, ensure_index, load_index, why_recompile
+from aupguard.lists import read as lists
+from aupguard.lists.index import load_index
+from aupguard.lists.model import ListError, ListRoot, Problems
+from aupguard.lists.read import load_lists
+from aupguard.offline.compile import compile_from_folders, ensure_index, why_recompile
+from aupguard.offline.importers import NarrowedRule, domain_list_entries, import_domain_list
 from conftest import listening_pids, start_proxy, wait_for, write_policy
 from test_index import rewrite_header
 
@@ -77,7 +73,7 @@ def test_chunked_reading_sees_every_line_as_one_read_would(tmp_path_factory, lin
     old = lists._READ_CHUNK
     lists._READ_CHUNK = chunk  # tiny chunks put line ends on every boundary
     try:
-        got = list(lists.read_lines(path, lists.Problems()))
+        got = list(lists.read_lines(path, Problems()))
     finally:
         lists._READ_CHUNK = old
     assert got == list(enumerate(text.split("\n"), 1))
@@ -87,7 +83,7 @@ def test_an_overlong_line_is_skipped_and_reported_even_across_chunks(tmp_path, m
     monkeypatch.setattr(lists, "_READ_CHUNK", 1000)
     path = tmp_path / "domains"
     path.write_text("a.example\n" + "x" * 50_000 + "\nb.example")
-    problems = lists.Problems()
+    problems = Problems()
     assert list(lists.read_lines(path, problems)) == [(1, "a.example"), (3, "b.example")]
     assert problems.count == 1 and ":2: line longer" in problems.shown[0]
 

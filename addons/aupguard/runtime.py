@@ -19,17 +19,10 @@ from aupguard.config.policy import Policy, load_policy
 from aupguard.core.classify import Classifier
 from aupguard.core.engine import Engine
 from aupguard.core.exemptions import ExemptionSet
-from aupguard.lists.folders import (
-    ListError,
-    ListRoot,
-    Problems,
-    domain_key,
-    load_lists,
-    one_site,
-    read_entries,
-    url_key,
-)
-from aupguard.lists.index import IndexFormatError, ensure_index
+from aupguard.lists.index import IndexFormatError
+from aupguard.lists.model import ListError, ListRoot, Problems, domain_key, one_site, url_key
+from aupguard.lists.read import load_lists, read_entries
+from aupguard.offline.compile import ensure_index
 from aupguard.store.exemptions import DEFAULT_STORE, load_active
 
 log = logging.getLogger(__name__)

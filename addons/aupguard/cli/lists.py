@@ -15,9 +15,10 @@ from aupguard.base import paths
 from aupguard.base.vocabulary import INCIDENT_CATEGORIES
 from aupguard.cli.options import index_option, policy_option
 from aupguard.config.policy import Policy, load_policy
-from aupguard.lists.folders import DOMAIN_LIST_FORMATS, ListError, import_domain_list, import_host_list, import_ut1
-from aupguard.lists.index import CompileSummary, compile_from_folders
-from aupguard.lists.update import update_ut1
+from aupguard.lists.model import ListError
+from aupguard.offline.compile import CompileSummary, compile_from_folders
+from aupguard.offline.importers import DOMAIN_LIST_FORMATS, import_domain_list, import_host_list, import_ut1
+from aupguard.offline.update import update_ut1
 from aupguard.runtime import index_classifier, overridden_allows
 
 T = TypeVar("T")

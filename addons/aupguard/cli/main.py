@@ -19,8 +19,8 @@ from aupguard.cli.report import dsl_export_command, purge, report
 from aupguard.cli.run import run
 from aupguard.config.policy import PolicyError
 from aupguard.core.exemption import ExemptionError
-from aupguard.lists.folders import ListError
 from aupguard.lists.index import IndexFormatError
+from aupguard.lists.model import ListError
 
 # What a command may fail with that a person can act on: said in one line (exit 1), never a traceback.
 # Usage mistakes (a bad option, a reversed period, an --out that is not a regular file) stay click's

@@ -13,7 +13,8 @@ from aupguard.base import paths
 from aupguard.cli.lists import say_compiled, with_progress
 from aupguard.cli.options import db_option, index_option, policy_option
 from aupguard.config.policy import Policy, load_policy
-from aupguard.lists.index import compile_from_folders, load_index, why_recompile
+from aupguard.lists.index import load_index
+from aupguard.offline.compile import compile_from_folders, why_recompile
 
 WEBFILTER_SCRIPT = paths.HOME / "addons" / "webfilter.py"
 

@@ -28,7 +28,8 @@ from aupguard.base.urlnorm import URLError, normalize_host
 from aupguard.base.vocabulary import CATEGORIES, CATEGORY_NAME, DOWNLOAD_TYPES, SEVERITIES
 from aupguard.config.timetable import Timetable, read_timetable
 from aupguard.config.userfiles import Member, UserFile, UserFileError, read_user_file
-from aupguard.lists.folders import ListError, ListRoot, MappedFolder, load_mapping, mapped
+from aupguard.lists.mapping import load_mapping
+from aupguard.lists.model import ListError, ListRoot, MappedFolder, mapped
 
 SUPPORTED_VERSION = 1
 MAX_POLICY_BYTES = 1 << 20  # a policy is a few kilobytes; anything this big is not one

@@ -16,7 +16,7 @@ from typing import NamedTuple, Protocol
 import re2
 
 from aupguard.base.urlnorm import NormalizedURL
-from aupguard.lists.folders import ListSource, url_host
+from aupguard.lists.model import ListSource, url_host
 
 log = logging.getLogger(__name__)
 

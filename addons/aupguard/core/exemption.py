@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aupguard.base.urlnorm import NormalizedURL
-from aupguard.lists.folders import one_site
+from aupguard.lists.model import one_site
 
 EXEMPTION, ALLOW_ONLY, BLOCK_ALL = "exemption", "allow_only", "block_all"
 

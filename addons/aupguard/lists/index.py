@@ -1,7 +1,9 @@
 """The compiled list index: millions of list entries in one read-only file that loads in a blink.
 
-`aupguard lists compile` writes it; `run` and `classify` map it and look entries up
-through the same `domain_mask` / `url_mask` protocol as the text-loaded `ListData`.
+This module holds the file format and reads it: `offline.compile` writes the file
+(`aupguard lists compile`), `lists.serve` serves the proxy a private copy of it, and
+`run` and `classify` look entries up through the same `domain_mask` / `url_mask`
+protocol as the text-loaded `ListData`.
 
 File layout (little-endian; every offset is from the start of the file)::
 
@@ -56,29 +58,18 @@ Why this design:
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import mmap
 import os
-import stat
 import struct
 import sys
-import tempfile
-import time
-from array import array
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 from xxhash import xxh3_64, xxh3_64_intdigest
 
-from aupguard.base import paths
-from aupguard.base.paths import make_dir, private_dir
-from aupguard.lists import folders as lists
-from aupguard.lists.folders import ListData, ListRoot, ListSource
-
-log = logging.getLogger(__name__)
+from aupguard.lists.model import ListRoot, ListSource, MappedFolder, mapped
 
 MAGIC = b"AUPGIDX\x00"
 FORMAT_VERSION = 3  # 2: the url_hosts table; 3: urls keyed by urlnorm.server_path
@@ -93,20 +84,12 @@ _HEADER_CHECKSUM = struct.Struct("<Q")
 HEADER_SIZE = 256
 assert _HEADER.size + _HEADER_CHECKSUM.size <= HEADER_SIZE
 
-_PAGE = 4096
-# Load factors: what a table is sized for when its entry count is known, and when it grows.
-_TARGET_LOAD = 0.65
-_MAX_LOAD = 0.8
-_COMBO_TYPECODES = {1: "B", 2: "H", 4: "I"}
+_COMBO_TYPECODES: dict[int, Literal["B", "H", "I"]] = {1: "B", 2: "H", 4: "I"}
 _VERIFY_CHUNK = 1 << 20
 _MAX_JSON = 256 << 20
 
-Progress = Callable[[int, int], None]  # (done, total), in whatever unit the caller counts
 # What changes when a file is replaced or written in place: device, inode, size, mtime, ctime (ns).
 Signature = tuple[int, int, int, int, int]
-KEEP_SERVED = 2  # private copies kept in the served folder: the one in service and the one before
-KEEP_PUBLISHED = 64  # digests of recent publications kept (empty files): an older compile copied back is still taken
-_ABANDONED_COPY_S = 3600  # a partial copy this old was left by a killed process: deleted
 
 
 class IndexFormatError(ValueError):
@@ -118,278 +101,9 @@ def key_hash(key: str, seed: int) -> int:
     return xxh3_64_intdigest(key.encode("utf-8", "surrogatepass"), seed) or 1
 
 
-def _check_little_endian() -> None:
+def check_little_endian() -> None:
     if sys.byteorder != "little":
         raise IndexFormatError("aupguard index files are little-endian; this host is big-endian")
-
-
-# ---------------------------------------------------------------------------- writing
-
-
-class _TableBuilder:
-    """One open-addressing table under construction: key hashes and combo ids."""
-
-    def __init__(self, expected: int):
-        self.slots = max(8, int(expected / _TARGET_LOAD) + 1)
-        self.hashes = array("Q", bytes(8 * self.slots))
-        self.combos = array("I", bytes(4 * self.slots))
-        self.count = 0
-        self.limit = int(self.slots * _MAX_LOAD)
-
-    def grow(self) -> None:
-        old_hashes, old_combos = self.hashes, self.combos
-        self.slots *= 2
-        self.limit = int(self.slots * _MAX_LOAD)
-        slots = self.slots
-        hashes = self.hashes = array("Q", bytes(8 * slots))
-        combos = self.combos = array("I", bytes(4 * slots))
-        for h, combo in zip(old_hashes, old_combos):
-            if h:
-                i = h % slots
-                while hashes[i]:
-                    i = i + 1 if i + 1 < slots else 0
-                hashes[i] = h
-                combos[i] = combo
-
-
-class IndexWriter:
-    """Collects entries into the tables, then writes the index file atomically.
-
-    Entries arrive as (key, mask) pairs; a key met again (the same domain in two
-    lists) gets the union of its masks. Memory while compiling: 12 bytes a slot
-    per table, no per-key Python objects.
-    """
-
-    def __init__(
-        self,
-        sources: Sequence[ListSource],
-        expressions: Sequence[tuple[int, str]] = (),
-        *,
-        expected: dict[str, int] | None = None,
-        seed: int | None = None,
-        roots: list[dict] | None = None,
-        compiled_at: float = 0.0,
-    ):
-        _check_little_endian()
-        self.sources = list(sources)
-        self.expressions = list(expressions)
-        self.roots = roots  # `roots_fingerprint` of the folders compiled, when compiled from folders
-        self.compiled_at = compiled_at
-        self.seed = int.from_bytes(os.urandom(8), "little") if seed is None else seed
-        expected = {"url_hosts": (expected or {}).get("urls", 0), **(expected or {})}  # at most one host a url
-        self._tables = {kind: _TableBuilder(expected.get(kind, 0)) for kind in TABLES}
-        self._combo_masks: list[int] = []
-        self._combo_of_mask: dict[int, int] = {}
-        self._merged: dict[tuple[int, int], int] = {}
-
-    def _combo(self, mask: int) -> int:
-        combo = self._combo_of_mask.get(mask)
-        if combo is None:
-            combo = self._combo_of_mask[mask] = len(self._combo_masks)
-            self._combo_masks.append(mask)
-        return combo
-
-    def _merge(self, combo: int, mask: int) -> int:
-        merged = self._merged.get((combo, mask))
-        if merged is None:
-            merged = self._merged[combo, mask] = self._combo(self._combo_masks[combo] | mask)
-        return merged
-
-    def add(
-        self,
-        kind: str,
-        items: Iterable[tuple[str, int]],
-        *,
-        tick: Callable[[int], None] | None = None,
-    ) -> int:
-        """Add (key, mask) pairs to the `kind` table; returns how many pairs were read.
-
-        `tick(n)` is called after every 65,536 pairs (n = pairs so far) to drive a progress bar.
-        `urls` keys also add their host to the url_hosts table.
-        """
-        if kind != "urls":
-            return self._add(kind, items, tick)
-        hosts: dict[str, int] = {}
-
-        def noting_hosts() -> Iterator[tuple[str, int]]:
-            for key, mask in items:
-                host = lists.url_host(key)
-                hosts[host] = hosts.get(host, 0) | mask
-                yield key, mask
-
-        read = self._add("urls", noting_hosts(), tick)
-        self._add("url_hosts", hosts.items(), None)
-        return read
-
-    def _add(self, kind: str, items: Iterable[tuple[str, int]], tick: Callable[[int], None] | None) -> int:
-        table = self._tables[kind]
-        seed = self.seed
-        # The loop runs once per list entry (millions): everything it touches is a local.
-        hashes, combos, slots, limit = table.hashes, table.combos, table.slots, table.limit
-        count = table.count
-        last_mask, last_combo = None, 0
-        read = 0
-        for key, mask in items:
-            read += 1
-            if tick is not None and not read & 0xFFFF:
-                tick(read)
-            h = xxh3_64_intdigest(key.encode("utf-8", "surrogatepass"), seed) or 1  # key_hash(), inlined
-            i = h % slots
-            while True:
-                v = hashes[i]
-                if v == h:
-                    combos[i] = self._merge(combos[i], mask)
-                    break
-                if not v:
-                    if mask != last_mask:
-                        last_mask, last_combo = mask, self._combo(mask)
-                    hashes[i] = h
-                    combos[i] = last_combo
-                    count += 1
-                    if count > limit:
-                        table.count = count
-                        table.grow()
-                        hashes, combos, slots, limit = table.hashes, table.combos, table.slots, table.limit
-                    break
-                i += 1
-                if i == slots:
-                    i = 0
-        table.count = count
-        return read
-
-    def write(self, out_path: Path) -> CompileSummary:
-        """Write the index to `out_path`, atomically replacing any index already there."""
-        out_path = Path(out_path)
-        width = next(w for w in (1, 2, 4) if len(self._combo_masks) <= 1 << (8 * w))
-        meta = {
-            "sources": [
-                {"id": s.id, "category": s.category, "name": s.name, "path": str(s.path), "skip": sorted(s.skip)}
-                for s in self.sources
-            ],
-            "expressions": [[sid, pattern] for sid, pattern in self.expressions],
-            "combos": [_bits(mask) for mask in self._combo_masks],
-            "roots": self.roots,
-            "compiled_at": self.compiled_at,
-        }
-        json_bytes = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
-        layout = []  # (offset, table)
-        offset = HEADER_SIZE + len(json_bytes)
-        for kind in TABLES:
-            table = self._tables[kind]
-            offset = _align(offset, _PAGE)
-            layout.append((offset, table))
-            offset += table.slots * (8 + width)
-        file_size = offset
-
-        body = xxh3_64()
-        chunks: list[bytes | array] = [json_bytes]
-        position = HEADER_SIZE + len(json_bytes)
-        for table_offset, table in layout:
-            chunks.append(bytes(table_offset - position))
-            chunks.append(table.hashes)
-            chunks.append(table.combos if width == 4 else array(_COMBO_TYPECODES[width], table.combos))
-            position = table_offset + table.slots * (8 + width)
-        for chunk in chunks:
-            body.update(chunk)
-
-        fields = [MAGIC, FORMAT_VERSION, width, self.seed, file_size, HEADER_SIZE, len(json_bytes)]
-        for table_offset, table in layout:
-            fields += [table_offset, table.slots, table.count]
-        fields.append(body.intdigest())
-        header = _HEADER.pack(*fields)
-        header += _HEADER_CHECKSUM.pack(xxh3_64_intdigest(header))
-        header += bytes(HEADER_SIZE - len(header))
-
-        make_dir(out_path.parent)
-        published = hashlib.sha256(header)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(header)
-                for chunk in chunks:
-                    f.write(chunk)
-                    published.update(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            _record_publication(published.hexdigest())  # before the file appears: a watcher may be quick
-            os.replace(tmp_name, out_path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        _fsync_dir(out_path.parent)
-        return CompileSummary(
-            path=out_path,
-            domains=self._tables["domains"].count,
-            urls=self._tables["urls"].count,
-            expressions=len(self.expressions),
-            sources=len(self.sources),
-            combos=len(self._combo_masks),
-            size=file_size,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class CompileSummary:
-    path: Path
-    domains: int  # distinct keys in each table
-    urls: int
-    expressions: int
-    sources: int
-    combos: int  # distinct source masks
-    size: int  # bytes
-    problems: tuple[str, ...] = ()  # list lines skipped while reading the sources
-
-
-def compile_from_folders(
-    roots: Sequence[ListRoot],
-    out_path: Path,
-    progress: Progress | None = None,
-    staged: Mapping[str, Path] | None = None,
-) -> CompileSummary:
-    """Compile list folders straight into an index file, streaming: no dict of every entry is built.
-
-    Sources, ids, keys and problems are exactly those `load_lists(roots)` gives (both
-    read through `lists.list_sources` / `source_keys` / `source_expressions`), except
-    that a list file that cannot be read at all (unreadable, over the size limit)
-    stops the compile with ListError: an index silently missing a whole list would
-    let its sites through. `progress(done, total)` counts list lines. Nothing is
-    written unless the compile succeeds, so the index in place keeps serving.
-
-    `staged` maps a root's name to a folder read in its place (a new import not yet
-    moved to the root's path): the index records the root as the policy names it.
-    """
-    started = time.time()  # before reading: a list edited during the compile makes the index stale
-    problems = lists.Problems()
-    staged = staged or {}
-    read_roots = [replace(root, path=staged[root.name]) if root.name in staged else root for root in roots]
-    sources = lists.list_sources(read_roots, problems)
-    # Line counts first (a fast pass over cached files): they size the tables and the progress bar.
-    lines = {
-        (source.id, kind): 0 if kind in source.skip else _count_lines(source.path / kind)
-        for source in sources
-        for kind in KINDS
-    }
-    expected = {kind: sum(n for (_sid, k), n in lines.items() if k == kind) for kind in KINDS}
-    total = sum(expected.values())
-    real_path = {root.name: Path(root.path) for root in roots}
-    recorded = [
-        replace(s, path=real_path[s.name.split("/")[0]] / s.path.name) if s.name.split("/")[0] in staged else s
-        for s in sources
-    ]
-    writer = IndexWriter(recorded, expected=expected, roots=roots_fingerprint(roots), compiled_at=started)
-    done = 0
-    for source in sources:
-        bit = 1 << source.id
-        for kind in KINDS:
-            tick = progress and (lambda n, base=done: progress(base + n, total))
-            writer.add(kind, ((key, bit) for key in lists.source_keys(source, kind, problems)), tick=tick)
-            done += lines[source.id, kind]
-            if progress:
-                progress(done, total)
-        writer.expressions.extend((source.id, pattern) for pattern in lists.source_expressions(source, problems))
-    if problems.unreadable:
-        raise lists.ListError("cannot compile: " + "; ".join(problems.unreadable[:5]))
-    return replace(writer.write(out_path), problems=tuple(problems.as_list()))
 
 
 def roots_fingerprint(roots: Sequence[ListRoot]) -> list[dict]:
@@ -407,97 +121,9 @@ def roots_fingerprint(roots: Sequence[ListRoot]) -> list[dict]:
     ]
 
 
-def _mapping_json(value: str | lists.MappedFolder | None) -> str | dict | None:
-    category, skip = lists.mapped(value)
+def _mapping_json(value: str | MappedFolder | None) -> str | dict | None:
+    category, skip = mapped(value)
     return {"category": category, "skip": sorted(skip)} if skip else category
-
-
-def why_recompile(index_path: Path, roots: Sequence[ListRoot]) -> str | None:
-    """Why the index at `index_path` does not serve `roots` as they are now, or None when it does.
-
-    The rule `aupguard run` and `classify` follow: compile when there is no valid index,
-    when the policy names other list roots or category mappings, or when a list folder
-    or file changed after the index's compile started.
-    """
-    try:
-        meta = read_meta(Path(index_path))
-    except FileNotFoundError:
-        return f"no compiled index at {index_path}"
-    except (IndexFormatError, OSError) as exc:
-        return f"the index cannot be used ({exc})"
-    return _stale_reason(meta.get("roots"), meta.get("compiled_at", 0), roots)
-
-
-def _stale_reason(recorded_roots: object, compiled_at: float, roots: Sequence[ListRoot]) -> str | None:
-    if recorded_roots != roots_fingerprint(roots):
-        return "the policy's list folders or category mappings changed"
-    for root in roots:
-        for path in _list_paths(root):
-            try:
-                if os.stat(path).st_mtime > compiled_at:
-                    return f"{path} changed after the index was compiled"
-            except OSError:
-                continue
-    return None
-
-
-def _list_paths(root: ListRoot) -> Iterator[Path]:
-    """The root folder, its category folders and their list files: where a change shows."""
-    yield Path(root.path)
-    try:
-        folders = lists.category_folders(root, lists.Problems())
-    except lists.ListError:
-        return
-    for folder, _category, _skip in folders:
-        yield folder
-        for name in lists.LIST_FILES:
-            yield folder / name
-
-
-def _count_lines(path: Path) -> int:
-    try:
-        with open(path, "rb") as f:
-            return 1 + sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(_VERIFY_CHUNK), b""))
-    except OSError:  # missing (most folders lack a `urls` file) or unreadable: lists reports it
-        return 0
-
-
-def compile_list_data(data: ListData, out_path: Path, progress: Progress | None = None) -> CompileSummary:
-    """Compile lists already loaded as text (`ListData`) into an index file."""
-    writer = IndexWriter(
-        data.sources, data.expressions, expected={"domains": len(data.domains), "urls": len(data.urls)}
-    )
-    total = len(data.domains) + len(data.urls)
-    writer.add("domains", data.domains.items(), tick=progress and (lambda n: progress(n, total)))
-    done = len(data.domains)
-    writer.add("urls", data.urls.items(), tick=progress and (lambda n: progress(done + n, total)))
-    if progress:
-        progress(total, total)
-    return replace(writer.write(out_path), problems=tuple(data.problems))
-
-
-def _bits(mask: int) -> list[int]:
-    out = []
-    while mask:
-        low = mask & -mask
-        out.append(low.bit_length() - 1)
-        mask ^= low
-    return out
-
-
-def _align(offset: int, to: int) -> int:
-    return -(-offset // to) * to
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# ---------------------------------------------------------------------------- reading
 
 
 class _Table:
@@ -538,8 +164,8 @@ class _Table:
 class CompiledIndex:
     """A loaded index: the `ListLookup` protocol over a shared read-only mapping."""
 
-    sources: list[ListSource]
-    expressions: list[tuple[int, str]]
+    sources: Sequence[ListSource]
+    expressions: Sequence[tuple[int, str]]
     domain_mask: Callable[[str], int]  # 0 when absent
     url_mask: Callable[[str], int]
     url_host_mask: Callable[[str], int]
@@ -598,7 +224,7 @@ def read_meta(path: Path) -> dict:
     """The validated header's json section (sources, roots, compile time) without mapping the tables."""
     with open(path, "rb") as f:
         fd = f.fileno()
-        header = _read_header(os.pread(fd, HEADER_SIZE, 0), os.fstat(fd).st_size, path)
+        header = read_header(os.pread(fd, HEADER_SIZE, 0), os.fstat(fd).st_size, path)
         return _parse_meta(os.pread(fd, header["json_len"], header["json_off"]), header, path)
 
 
@@ -615,13 +241,13 @@ def load_index(path: Path) -> CompiledIndex:
     """
     path = Path(path)
     with open(path, "rb") as f:
-        return _map_valid(f.fileno(), path, path, file_signature(os.fstat(f.fileno())))
+        return map_valid(f.fileno(), path, path, file_signature(os.fstat(f.fileno())))
 
 
-def _map_valid(fd: int, path: Path, origin: Path, signature: Signature) -> CompiledIndex:
+def map_valid(fd: int, path: Path, origin: Path, signature: Signature) -> CompiledIndex:
     """Validate the index behind `fd` (header, whole-body checksum, json), then map that same file."""
-    _check_little_endian()
-    header = _read_header(os.pread(fd, HEADER_SIZE, 0), os.fstat(fd).st_size, path)
+    check_little_endian()
+    header = read_header(os.pread(fd, HEADER_SIZE, 0), os.fstat(fd).st_size, path)
     _verify_body(fd, header, path)
     json_bytes = os.pread(fd, header["json_len"], header["json_off"])
     meta = _parse_meta(json_bytes, header, path)
@@ -632,129 +258,7 @@ def _map_valid(fd: int, path: Path, origin: Path, signature: Signature) -> Compi
     return CompiledIndex(path, mapping, origin, signature, header, meta)
 
 
-def served_dir() -> Path:
-    """The private folder of the copies the proxy serves (0700, files 0400), outside the index's own folder."""
-    return paths.DATA_DIR / "served-index"
-
-
-def published_dir() -> Path:
-    """The private folder where the writer records the SHA-256 of each index it publishes."""
-    return paths.DATA_DIR / "published-index"
-
-
-def _record_publication(digest: str) -> None:
-    """Note `digest` as published (an empty 0400 file named by it); keep the KEEP_PUBLISHED newest."""
-    folder = private_dir(published_dir())
-    mark = folder / digest
-    mark.touch(mode=0o400)
-    os.utime(mark)  # published again: the newest
-    _fsync_dir(folder)
-    _delete_all_but_newest(folder.iterdir(), KEEP_PUBLISHED)
-
-
-def _delete_all_but_newest(files: Iterable[Path], keep: int, spare: Path | None = None) -> None:
-    """Delete all but the `keep` most recently modified of `files`, and never `spare`."""
-    for old in sorted(files, key=_mtime, reverse=True)[keep:]:
-        if old != spare:
-            old.unlink(missing_ok=True)
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:  # removed meanwhile (by another worker or compile): the oldest
-        return 0.0
-
-
-def serve_index(path: Path, store: Path | None = None) -> CompiledIndex:
-    """The index at `path`, served from a validated private copy that nothing else writes.
-
-    Whatever is later done to `path` (written over in place, zeroed, truncated) cannot
-    reach the copy, so it can neither change a lookup nor SIGBUS the reader. The copy is
-    named by its SHA-256 in `store` (default `served_dir()`): every proxy worker maps the
-    same file, sharing its pages. Raises IndexFormatError when the file is not a valid
-    index (checked before anything is copied into service), changed while copied, or is
-    not one the writer published (`published_dir`).
-    """
-    path = Path(path)
-    store = private_dir(Path(store) if store is not None else served_dir())
-    # O_NONBLOCK: a FIFO put at the path must not hang the watcher (or the start) waiting for a writer.
-    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as source:
-        src = source.fileno()
-        st = os.fstat(src)
-        if not stat.S_ISREG(st.st_mode):
-            raise IndexFormatError(f"{path}: not a regular file")
-        signature = file_signature(st)
-        _read_header(os.pread(src, HEADER_SIZE, 0), st.st_size, path)  # garbage is refused before any copying
-        fd, tmp = tempfile.mkstemp(prefix=".copy-", suffix=".tmp", dir=store)
-        try:
-            digest = _copy(src, fd)
-            if file_signature(os.fstat(src)) != signature:
-                raise IndexFormatError(f"{path}: changed while it was being copied")
-            if not (published_dir() / digest).is_file():
-                raise IndexFormatError(f"{path}: not an index that `aupguard lists compile` published here")
-            os.fchmod(fd, 0o400)
-            index = _map_valid(fd, path, path, signature)  # the very inode mapped is the one validated
-            served = store / f"{digest}.idx"
-            try:
-                os.link(tmp, served)
-            except FileExistsError:
-                # Another worker (or an earlier start) made this copy: map that one so the workers share
-                # its pages, unless it does not validate (a copy cut short by a crash): then ours replaces it.
-                try:
-                    shared = _open_served(served, path, signature)
-                except (IndexFormatError, OSError):
-                    os.replace(tmp, served)
-                else:
-                    index.close()
-                    index = shared
-        finally:
-            os.close(fd)
-            Path(tmp).unlink(missing_ok=True)
-    index.path = served
-    os.utime(served)  # the newest copy, whichever worker made it
-    _prune(store, served)
-    return index
-
-
-def _open_served(served: Path, origin: Path, signature: Signature) -> CompiledIndex:
-    with open(served, "rb") as f:
-        return _map_valid(f.fileno(), served, origin, signature)
-
-
-def _copy(src: int, dst: int) -> str:
-    """Copy the file `src` to `dst`; its SHA-256 (hex)."""
-    digest = hashlib.sha256()
-    position = 0
-    while chunk := os.pread(src, _VERIFY_CHUNK, position):
-        digest.update(chunk)
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(dst, view) :]
-        position += len(chunk)
-    return digest.hexdigest()
-
-
-def _prune(store: Path, serving: Path) -> None:
-    """Delete all but the KEEP_SERVED newest copies (a reader keeps its mapping of a deleted one),
-    and partial copies a killed process left behind."""
-    _delete_all_but_newest(store.glob("*.idx"), KEEP_SERVED, spare=serving)
-    abandoned = time.time() - _ABANDONED_COPY_S
-    for partial in store.glob(".copy-*.tmp"):
-        if _mtime(partial) < abandoned:
-            partial.unlink(missing_ok=True)
-
-
-def serve_for(roots: Sequence[ListRoot], path: Path, store: Path | None = None) -> CompiledIndex:
-    """`serve_index`, refusing an index compiled for other list folders than `roots`."""
-    index = serve_index(path, store)
-    if index.roots != roots_fingerprint(roots):
-        index.close()
-        raise IndexFormatError(f"{path}: compiled for other list folders or mappings than the policy's")
-    return index
-
-
-def _read_header(raw: bytes, file_size: int, path: Path) -> dict:
+def read_header(raw: bytes, file_size: int, path: Path) -> dict:
     if len(raw) < HEADER_SIZE:
         raise IndexFormatError(f"{path}: truncated ({file_size} bytes, shorter than the header)")
     fields = _HEADER.unpack_from(raw)
@@ -822,27 +326,3 @@ def _parse_meta(raw: bytes, header: dict, path: Path) -> dict:
     except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise IndexFormatError(f"{path}: invalid json section: {exc}") from exc
     return meta
-
-
-def ensure_index(
-    roots: Sequence[ListRoot], path: Path, progress: Progress | None = None, store: Path | None = None
-) -> tuple[CompiledIndex, str | None]:
-    """The index at `path` for `roots`, compiled first when `why_recompile` says so, served by `serve_index`.
-
-    Returns the served index and why it was compiled (None when the one in place served).
-    Raises ListError when the lists cannot be compiled, IndexFormatError when the result cannot be served.
-    """
-    path = Path(path)
-    reason = why_recompile(path, roots)  # the header alone: no copy of an index about to be recompiled
-    if reason is None:
-        try:
-            index = serve_index(path, store)
-        except (IndexFormatError, OSError) as exc:
-            reason = f"the index cannot be used ({exc})"
-        else:
-            reason = _stale_reason(index.roots, index.compiled_at, roots)  # judge the copy that serves
-            if reason is None:
-                return index, None
-            index.close()
-    compile_from_folders(roots, path, progress)
-    return serve_for(roots, path, store), reason

@@ -41,7 +41,7 @@ from aupguard.core.decide import Decision
 from aupguard.core.engine import MALFORMED, MAX_ASKED_SHOWN, Engine, Verdict
 from aupguard.core.exemptions import ExemptionSet
 from aupguard.core.identify import Identity
-from aupguard.lists.folders import ListError
+from aupguard.lists.model import ListError
 from aupguard.proxy import blockpage, feedback, http1, lean
 from aupguard.proxy.exemptionwatch import ExemptionWatcher
 from aupguard.proxy.indexwatch import IndexWatcher

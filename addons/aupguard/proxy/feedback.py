@@ -31,6 +31,7 @@ from pathlib import Path
 from mitmproxy import ctx
 from mitmproxy.addons.asgiapp import WSGIApp
 
+from aupguard.base.files import temporary_file
 from aupguard.proxy import blockpage
 from aupguard.store.db import private_parent
 from aupguard.store.feedback import KINDS, MAX_REASON, RequestStore
@@ -55,17 +56,18 @@ def load_key(path: Path) -> bytes:
     path = Path(path)
     private_parent(path)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
         key = path.read_bytes()
-        if len(key) < 32:
-            raise ValueError(
-                f"{path} holds {len(key)} bytes; a feedback key has 32 (delete it to make a new one)"
-            ) from None
-        return key
-    with os.fdopen(fd, "wb") as handle:
-        key = secrets.token_bytes(32)
-        handle.write(key)
+    except FileNotFoundError:
+        with temporary_file(path.parent, f".{path.name}.") as (fd, temporary):
+            os.write(fd, secrets.token_bytes(32))
+            os.fsync(fd)
+            try:
+                os.link(temporary, path)  # the key appears whole or not at all
+            except FileExistsError:  # another worker made one meanwhile: that one holds
+                pass
+        key = path.read_bytes()
+    if len(key) < 32:
+        raise ValueError(f"{path} holds {len(key)} bytes; a feedback key has 32 (delete it to make a new one)")
     return key
 
 

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aupguard.core.classify import Classifier
-from aupguard.lists.index import CompiledIndex, IndexFormatError, Signature, file_signature, serve_for
+from aupguard.lists.index import CompiledIndex, IndexFormatError, Signature, file_signature
+from aupguard.lists.serve import serve_for
 
 if TYPE_CHECKING:
     from aupguard.core.engine import Engine

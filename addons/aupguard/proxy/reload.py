@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aupguard.config.policy import PolicyError
 from aupguard.core.engine import Engine
-from aupguard.lists.folders import ListError
+from aupguard.lists.model import ListError
 from aupguard.runtime import load_engine
 
 log = logging.getLogger(__name__)

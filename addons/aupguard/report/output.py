@@ -19,7 +19,6 @@ import os
 import re
 import stat
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from aupguard.base.errors import AupguardError
+from aupguard.base.files import atomic_write_text
 from aupguard.store.db import private_parent
 
 STDOUT = "-"  # as an output path: standard output
@@ -125,18 +125,8 @@ def private_text_file(path: Path | str, encoding: str = "utf-8") -> Iterator[Tex
     check_output(path)
     path = Path(path)
     private_parent(path)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600
-    try:
-        os.fchmod(fd, 0o600)  # mkstemp's promise, made explicit: the mode is the point
-        with open(fd, "w", encoding=encoding, newline="") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    with atomic_write_text(path, 0o600, encoding=encoding, newline="") as handle:
+        yield handle
 
 
 # -- rows as a table, CSV or JSON ---------------------------------------------------------------------

@@ -16,9 +16,9 @@ import sqlite_utils
 
 from aupguard.base import paths
 from aupguard.config.policy import Policy
-from aupguard.core.exemption import EXEMPTION, KINDS, Exemption, ExemptionError, Network
-from aupguard.core.exemptions import ALLOW_ONLY, BLOCK_ALL, ExemptionSet
-from aupguard.lists.folders import one_site
+from aupguard.core.exemption import ALLOW_ONLY, BLOCK_ALL, EXEMPTION, KINDS, Exemption, ExemptionError, Network
+from aupguard.core.exemptions import ExemptionSet
+from aupguard.lists.model import one_site
 from aupguard.store.db import connect_private, utc_iso
 
 DEFAULT_STORE = paths.DATA_DIR / "exemptions.db"

@@ -21,10 +21,12 @@ import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from aupguard.base.files import atomic_write, replace_dir, replace_file
 from aupguard.base.paths import make_dir
 from aupguard.config.policy import Policy
-from aupguard.lists.folders import ImportResult, ListError, _swap_into_place, import_ut1
-from aupguard.lists.index import CompileSummary, Progress, compile_from_folders
+from aupguard.lists.model import ListError
+from aupguard.offline.compile import CompileSummary, Progress, compile_from_folders
+from aupguard.offline.importers import ImportResult, import_ut1
 
 UT1_URL = "https://dsi.ut-capitole.fr/blacklists/download/blacklists.tar.gz"
 MAX_DOWNLOAD_BYTES = 256 << 20  # upstream's tarball is ~20 MB
@@ -40,24 +42,25 @@ class UpdateResult:
 
 
 def download(url: str, folder: Path, limit: int = MAX_DOWNLOAD_BYTES, timeout: float = TIMEOUT_S) -> Path:
-    """Fetch `url` (http or https) into a new file in `folder`; raises ListError on any failure."""
+    """Fetch `url` (http or https) into `folder`/blacklists.tar.gz; raises ListError on any failure.
+
+    The file appears only once the download is complete (`atomic_write`); a failed one leaves nothing.
+    """
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise ListError(f"{url[:200]}: only http and https URLs can be fetched")
-    fd, name = tempfile.mkstemp(prefix=".ut1-download.", suffix=".tar.gz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            size = 0
-            while chunk := response.read(1 << 20):
-                size += len(chunk)
-                if size > limit:
-                    raise ListError(f"{url[:200]}: larger than {limit >> 20} MiB; download stopped")
-                out.write(chunk)
-    except BaseException as exc:
-        Path(name).unlink(missing_ok=True)
-        if isinstance(exc, OSError):  # URLError, HTTPError, timeouts and refused connections
+    target = Path(folder) / "blacklists.tar.gz"
+    with atomic_write(target) as out:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                size = 0
+                while chunk := response.read(1 << 20):
+                    size += len(chunk)
+                    if size > limit:
+                        raise ListError(f"{url[:200]}: larger than {limit >> 20} MiB; download stopped")
+                    out.write(chunk)
+        except OSError as exc:  # URLError, HTTPError, timeouts and refused connections
             raise ListError(f"{url[:200]}: download failed: {exc}") from exc
-        raise
-    return Path(name)
+    return target
 
 
 def sha256_of(path: Path) -> str:
@@ -95,8 +98,8 @@ def update_ut1(
         staged = work / "lists"
         imported = import_ut1(source, staged)
         compiled = compile_from_folders(policy.lists, new_index, progress, staged={UT1_ROOT: staged})
-        _swap_into_place(staged, dest)
-        os.replace(new_index, index_path)
+        replace_dir(staged, dest)
+        replace_file(new_index, index_path)
     finally:
         new_index.unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)
