@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aupguard.config.policy import load_policy
+from aupguard.config.loader import load_policy
 from aupguard.lists import folders as lists
 from aupguard.lists.folders import (
     ListError,

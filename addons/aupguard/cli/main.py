@@ -11,7 +11,8 @@ from zoneinfo import ZoneInfo
 import click
 
 from aupguard.base import paths
-from aupguard.config.policy import PolicyError, load_policy
+from aupguard.config.loader import load_policy
+from aupguard.config.policy import PolicyError
 
 WEBFILTER_SCRIPT = paths.HOME / "addons" / "webfilter.py"
 

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from aupguard.base.errors import AupguardError
 from aupguard.base.urlnorm import NormalizedURL
 from aupguard.base.vocabulary import CLASSROOM_LOCK
 from aupguard.config.policy import Policy
@@ -38,7 +39,7 @@ KINDS = (EXEMPTION, ALLOW_ONLY, BLOCK_ALL)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class ExemptionError(ValueError):
+class ExemptionError(AupguardError, ValueError):
     """An exemption or override that cannot be recorded, with the reason in plain words."""
 
 

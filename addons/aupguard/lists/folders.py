@@ -44,6 +44,7 @@ from typing import BinaryIO
 import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
+from aupguard.base.errors import AupguardError
 from aupguard.base.paths import make_dir
 from aupguard.base.urlnorm import is_public_suffix, normalize_host, normalize_url
 from aupguard.base.vocabulary import CATEGORY_NAME
@@ -80,7 +81,7 @@ UT1_LICENSE = "CC BY-SA 4.0 (https://creativecommons.org/licenses/by-sa/4.0/)"
 UT1_HOME = "https://dsi.ut-capitole.fr/blacklists/"
 
 
-class ListError(ValueError):
+class ListError(AupguardError, ValueError):
     """A list root, mapping or import source that cannot be used at all."""
 
 
@@ -858,7 +859,7 @@ _ADBLOCK_DOMAIN_RULE = re.compile(r"\|\|([^\^/$|*]+)\^(?:\$(.*))?")
 _ADBLOCK_WHOLE_DOMAIN_OPTIONS = frozenset({"important", "all"})
 
 
-class NarrowedRule(ValueError):
+class NarrowedRule(AupguardError, ValueError):
     """An Adblock `||domain^$options` rule whose options block only some requests: not a domain entry."""
 
 

@@ -74,6 +74,7 @@ from pathlib import Path
 from xxhash import xxh3_64, xxh3_64_intdigest
 
 from aupguard.base import paths
+from aupguard.base.errors import AupguardError
 from aupguard.base.paths import make_dir, private_dir
 from aupguard.lists import folders as lists
 from aupguard.lists.folders import ListData, ListRoot, ListSource
@@ -109,7 +110,7 @@ KEEP_PUBLISHED = 64  # digests of recent publications kept (empty files): an old
 _ABANDONED_COPY_S = 3600  # a partial copy this old was left by a killed process: deleted
 
 
-class IndexFormatError(ValueError):
+class IndexFormatError(AupguardError, ValueError):
     """The file is not a valid index (wrong magic or version, truncated, corrupt)."""
 
 

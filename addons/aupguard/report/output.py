@@ -15,6 +15,7 @@ from typing import TextIO
 
 from rich.text import Text
 
+from aupguard.base.errors import AupguardError
 from aupguard.store.db import private_parent
 
 STDOUT = "-"  # as an output path: standard output
@@ -65,7 +66,7 @@ def _escape(match: re.Match[str]) -> str:
     return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
-class OutputError(ValueError):
+class OutputError(AupguardError, ValueError):
     """An output path that must not be written: it exists and is not a regular file."""
 
 
