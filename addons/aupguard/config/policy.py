@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 import zoneinfo
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aupguard.base.addresses import AddressTable
 from aupguard.base.errors import LocatedError
 from aupguard.config.timetable import Timetable
 from aupguard.config.userfiles import Member, UserFile
@@ -88,34 +89,6 @@ class NetworkRule:
     group: str
 
 
-class NetworkIndex:
-    """Longest-prefix lookup of a client address in identity.networks.
-
-    One dict per prefix length in use, tried longest first: a lookup costs at
-    most one dict probe per distinct prefix length, whatever the rule count.
-    """
-
-    def __init__(self, rules: Iterable[NetworkRule]):
-        by_length: dict[int, dict[int, dict[int, NetworkRule]]] = {4: {}, 6: {}}
-        for rule in rules:
-            net = rule.network
-            table = by_length[net.version].setdefault(net.prefixlen, {})
-            table.setdefault(int(net.network_address) >> (net.max_prefixlen - net.prefixlen), rule)
-        bits = {4: 32, 6: 128}
-        self._tables = {
-            version: tuple((bits[version] - length, tables[length]) for length in sorted(tables, reverse=True))
-            for version, tables in by_length.items()
-        }
-
-    def match(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> NetworkRule | None:
-        value = int(address)
-        for shift, table in self._tables[address.version]:
-            rule = table.get(value >> shift)
-            if rule is not None:
-                return rule
-        return None
-
-
 @dataclass(frozen=True)
 class Policy:
     path: Path
@@ -136,14 +109,14 @@ class Policy:
     circumvention: CircumventionRules = CircumventionRules()
     circumvention_text: str = DEFAULT_CIRCUMVENTION_TEXT  # the block page's note on a circumvention attempt
     exemption_max_days: int = DEFAULT_EXEMPTION_MAX_DAYS  # `exemptions.max_days`: the longest exemption or override
-    network_index: NetworkIndex = field(init=False, repr=False, compare=False)
+    network_index: AddressTable[NetworkRule] = field(init=False, repr=False, compare=False)  # networks by address
     timetable: Timetable = field(default_factory=Timetable.empty)
     user_files: tuple[UserFile, ...] = ()
     members: Mapping[str, Member] = field(default_factory=dict)  # casefolded username -> group, from user_files
     mandatory: frozenset[str] = field(init=False, repr=False, compare=False)  # blocked for everyone
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "network_index", NetworkIndex(self.networks))
+        object.__setattr__(self, "network_index", AddressTable((rule.network, rule) for rule in self.networks))
         object.__setattr__(self, "mandatory", frozenset(n for n, c in self.categories.items() if c.mandatory))
 
     @property
