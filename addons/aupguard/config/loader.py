@@ -112,9 +112,8 @@ def _read_timezone(doc: YamlDocument, node: Node) -> zoneinfo.ZoneInfo:
 
 def _read_categories(doc: YamlDocument, node: Node) -> dict[str, Category]:
     categories: dict[str, Category] = {}
-    for name, key, value in doc.items(node, "categories"):
-        if not CATEGORY_NAME.fullmatch(name):
-            doc.fail(key, f"categories: {name!r} is not a category name (lower-case letters, digits and _)")
+    rule = "a category name (lower-case letters, digits and _)"
+    for name, _key, value in doc.named_items(node, "categories", CATEGORY_NAME, rule):
         where = f"categories.{name}"
         fields = doc.fields(
             value, where, required=("label", "severity", "reason"), optional=("no_decrypt", "mandatory")
@@ -145,9 +144,7 @@ def _read_groups(
     doc: YamlDocument, node: Node, categories: Mapping[str, Category], timetable: Timetable
 ) -> dict[str, Group]:
     groups: dict[str, Group] = {}
-    for name, key, value in doc.items(node, "groups"):
-        if not GROUP_NAME.fullmatch(name):
-            doc.fail(key, f"groups: {name!r} is not a group name (letters, digits, _ . -)")
+    for name, _key, value in doc.named_items(node, "groups", GROUP_NAME, "a group name (letters, digits, _ . -)"):
         where = f"groups.{name}"
         fields = doc.fields(
             value,

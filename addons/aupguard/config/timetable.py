@@ -103,10 +103,9 @@ def read_timetable(doc: YamlDocument, node: Node | None, zone: zoneinfo.ZoneInfo
         return Timetable.empty(zone)
     fields = doc.fields(node, "timetable", optional=("windows", "holidays"))
     spans: list[Span] = []
-    for name, key, value in doc.items(fields.get("windows"), "timetable.windows"):
+    rule = "a window name (lower-case letters, digits and _)"
+    for name, key, value in doc.named_items(fields.get("windows"), "timetable.windows", WINDOW_NAME, rule):
         where = f"timetable.windows.{name}"
-        if not WINDOW_NAME.fullmatch(name):
-            doc.fail(key, f"timetable.windows: {name!r} is not a window name (lower-case letters, digits and _)")
         if name == HOLIDAYS:
             doc.fail(key, f"timetable.windows: {HOLIDAYS!r} is reserved: list holiday dates under timetable.holidays")
         items = doc.sequence(value, where)

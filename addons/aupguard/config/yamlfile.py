@@ -9,7 +9,8 @@ read through it.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -177,6 +178,19 @@ class YamlDocument:
             self._key_nodes[id(value_node)] = key_node
             out.append((key, key_node, value_node))
         return out
+
+    def named_items(
+        self, node: Node | None, where: str, pattern: re.Pattern[str], what: str
+    ) -> Iterator[tuple[str, Node, Node]]:
+        """items() of a section keyed by names the policy defines (categories, groups, windows).
+
+        Each key is checked against `pattern` as it is reached, so mistakes are still reported in file
+        order; `what` says what a name must be.
+        """
+        for key, key_node, value_node in self.items(node, where):
+            if not pattern.fullmatch(key):
+                self.fail(key_node, f"{where}: {key!r} is not {what}")
+            yield key, key_node, value_node
 
     def fields(
         self, node: Node, where: str, *, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()
