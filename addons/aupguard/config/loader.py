@@ -18,6 +18,7 @@ from pathlib import Path
 from yaml.nodes import Node, ScalarNode
 
 from aupguard.base import paths
+from aupguard.base.addresses import Network
 from aupguard.base.urlnorm import URLError, normalize_host
 from aupguard.base.vocabulary import CATEGORIES, CATEGORY_NAME, DOWNLOAD_TYPES, SEVERITIES
 from aupguard.config.policy import (
@@ -299,7 +300,7 @@ def _read_identity(
         first_line[folded] = line_of(key)
 
     rules: list[NetworkRule] = []
-    seen: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, int] = {}
+    seen: dict[Network, int] = {}
     for number, item in enumerate(doc.sequence(fields.get("networks"), "identity.networks"), 1):
         where = f"identity.networks entry {number}"
         entry = doc.fields(item, where, required=("cidr", "group"))
@@ -350,7 +351,7 @@ def _read_user_files(
 _IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
-def _read_network(doc: YamlDocument, node: Node, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def _read_network(doc: YamlDocument, node: Node, where: str) -> Network:
     text = doc.text(node, where)
     try:
         network = ipaddress.ip_network(text)

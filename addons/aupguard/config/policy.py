@@ -6,13 +6,12 @@ Policy; everything after it only reads these records.
 
 from __future__ import annotations
 
-import ipaddress
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aupguard.base.addresses import AddressTable
+from aupguard.base.addresses import AddressTable, Network
 from aupguard.base.errors import LocatedError
 from aupguard.config.timetable import Timetable
 from aupguard.config.userfiles import Member, UserFile
@@ -85,7 +84,7 @@ class CircumventionRules:
 
 @dataclass(frozen=True, slots=True)
 class NetworkRule:
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    network: Network
     group: str
 
 
