@@ -69,9 +69,7 @@ def load_policy(path: Path) -> Policy:
     no_decrypt_categories, no_decrypt_hosts, intercept = _read_tls(doc, top["tls"], categories)
     block_page = doc.fields(top["block_page"], "block_page", required=("accidental",), optional=("circumvention",))
     records = doc.fields(top["records"], "records", required=("retention_days",))
-    retention_days = doc.integer(records["retention_days"], "records.retention_days")
-    if not 1 <= retention_days <= MAX_RETENTION_DAYS:
-        doc.fail(records["retention_days"], f"records.retention_days must be between 1 and {MAX_RETENTION_DAYS}")
+    retention_days = doc.integer_between(records["retention_days"], "records.retention_days", 1, MAX_RETENTION_DAYS)
 
     return Policy(
         path=path,
@@ -253,9 +251,7 @@ def _read_downloads(doc: YamlDocument, node: Node | None, where: str) -> dict:
         types.add(name)
     max_bytes = None
     if fields.get("max_size_mb") is not None:
-        megabytes = doc.integer(fields["max_size_mb"], f"{where}.max_size_mb")
-        if not 1 <= megabytes <= MAX_DOWNLOAD_MB:
-            doc.fail(fields["max_size_mb"], f"{where}.max_size_mb must be between 1 and {MAX_DOWNLOAD_MB}")
+        megabytes = doc.integer_between(fields["max_size_mb"], f"{where}.max_size_mb", 1, MAX_DOWNLOAD_MB)
         max_bytes = megabytes * 1024 * 1024
     return {"download_block_types": frozenset(types), "max_download_bytes": max_bytes}
 
@@ -419,10 +415,7 @@ def _read_circumvention(doc: YamlDocument, node: Node | None, groups: Mapping[st
     def number(key: str, low: int, high: int, fallback: int) -> int:
         if key not in fields:
             return fallback
-        value = doc.integer(fields[key], f"circumvention.{key}")
-        if not low <= value <= high:
-            doc.fail(fields[key], f"circumvention.{key} must be between {low} and {high}")
-        return value
+        return doc.integer_between(fields[key], f"circumvention.{key}", low, high)
 
     return CircumventionRules(
         connect_ports=frozenset(ports) or default.connect_ports,
@@ -442,10 +435,7 @@ def _read_exemptions(doc: YamlDocument, node: Node | None) -> int:
     fields = doc.fields(node, "exemptions", optional=("max_days",))
     if "max_days" not in fields:
         return DEFAULT_EXEMPTION_MAX_DAYS
-    days = doc.integer(fields["max_days"], "exemptions.max_days")
-    if not 1 <= days <= MAX_EXEMPTION_MAX_DAYS:
-        doc.fail(fields["max_days"], f"exemptions.max_days must be between 1 and {MAX_EXEMPTION_MAX_DAYS}")
-    return days
+    return doc.integer_between(fields["max_days"], "exemptions.max_days", 1, MAX_EXEMPTION_MAX_DAYS)
 
 
 def _groups_allowed(doc: YamlDocument, node: Node | None, where: str, groups: Mapping[str, Group]) -> frozenset[str]:

@@ -144,6 +144,13 @@ class YamlDocument:
     def integer(self, node: Node, where: str) -> int:
         return self._scalar(node, where, "a whole number", int)
 
+    def integer_between(self, node: Node, where: str, low: int, high: int) -> int:
+        """A whole number from `low` to `high`, both included."""
+        value = self.integer(node, where)
+        if not low <= value <= high:
+            self.fail(node, f"{where} must be between {low} and {high}")
+        return value
+
     def boolean(self, node: Node | None, where: str, *, default: bool | None = None) -> bool:
         if node is None and default is not None:
             return default
