@@ -261,10 +261,7 @@ def _category_names(
 ) -> frozenset[str]:
     names = set()
     for item in doc.sequence(node, where):
-        name = doc.text(item, where)
-        if name not in categories:
-            doc.fail(item, f"{where}: unknown category {name!r}{did_you_mean(name, categories)}")
-        names.add(name)
+        names.add(doc.known_name(item, where, categories, "category"))
     return frozenset(names)
 
 
@@ -273,13 +270,7 @@ def _read_identity(
 ) -> tuple[str, dict[str, str], tuple[NetworkRule, ...], tuple[UserFile, ...], dict[str, Member]]:
     fields = doc.fields(node, "identity", required=("default_group",), optional=("users", "user_files", "networks"))
 
-    def group_name(value: Node, where: str) -> str:
-        name = doc.text(value, where)
-        if name not in groups:
-            doc.fail(value, f"{where}: unknown group {name!r}{did_you_mean(name, groups)}")
-        return name
-
-    default_group = group_name(fields["default_group"], "identity.default_group")
+    default_group = doc.known_name(fields["default_group"], "identity.default_group", groups, "group")
 
     # Usernames from proxy authentication (htpasswd, LDAP) are compared ignoring case.
     users: dict[str, str] = {}
@@ -292,7 +283,7 @@ def _read_identity(
                 f"identity.users: {name!r} is listed twice (first at line {first_line[folded]}; "
                 "usernames are compared ignoring case)",
             )
-        users[folded] = group_name(value, f"identity.users.{name}")
+        users[folded] = doc.known_name(value, f"identity.users.{name}", groups, "group")
         first_line[folded] = line_of(key)
 
     rules: list[NetworkRule] = []
@@ -304,7 +295,7 @@ def _read_identity(
         if network in seen:
             doc.fail(entry["cidr"], f"{where}: {network} is listed twice (first at line {seen[network]})")
         seen[network] = line_of(entry["cidr"])
-        rules.append(NetworkRule(network, group_name(entry["group"], f"{where}: group")))
+        rules.append(NetworkRule(network, doc.known_name(entry["group"], f"{where}: group", groups, "group")))
     rules.sort(key=lambda r: (-r.network.prefixlen, r.network.version, r.network.network_address))
     user_files, members = _read_user_files(doc, fields.get("user_files"), groups)
     return default_group, users, tuple(rules), user_files, members

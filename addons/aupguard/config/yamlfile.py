@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -143,6 +143,13 @@ class YamlDocument:
 
     def integer(self, node: Node, where: str) -> int:
         return self._scalar(node, where, "a whole number", int)
+
+    def known_name(self, node: Node, where: str, names: Collection[str], kind: str) -> str:
+        """Text naming one of `names` (the policy's categories, groups, ...); `kind` is what they are."""
+        name = self.text(node, where)
+        if name not in names:
+            self.fail(node, f"{where}: unknown {kind} {name!r}{did_you_mean(name, names)}")
+        return name
 
     def integer_between(self, node: Node, where: str, low: int, high: int) -> int:
         """A whole number from `low` to `high`, both included."""
