@@ -23,7 +23,8 @@ if __package__ in (None, ""):
 from benchmarks.benign_urls import CATEGORIES, DEFAULT_COUNT, DEFAULT_SEED, benign_urls
 
 from aupguard.base.urlnorm import URLError, normalize_url
-from aupguard.core.circumvention import HEURISTIC_THRESHOLD, inspect_request, inspect_url
+from aupguard.core.circumvention import inspect_request, inspect_url
+from aupguard.core.circumvention.heuristic import HEURISTIC_THRESHOLD
 
 VERDICTS = frozenset({"signature", "heuristic", "doh"})
 REPO = Path(__file__).resolve().parent.parent

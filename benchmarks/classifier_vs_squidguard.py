@@ -43,7 +43,7 @@ GROUP = "pupils"
 def blocked_folders(root: Path) -> dict[str, tuple[str, frozenset[str]]]:
     """UT1 folder -> (aupguard category, list files not read), for the folders the bundled policy
     blocks for GROUP, as config/ut1-mapping.yaml maps them (its long form may skip some files)."""
-    from aupguard.config.policy import load_policy
+    from aupguard.config.loader import load_policy
     from aupguard.lists.mapping import load_mapping
     from aupguard.lists.model import mapped
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from aupguard.config.policy import PolicyError, load_policy
+from aupguard.config.loader import load_policy
+from aupguard.config.policy import PolicyError
 
 
 def write(tmp_path: Path, text: str, name: str = "policy.yaml") -> Path:

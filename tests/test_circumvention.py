@@ -12,16 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aupguard.base.urlnorm import URLError, normalize_url
-from aupguard.core.circumvention import (
-    HEURISTIC_THRESHOLD,
-    MAX_DEPTH,
-    MAX_REQUEST_LINE,
-    Finding,
-    FirstLine,
-    first_line,
-    inspect_request,
-    inspect_url,
-)
+from aupguard.core.circumvention import inspect_request, inspect_url
+from aupguard.core.circumvention.decoders import MAX_DEPTH
+from aupguard.core.circumvention.finding import Finding
+from aupguard.core.circumvention.heuristic import HEURISTIC_THRESHOLD
+from aupguard.core.circumvention.tunnel import MAX_REQUEST_LINE, FirstLine, first_line
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from aupguard.config.policy import CircumventionRules, PolicyError, load_policy
+from aupguard.config.loader import load_policy
+from aupguard.config.policy import CircumventionRules, PolicyError
 from aupguard.core.engine import Engine
 from aupguard.core.identify import Identity
 from aupguard.core.incident import RepeatRule

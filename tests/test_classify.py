@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aupguard.base.urlnorm import from_parts, normalize_url
-from aupguard.config.policy import load_policy
+from aupguard.config.loader import load_policy
 from aupguard.core.classify import Classifier, url_prefixes
 from aupguard.core.decide import decide, filter_error
 from aupguard.core.identify import Identity

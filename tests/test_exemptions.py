@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from aupguard.base.urlnorm import normalize_url, suffix_parts
 from aupguard.cli.main import main
-from aupguard.config.policy import load_policy
+from aupguard.config.loader import load_policy
 from aupguard.core import exemption as exrec
 from aupguard.core import exemptions as ex
 from aupguard.core.classify import Classification, Match

@@ -20,6 +20,7 @@ from aupguard.base.urlnorm import URLError, _parse_url, normalize_url
 from aupguard.cli.main import main as cli_main
 from aupguard.config.timetable import Span, Timetable
 from aupguard.core import circumvention
+from aupguard.core.circumvention import heuristic, urlparts
 from aupguard.proxy import lean
 
 # --- URL normalisation: the plain-URL fast path ------------------------------------------------
@@ -54,11 +55,11 @@ def test_the_fast_path_leaves_what_needs_work_to_the_general_parser():
 
 
 def _host_weight_reference(host: str) -> float:
-    labels = circumvention._site(host)[1]
-    if any(circumvention._HOST_WORDS.search(label) for label in labels):
-        return circumvention.HOST_WORD
-    if any(circumvention._HOST_WEAK_WORDS.search(label) for label in labels):
-        return circumvention.HOST_WEAK_WORD
+    labels = urlparts.site_parts(host)[1]
+    if any(heuristic._HOST_WORDS.search(label) for label in labels):
+        return heuristic.HOST_WORD
+    if any(heuristic._HOST_WEAK_WORDS.search(label) for label in labels):
+        return heuristic.HOST_WEAK_WORD
     return 0.0
 
 
@@ -70,13 +71,13 @@ _LABELS = ["proxy", "vpn", "hide", "anon", "surf", "unblock", "mask", "x", "1", 
 @given(st.lists(st.lists(st.sampled_from(_LABELS), min_size=1, max_size=3).map("".join), min_size=1, max_size=4))
 def test_host_words_are_found_with_or_without_the_gate(labels):
     host = ".".join(labels)
-    gated = circumvention._host_weight(host) if circumvention._ANY_HOST_WORD.search(host) else 0.0
+    gated = heuristic._host_weight(host) if heuristic._ANY_HOST_WORD.search(host) else 0.0
     assert gated == _host_weight_reference(host)
 
 
 def test_the_gate_knows_every_host_word():
-    for word in (*circumvention._HOST_WORD_LIST, *circumvention._HOST_WEAK_WORD_LIST):
-        assert circumvention._ANY_HOST_WORD.search(f"my{word}site.com")
+    for word in (*heuristic._HOST_WORD_LIST, *heuristic._HOST_WEAK_WORD_LIST):
+        assert heuristic._ANY_HOST_WORD.search(f"my{word}site.com")
 
 
 def test_a_proxy_named_host_with_a_proxy_path_is_still_flagged():

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aupguard.config.policy import Group, NetworkIndex, NetworkRule, Policy
+from aupguard.base.addresses import AddressTable
+from aupguard.config.policy import Group, NetworkRule, Policy
 from aupguard.core.identify import Identity, client_address, identify
 
 GROUPS = ("pupils", "staff", "visitors", "sixth_form", "lab")
@@ -200,10 +201,24 @@ networks = st.one_of(_network(4, 32), _network(6, 128))
 def test_index_finds_the_longest_matching_prefix(nets, probes):
     """The per-prefix-length index agrees with a plain scan for the longest containing network."""
     rules = [NetworkRule(net, f"g{i}") for i, net in enumerate(nets)]
-    index = NetworkIndex(rules)
+    index = AddressTable((rule.network, rule) for rule in rules)
     # Probe inside the networks too, not only at random.
     probes = probes + [net.network_address for net in nets] + [net.broadcast_address for net in nets]
     for address in probes:
         containing = [r for r in rules if r.network.version == address.version and address in r.network]
         expected = max(containing, key=lambda r: r.network.prefixlen, default=None)
-        assert index.match(address) == expected
+        assert index.longest(address) == expected
+
+
+@given(st.lists(networks, max_size=12), st.lists(addresses, min_size=1, max_size=8))
+def test_address_table_lists_every_covering_range_most_specific_first(nets, probes):
+    """What exemptions for address ranges read: every range holding the address, longest prefix first,
+    a range given twice with both of its values in order (a plain scan says which)."""
+    entries = [(net, i) for i, net in enumerate(nets)]
+    table = AddressTable(entries)
+    assert bool(table) == bool(nets)
+    probes = probes + [net.network_address for net in nets] + [net.broadcast_address for net in nets]
+    for address in probes:
+        containing = [(net, i) for net, i in entries if net.version == address.version and address in net]
+        expected = [i for _, i in sorted(containing, key=lambda entry: -entry[0].prefixlen)]
+        assert list(table.covering(address)) == expected

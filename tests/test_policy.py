@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from aupguard.base import paths
 from aupguard.base.vocabulary import CATEGORIES, SEVERITIES, severity_rank
-from aupguard.config.policy import MAX_POLICY_BYTES, Policy, PolicyError, load_policy
+from aupguard.config.loader import load_policy
+from aupguard.config.policy import Policy, PolicyError
+from aupguard.config.yamlfile import MAX_POLICY_BYTES
 from aupguard.core.identify import identify
 from aupguard.lists.model import mapped
 from aupguard.runtime import load_engine

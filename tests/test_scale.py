@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aupguard.config.policy import load_policy
+from aupguard.config.loader import load_policy
 from aupguard.lists import read as lists
 from aupguard.lists.index import load_index
 from aupguard.lists.model import ListError, ListRoot, Problems

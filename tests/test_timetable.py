@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aupguard.config.policy import load_policy
+from aupguard.config.loader import load_policy
 from aupguard.config.timetable import HOLIDAYS, Span, Timetable
 from policy_cases import assert_refused, edit_once, write
 from test_policy import BASE

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aupguard.config import userfiles
-from aupguard.config.policy import PolicyError, load_policy
+from aupguard.config.loader import load_policy
+from aupguard.config.policy import PolicyError
 from aupguard.core.identify import identify
 from test_policy import BASE, line_of, write
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from aupguard.base import paths
 from aupguard.base.urlnorm import normalize_url
-from aupguard.config.policy import Policy, load_policy
+from aupguard.config.loader import load_policy
+from aupguard.config.policy import Policy
 from aupguard.core.classify import Classifier
 from aupguard.core.engine import Engine
 from aupguard.core.exemptions import ExemptionSet

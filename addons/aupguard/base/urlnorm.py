@@ -21,6 +21,8 @@ from urllib.parse import quote, unquote_plus, unquote_to_bytes
 
 import idna
 
+from aupguard.base.errors import AupguardError
+
 __all__ = [
     "NormalizedURL",
     "URLError",
@@ -48,7 +50,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443, "ftp": 21, "ws": 80, "wss": 443}
 _SPECIAL_SCHEMES = frozenset(DEFAULT_PORTS)
 
 
-class URLError(ValueError):
+class URLError(AupguardError, ValueError):
     """The input cannot be read as a URL (or host) that a browser would visit."""
 
 

@@ -10,7 +10,8 @@ import click
 
 from aupguard.base.urlnorm import normalize_url
 from aupguard.cli.options import exemption_store, format_option, policy_option, store_option
-from aupguard.config.policy import PolicyError, load_policy
+from aupguard.config.loader import load_policy
+from aupguard.config.policy import PolicyError
 from aupguard.core.engine import Engine
 from aupguard.core.exemption import Exemption
 from aupguard.report.output import Section, visible, write_rows

@@ -14,7 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from aupguard.base import paths
 from aupguard.base.vocabulary import INCIDENT_CATEGORIES
 from aupguard.cli.options import index_option, policy_option
-from aupguard.config.policy import Policy, load_policy
+from aupguard.config.loader import load_policy
+from aupguard.config.policy import Policy
 from aupguard.lists.model import ListError
 from aupguard.offline.compile import CompileSummary, compile_from_folders
 from aupguard.offline.importers import DOMAIN_LIST_FORMATS, import_domain_list, import_host_list, import_ut1

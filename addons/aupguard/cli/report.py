@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from aupguard.cli.options import WHEN, db_option, format_option, open_existing_db, out_option, period, policy_option
-from aupguard.config.policy import load_policy
+from aupguard.config.loader import load_policy
 from aupguard.report.dsl import dsl_export
 from aupguard.report.output import STDOUT, private_text_file, table_console
 from aupguard.report.summary import build_report, build_requests_report, render_csv, render_json, render_table

@@ -12,7 +12,8 @@ import click
 from aupguard.base import paths
 from aupguard.cli.lists import say_compiled, with_progress
 from aupguard.cli.options import db_option, index_option, policy_option
-from aupguard.config.policy import Policy, load_policy
+from aupguard.config.loader import load_policy
+from aupguard.config.policy import Policy
 from aupguard.lists.index import load_index
 from aupguard.offline.compile import compile_from_folders, why_recompile
 

@@ -19,12 +19,10 @@ import re
 import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from yaml.nodes import Node, ScalarNode
 
-if TYPE_CHECKING:
-    from aupguard.config.policy import _Document
+from aupguard.config.yamlfile import YamlDocument
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 HOLIDAYS = "holidays"  # the reserved window in force on holiday dates
@@ -80,7 +78,8 @@ class Timetable:
         local = when.astimezone(self.zone)
         window = self._window_at_local(local)
         # With a whole-minute UTC offset (every zone since the 1970s), local minutes are UTC minutes.
-        if local.utcoffset() % _ONE_MINUTE == dt.timedelta(0):
+        offset = local.utcoffset()  # None only for a naive time, which `local` is not
+        if offset is not None and offset % _ONE_MINUTE == dt.timedelta(0):
             start = stamp // 60 * 60
             self._minute = (start, start + 60, window)
         return window
@@ -98,16 +97,15 @@ class Timetable:
         return None
 
 
-def read_timetable(doc: _Document, node: Node | None, zone: zoneinfo.ZoneInfo) -> Timetable:
+def read_timetable(doc: YamlDocument, node: Node | None, zone: zoneinfo.ZoneInfo) -> Timetable:
     """The policy's `timetable:` section. Fails with the line of any bad day, time, overlap or date."""
-    if node is None or doc._is_null(node):
+    if node is None or doc.is_null(node):
         return Timetable.empty(zone)
     fields = doc.fields(node, "timetable", optional=("windows", "holidays"))
     spans: list[Span] = []
-    for name, key, value in doc.items(fields.get("windows"), "timetable.windows"):
+    rule = "a window name (lower-case letters, digits and _)"
+    for name, key, value in doc.named_items(fields.get("windows"), "timetable.windows", WINDOW_NAME, rule):
         where = f"timetable.windows.{name}"
-        if not WINDOW_NAME.fullmatch(name):
-            doc.fail(key, f"timetable.windows: {name!r} is not a window name (lower-case letters, digits and _)")
         if name == HOLIDAYS:
             doc.fail(key, f"timetable.windows: {HOLIDAYS!r} is reserved: list holiday dates under timetable.holidays")
         items = doc.sequence(value, where)
@@ -119,7 +117,7 @@ def read_timetable(doc: _Document, node: Node | None, zone: zoneinfo.ZoneInfo) -
     return Timetable(zone, spans, _read_holidays(doc, fields.get("holidays")))
 
 
-def _read_span(doc: _Document, node: Node, window: str, where: str) -> list[Span]:
+def _read_span(doc: YamlDocument, node: Node, window: str, where: str) -> list[Span]:
     entry = doc.fields(node, where, required=("days",), optional=("from", "to"))
     start = _clock(doc, entry.get("from"), f"{where}.from", 0)
     end = _clock(doc, entry.get("to"), f"{where}.to", MINUTES_PER_DAY)
@@ -134,7 +132,7 @@ def _read_span(doc: _Document, node: Node, window: str, where: str) -> list[Span
     return [Span(window, day, start, end, line) for day in _days(doc, entry["days"], f"{where}.days")]
 
 
-def _clock(doc: _Document, node: Node | None, where: str, default: int) -> int:
+def _clock(doc: YamlDocument, node: Node | None, where: str, default: int) -> int:
     if node is None:
         return default
     if isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:int" and ":" in node.value:
@@ -146,7 +144,7 @@ def _clock(doc: _Document, node: Node | None, where: str, default: int) -> int:
     return MINUTES_PER_DAY if text == "24:00" else int(match.group(1)) * 60 + int(match.group(2))
 
 
-def _days(doc: _Document, node: Node, where: str) -> list[int]:
+def _days(doc: YamlDocument, node: Node, where: str) -> list[int]:
     """Day names (`mon` ... `sun`) and ranges (`mon-fri`); a single name or range may stand alone."""
     items = [node] if isinstance(node, ScalarNode) else doc.sequence(node, where)
     if not items:
@@ -169,9 +167,7 @@ def _days(doc: _Document, node: Node, where: str) -> list[int]:
     return days
 
 
-def _check_overlaps(doc: _Document, spans: list[Span]) -> None:
-    from aupguard.config.policy import PolicyError
-
+def _check_overlaps(doc: YamlDocument, spans: list[Span]) -> None:
     by_day: dict[int, list[Span]] = {}
     for span in spans:
         by_day.setdefault(span.day, []).append(span)
@@ -181,8 +177,7 @@ def _check_overlaps(doc: _Document, spans: list[Span]) -> None:
             if after.start < before.end:
                 # Blame the later line in the file: usually the one just added.
                 first, second = sorted((before, after), key=lambda s: s.line)
-                raise PolicyError(
-                    doc.path,
+                doc.fail_at(
                     second.line,
                     f"timetable.windows.{second.window}: {_hhmm(second.start)}-{_hhmm(second.end)} on {DAYS[day]} "
                     f"overlaps {first.window} {_hhmm(first.start)}-{_hhmm(first.end)} (line {first.line}); "
@@ -194,7 +189,7 @@ def _hhmm(minutes: int) -> str:
     return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
 
-def _read_holidays(doc: _Document, node: Node | None) -> frozenset[dt.date]:
+def _read_holidays(doc: YamlDocument, node: Node | None) -> frozenset[dt.date]:
     """Dates (`2026-12-25`) and inclusive ranges (`{from: 2026-10-26, to: 2026-10-30}`)."""
     items = doc.sequence(node, "timetable.holidays")
     if len(items) > MAX_HOLIDAY_ENTRIES:
@@ -215,7 +210,7 @@ def _read_holidays(doc: _Document, node: Node | None) -> frozenset[dt.date]:
     return frozenset(dates)
 
 
-def _date(doc: _Document, node: Node, where: str) -> dt.date:
+def _date(doc: YamlDocument, node: Node, where: str) -> dt.date:
     # YAML reads 2026-10-26 as a date and fails on 2026-13-01 without a line: parse the text ourselves.
     timestamp = isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:timestamp"
     text = node.value if timestamp else doc.text(node, where)

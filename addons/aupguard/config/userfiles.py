@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from aupguard.base.errors import LocatedError
+
 MAX_USER_FILE_BYTES = 16 << 20  # ~40 bytes a row: far more than any school's roll
 MAX_USER_ROWS = 200_000
 MAX_CELL_CHARS = 256
 
 
-class UserFileError(ValueError):
-    def __init__(self, file: Path, line: int | None, reason: str):
-        self.file, self.line, self.reason = file, line, reason
-        super().__init__(f"{file}:{line}: {reason}" if line else f"{file}: {reason}")
+class UserFileError(LocatedError, ValueError):
+    """A user file that cannot be used: `file:line: reason`. Still a ValueError, for callers that catch one."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,11 @@ exam or a focused lesson. `core.exemptions` applies the active ones to a decisio
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from aupguard.base.addresses import Network
+from aupguard.base.errors import AupguardError
 from aupguard.base.urlnorm import NormalizedURL
 from aupguard.lists.model import one_site
 
@@ -23,10 +24,7 @@ EXEMPTION, ALLOW_ONLY, BLOCK_ALL = "exemption", "allow_only", "block_all"
 KINDS = (EXEMPTION, ALLOW_ONLY, BLOCK_ALL)
 
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class ExemptionError(ValueError):
+class ExemptionError(AupguardError, ValueError):
     """An exemption or override that cannot be recorded, with the reason in plain words."""
 
 

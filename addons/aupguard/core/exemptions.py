@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 
+from aupguard.base.addresses import AddressTable
 from aupguard.base.urlnorm import NormalizedURL
 from aupguard.base.vocabulary import CLASSROOM_LOCK
 from aupguard.config.policy import Policy
@@ -42,24 +43,16 @@ class ExemptionSet:
         self.items = _usable(items)
         self._by_user: dict[str, list[Exemption]] = {}
         self._by_group: dict[str, list[Exemption]] = {}
-        # Per IP version: (shift, {network number >> shift: [exemptions]}), longest prefix first.
-        by_prefix: dict[int, dict[int, dict[int, list[Exemption]]]] = {4: {}, 6: {}}
+        by_network: list[tuple[Network, Exemption]] = []
         for item in self.items:
             if item.user is not None:
                 self._by_user.setdefault(item.user, []).append(item)
             elif item.group is not None:
                 self._by_group.setdefault(item.group, []).append(item)
             elif item.network is not None:
-                net = item.network
-                table = by_prefix[net.version].setdefault(net.prefixlen, {})
-                table.setdefault(int(net.network_address) >> (net.max_prefixlen - net.prefixlen), []).append(item)
-        self._networks = {
-            version: tuple(
-                ((32 if version == 4 else 128) - length, tables[length]) for length in sorted(tables, reverse=True)
-            )
-            for version, tables in by_prefix.items()
-        }
-        self._any_network = any(self._networks.values())
+                by_network.append((item.network, item))
+        self._by_network = AddressTable(by_network)
+        self._any_network = bool(self._by_network)
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -75,9 +68,7 @@ class ExemptionSet:
         if self._any_network:
             address = client_address(identity.client_ip)
             if address is not None:
-                value = int(address)
-                for shift, table in self._networks[address.version]:
-                    found += table.get(value >> shift, ())
+                found += self._by_network.covering(address)
         return tuple(item for item in found if item.active(when))
 
     def active_for(self, identity: Identity, url: NormalizedURL, when: datetime) -> tuple[Exemption, ...]:

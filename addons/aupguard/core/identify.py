@@ -19,7 +19,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from aupguard.config.policy import NetworkIndex, NetworkRule, Policy
+from aupguard.base.addresses import AddressTable
+from aupguard.config.policy import NetworkRule, Policy
 
 # Distinct client addresses remembered per process; a school has a few thousand devices.
 ADDRESS_CACHE_SIZE = 8192
@@ -81,8 +82,8 @@ class _Place(NamedTuple):
 # Keyed by (index, address text): a reloaded policy has a new index, so stale entries
 # are never hit and age out of the LRU.
 @functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)
-def _locate(index: NetworkIndex, client_ip: str) -> _Place:
+def _locate(index: AddressTable[NetworkRule], client_ip: str) -> _Place:
     address = client_address(client_ip)
     if address is None:
         return _Place(client_ip, False, None)
-    return _Place(str(address), True, index.match(address))
+    return _Place(str(address), True, index.longest(address))

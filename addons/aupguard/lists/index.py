@@ -69,6 +69,7 @@ from typing import Literal
 
 from xxhash import xxh3_64, xxh3_64_intdigest
 
+from aupguard.base.errors import AupguardError
 from aupguard.lists.model import ListRoot, ListSource, MappedFolder, mapped
 
 MAGIC = b"AUPGIDX\x00"
@@ -92,7 +93,7 @@ _MAX_JSON = 256 << 20
 Signature = tuple[int, int, int, int, int]
 
 
-class IndexFormatError(ValueError):
+class IndexFormatError(AupguardError, ValueError):
     """The file is not a valid index (wrong magic or version, truncated, corrupt)."""
 
 

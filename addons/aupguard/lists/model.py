@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from aupguard.base.errors import AupguardError
 from aupguard.base.urlnorm import is_public_suffix, normalize_host, normalize_url
 
 LIST_FILES = ("domains", "urls", "expressions")
@@ -47,7 +48,7 @@ _CANONICAL_HOST = re.compile(rf"(?:{_LABEL}\.)+[a-z]{{2,63}}|(?:{_OCTET}\.){{3}}
 _URL_SCHEME = re.compile(r"^https?://", re.IGNORECASE)
 
 
-class ListError(ValueError):
+class ListError(AupguardError, ValueError):
     """A list root, mapping or import source that cannot be used at all."""
 
 

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
+from aupguard.base.errors import AupguardError
 from aupguard.base.files import atomic_write_text, staged_dir
 from aupguard.base.paths import make_dir
 from aupguard.base.vocabulary import CATEGORY_NAME
@@ -386,7 +387,7 @@ _HOSTS_SELF = frozenset({"localhost", "localhost.localdomain", "local", "broadca
 _ADBLOCK_WHOLE_DOMAIN_OPTIONS = frozenset({"important", "all"})
 
 
-class NarrowedRule(ValueError):
+class NarrowedRule(AupguardError, ValueError):
     """An Adblock `||domain^$options` rule whose options block only some requests: not a domain entry."""
 
 

@@ -35,7 +35,7 @@ from aupguard.base.urlnorm import from_parts
 from aupguard.base.vocabulary import DOWNLOAD
 from aupguard.config.policy import PolicyError
 from aupguard.core import downloads
-from aupguard.core.circumvention import FIRST_LINE_WAIT, FirstLine, first_line
+from aupguard.core.circumvention.tunnel import FIRST_LINE_WAIT, FirstLine, first_line
 from aupguard.core.classify import Match
 from aupguard.core.decide import Decision
 from aupguard.core.engine import MALFORMED, MAX_ASKED_SHOWN, Engine, Verdict

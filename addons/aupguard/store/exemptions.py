@@ -15,8 +15,9 @@ from pathlib import Path
 import sqlite_utils
 
 from aupguard.base import paths
+from aupguard.base.addresses import Network
 from aupguard.config.policy import Policy
-from aupguard.core.exemption import ALLOW_ONLY, BLOCK_ALL, EXEMPTION, KINDS, Exemption, ExemptionError, Network
+from aupguard.core.exemption import ALLOW_ONLY, BLOCK_ALL, EXEMPTION, KINDS, Exemption, ExemptionError
 from aupguard.core.exemptions import ExemptionSet
 from aupguard.lists.model import one_site
 from aupguard.store.db import connect_private, utc_iso

@@ -28,6 +28,7 @@ from typing import Any
 
 import sqlite_utils
 
+from aupguard.base.errors import AupguardError
 from aupguard.base.vocabulary import SEVERITIES
 from aupguard.core.incident import Incident, RepeatRule
 from aupguard.store.db import connect_private, utc_iso
@@ -69,7 +70,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # -- schema --------------------------------------------------------------------------------------
 
 
-class SchemaError(RuntimeError):
+class SchemaError(AupguardError, RuntimeError):
     """The database was written by a newer aupguard than this one."""
 
 
