@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 
-from aupguard.base.addresses import AddressTable
+from aupguard.base.addresses import AddressTable, Network
 from aupguard.base.urlnorm import NormalizedURL
 from aupguard.base.vocabulary import CLASSROOM_LOCK
 from aupguard.config.policy import Policy
