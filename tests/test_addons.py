@@ -240,3 +240,28 @@ def test_outside_the_tested_versions_a_raw_tcp_tunnel_relays_nothing_and_is_reco
         addon.tcp_message(flow)
     assert flow.messages[-1].content == b""
     assert len(recorded) == 1 and recorded[0].blocked and recorded[0].technique == "tunnel"
+
+
+# -- the watcher's policy reaction, driven by hand -----------------------------------------------------
+
+
+def test_a_broken_policy_keeps_the_old_one_and_is_reported_once_per_broken_version(current, tmp_path, caplog):
+    from aupguard.proxy.watch import PolicyReload
+
+    path = tmp_path / "policy.yaml"
+    reload = PolicyReload(current, lambda: path, lambda: None)
+    reload.begin()
+    before = current.engine
+    good = path.read_text()
+    path.write_text(good.replace("  - games\n", "  - gamez\n", 1))
+    with caplog.at_level(logging.ERROR):
+        assert reload.check() is False
+        assert reload.check() is False  # the same broken version: not reported again
+    assert current.engine is before
+    assert len([r for r in caplog.records if "the previous policy stays in force" in r.getMessage()]) == 1
+    path.write_text(good + "\n# fixed\n")
+    assert reload.check() is True and current.engine is not before
+    assert current.engine.policy.groups.keys() == before.policy.groups.keys()
+    reload.request("SIGHUP")  # asked for: reloaded though nothing changed
+    reloaded = current.engine
+    assert reload.check() is True and current.engine is not reloaded

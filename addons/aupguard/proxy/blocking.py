@@ -143,6 +143,7 @@ class Blocking:
         text_only: bool = False,
     ) -> blockpage.BlockPage:
         policy = engine.policy
+        assert verdict.decision.category is not None, "a blocking decision names its category"
         category = policy.categories[verdict.decision.category]
         reason = category.reason
         match = verdict.decision.blocked_by[0] if verdict.decision.blocked_by else None

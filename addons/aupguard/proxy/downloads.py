@@ -50,12 +50,15 @@ class Downloads:
         engine = self.current.engine
         if engine is None or flow.response is None or BLOCKED in flow.metadata:
             return  # (mitmproxy calls this for aupguard's own block page too: nothing to check there)
-        known = flow.metadata.get(IDENTITY)  # set by requestheaders, which skips the feedback host
+        # Set by requestheaders, which skips the feedback host.
+        known: tuple[str | None, str, str, str] | None = flow.metadata.get(IDENTITY)
         if known is None and self.blocking.is_feedback(flow):
             return
         # (A policy reloaded in between may have dropped the group: identify again then.)
-        fresh = known is not None and known[2] in engine.policy.groups
-        identity = Identity(*known) if fresh else identity_of(engine, flow)
+        if known is not None and known[2] in engine.policy.groups:
+            identity = Identity(*known)
+        else:
+            identity = identity_of(engine, flow)
         try:
             group = engine.policy.groups[identity.group]
             if not group.download_block_types and group.max_download_bytes is None:

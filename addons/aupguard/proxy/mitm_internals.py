@@ -37,13 +37,13 @@ log = logging.getLogger(__name__)
 TESTED_FROM = (11, 0, 2)  # the internals below were read against these mitmproxy versions
 TESTED_BELOW = (11, 1)
 _fell_back: set[str] = set()  # the internals already logged as not used
-_RELEASE = re.compile(r"[0-9.]*")
+_AFTER_RELEASE = re.compile(r"[^0-9.].*")  # what follows the release numbers
 
 
 @lru_cache(maxsize=4)
 def _release(text: str) -> tuple[int, ...]:
     """ "11.0.2" -> (11, 0, 2); a suffix such as ".dev0" or "rc1" ends the number."""
-    return tuple(int(part) for part in _RELEASE.match(text).group(0).split(".") if part)  # type: ignore[union-attr]
+    return tuple(int(part) for part in _AFTER_RELEASE.sub("", text).split(".") if part)
 
 
 def fenced(internal: str) -> bool:
@@ -206,14 +206,15 @@ def choose_now(master, nextlayer: layer.NextLayer) -> None:
 class CutTunnel(layer.Layer):
     """Takes the place of the layer mitmproxy chose for a tunnel, and closes it: nothing is relayed."""
 
+    closed = False
+
     def _handle_event(self, event):
+        if self.closed:
+            return
+        self.closed = True
         yield commands.CloseConnection(self.context.client)
         if self.context.server.connected:
             yield commands.CloseConnection(self.context.server)
-        self._handle_event = self._closed
-
-    def _closed(self, event):
-        yield from ()
 
 
 class FirstLineWait(layer.Layer):

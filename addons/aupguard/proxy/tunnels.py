@@ -127,10 +127,10 @@ class Tunnels:
             verdict = engine.tunnel(host, port, identity, "no-sni", "TLS without a server name (SNI)")
             self._refuse_tls(engine, client, verdict)
             return
-        host = data.client_hello.sni or (server[0] if server else None)
-        if not host:
+        name = data.client_hello.sni or (server[0] if server else None)
+        if not name:
             return  # no name to go by: decrypt, and the request hooks decide
-        verdict = engine.check_host(host, server[1] if server else 443, identity)
+        verdict = engine.check_host(name, server[1] if server else 443, identity)
         if _never_decrypted(engine, verdict):
             if verdict.blocked:
                 self._refuse_tls(engine, client, verdict)

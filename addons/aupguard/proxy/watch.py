@@ -204,7 +204,7 @@ class IndexSwap:
         self._retiring.append((time.monotonic() + CLOSE_DELAY, old if swapped else new))
         if not swapped:
             return False
-        counts = new.lookup.counts  # type: ignore[attr-defined]
+        counts = new.lookup.counts
         log.info(
             "aupguard: switched to the recompiled list index %s (%d domains, %d urls)",
             index.origin,
