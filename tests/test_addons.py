@@ -224,6 +224,7 @@ def test_outside_the_tested_versions_mitmproxys_own_dispatch_and_http1_stay(unte
         assert mitm_internals.HandlerTable(manager).install() is False
         assert manager.trigger_event == dispatch
     assert mitm_internals.install_head_fixes() is False
+    assert mitm_internals.set_idle_timeout(5) is False
     assert not mitm_internals.tunnel_layers_fenced()
 
 

@@ -10,6 +10,8 @@ internal below falls back to mitmproxy's own supported path, and says so once in
 - the next-layer tricks for CONNECT tunnels (`CutTunnel`, `FirstLineWait`, replacing the layer
   mitmproxy's NextLayer addon chose, peeking at the first line) -> the `tcp_message` hook drops
   what a tunnel carrying no HTTP sends (proxy.tunnels), stricter: no wait for a first line.
+- `set_idle_timeout`, mitmproxy's module constant `proxy.server.TCP_TIMEOUT` (read per new connection)
+  -> not set: mitmproxy's own idle timeout.
 - `install_head_fixes`, the HTTP/1 request-head fixes (wraps `Http1Server._handle_event`, reads h11's
   private `_data`) -> not installed: mitmproxy reads heads as it does itself.
 """
@@ -27,6 +29,7 @@ from mitmproxy import addonmanager, exceptions, flow, hooks, http
 from mitmproxy import version as mitmproxy_version
 from mitmproxy.net.http import status_codes
 from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy import server as proxy_server
 from mitmproxy.proxy.layers.http import _http1
 
 from aupguard.core.circumvention import FIRST_LINE_WAIT, FirstLine, first_line
@@ -354,7 +357,7 @@ def install_head_fixes() -> bool:
     - A request head must be whole within `HEAD_DEADLINE.seconds` of its first byte, or the client
       gets 408 and the connection closes: mitmproxy itself waits for the rest of a head for as long
       as bytes keep coming (a slow-loris client holds a connection for ever). Idle connections are
-      mitmproxy's own watchdog's (`proxy.server.TCP_TIMEOUT`, set by the wiring addon's option).
+      mitmproxy's own watchdog's (`proxy.server.TCP_TIMEOUT`, `set_idle_timeout`).
 
     Both wrap `Http1Server._handle_event`, so a mitmproxy that changes it fails tests/test_request_holes.py.
     False when not installed (outside the tested versions).
@@ -363,4 +366,18 @@ def install_head_fixes() -> bool:
         return False
     if not getattr(_http1.Http1Server._handle_event, "reads_heads_with_care", False):  # once, however often called
         _http1.Http1Server._handle_event = _reading_heads_with_care(_http1.Http1Server._handle_event)  # type: ignore[method-assign]
+    return True
+
+
+# -- the idle timeout ----------------------------------------------------------------------------------
+
+IDLE_TIMEOUT_DEFAULT = proxy_server.TCP_TIMEOUT  # mitmproxy's own, the option's default
+
+
+def set_idle_timeout(seconds: int) -> bool:
+    """Close connections silent for `seconds` (new connections): mitmproxy has no option for it, only its
+    module constant, read per connection. False when not set (outside the tested versions)."""
+    if not fenced("the idle timeout"):
+        return False
+    proxy_server.TCP_TIMEOUT = seconds
     return True

@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions
-from mitmproxy.proxy import server as proxy_server
 
 from aupguard.base import paths
 from aupguard.config.policy import PolicyError
@@ -76,7 +75,7 @@ class Wiring:
         loader.add_option(
             "aupguard_idle_timeout",
             int,
-            proxy_server.TCP_TIMEOUT,
+            mitm_internals.IDLE_TIMEOUT_DEFAULT,
             "aupguard: seconds a connection may stay silent before it is closed (new connections).",
         )
         mitm_internals.install_head_fixes()
@@ -86,7 +85,7 @@ class Wiring:
         if "aupguard_header_timeout" in updated:
             mitm_internals.HEAD_DEADLINE.seconds = max(1, ctx.options.aupguard_header_timeout)
         if "aupguard_idle_timeout" in updated:
-            proxy_server.TCP_TIMEOUT = max(1, ctx.options.aupguard_idle_timeout)  # read per new connection
+            mitm_internals.set_idle_timeout(max(1, ctx.options.aupguard_idle_timeout))
         if updated & self._pruned_options:  # their addons were left out at start (lean.prune_idle)
             changed = ", ".join(sorted(updated & self._pruned_options))
             log.warning("aupguard: %s changed while running: restart the proxy for it to apply", changed)
