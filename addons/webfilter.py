@@ -5,9 +5,9 @@
 `aupguard run` loads this same file; see README.md for the options it adds.
 """
 
-from aupguard.proxy.addon import AupGuard
 from aupguard.proxy.feedback import FeedbackApp
+from aupguard.proxy.wiring import addons as aupguard_addons
 
-# AupGuard first: it declares the options FeedbackApp reads, and decides every request before
+# aupguard's own first: they declare the options FeedbackApp reads, and decide every request before
 # FeedbackApp answers the block page's forms on the reserved host.
-addons = [AupGuard(), FeedbackApp()]
+addons = [*aupguard_addons(), FeedbackApp()]

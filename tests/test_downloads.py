@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from aupguard.base.vocabulary import DOWNLOAD_TYPES
 from aupguard.config.policy import Group
 from aupguard.core import downloads
+from aupguard.proxy import downloads as proxy_downloads
+from aupguard.proxy.downloads import BodyCheck, decoded_prefix
 from conftest import start_proxy, write_policy
 
 MB = 1024 * 1024
@@ -63,7 +65,7 @@ def test_sizes():
 
 def test_size_limit_drops_everything_past_the_limit():
     over = []
-    limit = downloads.BodyCheck(10, frozenset(), over.append)
+    limit = BodyCheck(10, frozenset(), over.append)
     assert limit(b"12345") == b"12345"
     assert limit(b"12345") == b"12345"
     assert limit(b"1") == [] and [block.detail for block in over] == ["11 bytes is over the limit of 0.0 MB"]
@@ -160,17 +162,17 @@ def test_ordinary_files_show_no_type(body):
 def test_a_compressed_body_is_judged_decoded_decoding_only_its_start():
     big = PE + b"\0" * (10 * MB)
     packed = gzip.compress(big)
-    assert downloads.decoded_prefix(packed, "gzip") == big[: downloads.SNIFF_BYTES]
-    assert downloads.decoded_prefix(packed[:200], "gzip").startswith(PE[:100])  # the start of a stream
-    assert downloads.decoded_prefix(b"not gzip", "gzip") == b"not gzip"  # undecodable: judged as sent
+    assert decoded_prefix(packed, "gzip") == big[: downloads.SNIFF_BYTES]
+    assert decoded_prefix(packed[:200], "gzip").startswith(PE[:100])  # the start of a stream
+    assert decoded_prefix(b"not gzip", "gzip") == b"not gzip"  # undecodable: judged as sent
     blocked: list[downloads.DownloadBlock] = []
-    check = downloads.BodyCheck(None, frozenset({"executable"}), blocked.append, "gzip")
+    check = BodyCheck(None, frozenset({"executable"}), blocked.append, "gzip")
     assert check(packed[:500]) == [] and blocked and blocked[0].detail == "executable (Windows program (PE))"
 
 
 def test_body_check_holds_back_the_first_bytes_until_they_tell():
     refused = []
-    check = downloads.BodyCheck(None, frozenset({"disk_image"}), refused.append)
+    check = BodyCheck(None, frozenset({"disk_image"}), refused.append)
     passed = [check(ISO[start : start + 4096]) for start in range(0, 0x8000, 4096)]
     assert passed == [[]] * 8  # nothing sent before "CD001" could have been seen
     assert check(ISO[0x8000:]) == [] and refused[0].detail == "disk image (ISO 9660 image)"
@@ -181,9 +183,9 @@ def test_a_body_sent_a_byte_a_chunk_is_judged_a_few_times_not_once_a_byte(monkey
     judged = []
     real = downloads.content_block
     monkeypatch.setattr(
-        downloads, "content_block", lambda types, prefix: judged.append(len(prefix)) or real(types, prefix)
+        proxy_downloads, "content_block", lambda types, prefix: judged.append(len(prefix)) or real(types, prefix)
     )
-    check = downloads.BodyCheck(None, frozenset({"disk_image"}), pytest.fail)
+    check = BodyCheck(None, frozenset({"disk_image"}), pytest.fail)
     body = b"x" * (downloads.SNIFF_BYTES + 10)
     out = [check(body[i : i + 1]) for i in range(len(body))] + [check(b"")]
     sent = b"".join(b"".join(part) if isinstance(part, list) else part for part in out)
@@ -192,7 +194,7 @@ def test_a_body_sent_a_byte_a_chunk_is_judged_a_few_times_not_once_a_byte(monkey
 
 
 def test_body_check_passes_an_ordinary_body_whole_and_in_order():
-    check = downloads.BodyCheck(None, frozenset({"disk_image", "executable"}), pytest.fail)
+    check = BodyCheck(None, frozenset({"disk_image", "executable"}), pytest.fail)
     body = bytes(range(256)) * 200  # 51,200 bytes: past SNIFF_BYTES in the middle of a chunk
     out = []
     for start in range(0, len(body), 5000):
@@ -204,7 +206,7 @@ def test_body_check_passes_an_ordinary_body_whole_and_in_order():
 
 
 def test_body_check_sends_a_short_body_at_its_end():
-    check = downloads.BodyCheck(None, frozenset({"executable"}), pytest.fail)
+    check = BodyCheck(None, frozenset({"executable"}), pytest.fail)
     assert check(b"short page") == []
     assert check(b"") == [b"short page"]
 
@@ -409,7 +411,7 @@ def test_hostile_first_bytes_never_raise(tail, head):
 @given(st.binary(max_size=70000), st.lists(st.integers(1, 9000), min_size=1, max_size=40))
 def test_body_check_sends_a_passing_body_unchanged_however_it_is_cut(body, sizes):
     refused = []
-    check = downloads.BodyCheck(None, frozenset({"disk_image", "executable", "apk"}), refused.append)
+    check = BodyCheck(None, frozenset({"disk_image", "executable", "apk"}), refused.append)
     out, start = [], 0
     for size in sizes * (len(body) // sum(sizes) + 1):
         if start >= len(body):

@@ -21,7 +21,7 @@ from aupguard.cli.main import main as cli_main
 from aupguard.config.timetable import Span, Timetable
 from aupguard.core import circumvention
 from aupguard.core.circumvention import heuristic, urlparts
-from aupguard.proxy import lean
+from aupguard.proxy import lean, mitm_internals
 
 # --- URL normalisation: the plain-URL fast path ------------------------------------------------
 
@@ -229,7 +229,7 @@ def test_events_reach_the_same_handlers_in_the_same_order_when_idle_addons_are_s
         await master.addons.trigger_event(HttpRequestHook(tflow.tflow()))  # mitmproxy's own dispatch
         mitmproxys = list(calls)
         calls.clear()
-        lean.HandlerTable(master.addons).install()
+        mitm_internals.HandlerTable(master.addons).install()
         await master.addons.trigger_event(HttpRequestHook(tflow.tflow()))
         return mitmproxys
 
@@ -261,7 +261,7 @@ def test_the_handler_table_follows_addons_added_removed_and_options_set():
     async def steps():
         master = DumpMaster(options.Options(), with_termlog=False, with_dumper=False)
         master.addons.chain = []  # only this test's addons
-        lean.HandlerTable(master.addons).install()
+        mitm_internals.HandlerTable(master.addons).install()
         fire = lambda: master.addons.handle_lifecycle(HttpResponseHook(tflow.tflow()))  # noqa: E731
         seen = []
         await fire()
@@ -307,10 +307,11 @@ def test_the_page_response_is_what_response_make_gives(content_type, report_url,
     from mitmproxy import http
 
     from aupguard.proxy import blockpage
-    from aupguard.proxy.addon import _page_response
+    from aupguard.proxy.blocking import page_fields
+    from aupguard.proxy.mitm_internals import page_response
 
     page = blockpage.BlockPage(403, content_type, "<p>blocked – école</p>".encode())
-    made = _page_response(page, report_url, report_url is not None, ref)
+    made = page_response(page, page_fields(page, report_url, report_url is not None, ref))
     made.data.__post_init__()  # mitmproxy's type check, skipped when building it: it passes
     expected = http.Response.make(page.status, page.body, made.headers.fields)
     state, expected_state = made.get_state(), expected.get_state()

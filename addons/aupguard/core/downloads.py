@@ -4,15 +4,15 @@ A file's type is judged by its Content-Type and by the extension of the name
 it would be saved under (the Content-Disposition filename, else the URL
 path's last segment), so renaming a type on one side does not get it through.
 The size is checked twice: Content-Length on the response headers, and the
-bytes actually streamed, counted without keeping them (`BodyCheck`), since a
-server may send no length or lie about it.
+bytes actually streamed, counted without keeping them (proxy.downloads.BodyCheck),
+since a server may send no length or lie about it.
 
 A file's first bytes are checked too (`content_type_of`), since a name and a
 Content-Type cost nothing to fake: a Windows program served as "homework.txt"
 (text/plain) is still an executable. What the first SNIFF_BYTES cannot show is
 not seen: a DMG (its "koly" trailer is at the end), or a zip whose program is
 not among the entries in the first SNIFF_BYTES. A body the server compressed
-(Content-Encoding) is looked at as the browser will save it, decoded.
+(Content-Encoding) is looked at as the browser will save it, decoded (proxy.downloads).
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from __future__ import annotations
 import re
 import struct
 import urllib.parse
-import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from aupguard.config.policy import Group
@@ -260,86 +258,9 @@ def _zip_types(prefix: bytes) -> list[tuple[str, str]]:
     return found
 
 
-def decoded_prefix(raw: bytes, content_encoding: str | None) -> bytes:
-    """The first SNIFF_BYTES of a body as the browser saves it: decoded from its Content-Encoding, decoding no more
-    than that of gzip and deflate (the usual ones); `raw` may be the start of the body only."""
-    encoding = (content_encoding or "").strip().lower()
-    if encoding in ("", "identity"):
-        return raw[:SNIFF_BYTES]
-    try:
-        if encoding in ("gzip", "x-gzip", "deflate"):
-            return zlib.decompressobj(zlib.MAX_WBITS | 32).decompress(raw, SNIFF_BYTES)  # gzip or zlib header
-        from mitmproxy.net import encoding as codecs  # br, zstd: whole-body decoders
-
-        decoded = codecs.decode(raw, encoding)
-    except (ValueError, zlib.error):  # undecodable (or only a start of it, for br/zstd): judged as sent
-        return raw[:SNIFF_BYTES]
-    return decoded[:SNIFF_BYTES] if isinstance(decoded, bytes) else raw[:SNIFF_BYTES]
-
-
 def content_block(blocked_types: frozenset[str], prefix: bytes) -> DownloadBlock | None:
     """Whether the first bytes of a body show a type in `blocked_types`."""
     for name, evidence in content_type_of(prefix):
         if name in blocked_types:
             return DownloadBlock("type", f"{name.replace('_', ' ')} ({evidence})")
     return None
-
-
-class BodyCheck:
-    """A mitmproxy `response.stream` callable: the size limit and the look at the first bytes of a streamed body.
-
-    With `limit`, chunks are counted as they pass; the chunk that crosses it and
-    everything after are dropped, not kept. With `blocked_types`, the first
-    SNIFF_BYTES are held back (bounded) until they show a blocked type or cannot
-    (or the body ends), then passed on. They are judged again only once they have
-    doubled since last judged, so a server sending a byte per chunk costs a few
-    judgements, not one a byte. Either way `refused` is called once, so
-    the caller can kill the flow: the client then sees the connection reset,
-    never the file.
-    """
-
-    def __init__(
-        self,
-        limit: int | None,
-        blocked_types: frozenset[str],
-        refused: Callable[[DownloadBlock], None],
-        content_encoding: str | None = None,
-    ):
-        self.limit = limit
-        self.content_encoding = content_encoding
-        self.blocked_types = blocked_types
-        self.refused = refused
-        self.total = 0
-        self.stopped = False
-        self.held: bytearray | None = bytearray() if blocked_types & SNIFFED_TYPES else None
-        self.judged = 0  # how many held bytes were judged last
-
-    def __call__(self, chunk: bytes) -> bytes | list[bytes]:
-        # Nothing to send is [], not b"": mitmproxy would send an empty chunk, which ends a chunked body.
-        # mitmproxy calls with b"" once at the end of the body.
-        if self.stopped:
-            return []
-        self.total += len(chunk)
-        if self.limit is not None and self.total > self.limit:
-            return self._stop(size_block(self.total, self.limit))
-        if self.held is None:
-            return chunk
-        taken = chunk[: SNIFF_BYTES - len(self.held)]
-        self.held += taken
-        complete = len(self.held) >= SNIFF_BYTES or not chunk
-        if not complete and len(self.held) < 2 * self.judged:
-            return []  # held back: too little new to judge again
-        self.judged = len(self.held)
-        refused = content_block(self.blocked_types, decoded_prefix(bytes(self.held), self.content_encoding))
-        if refused is not None:
-            return self._stop(refused)
-        if not complete:
-            return []  # held back until there is enough to tell
-        held, self.held = bytes(self.held), None
-        return [part for part in (held, chunk[len(taken) :]) if part]
-
-    def _stop(self, refused: DownloadBlock) -> list[bytes]:
-        self.stopped = True
-        self.held = None
-        self.refused(refused)
-        return []

@@ -7,18 +7,14 @@ request costs (benchmarks/README.md, "Proxy overhead"). The addons below do noth
 unless one of their options is set; `prune_idle` removes those whose options all still have
 mitmproxy's defaults when the proxy starts. Setting one later (a script changing options
 at run time) would have no effect, so `options_of` lets the addon warn about it. Of the
-addons that stay, most handle no flow event at all: `HandlerTable` hands each event only
-to the addons that handle it.
+addons that stay, most handle no flow event at all: `mitm_internals.HandlerTable` hands each
+event only to the addons that handle it.
 """
 
 from __future__ import annotations
 
 import gc
-import inspect
 import logging
-from collections.abc import Callable
-
-from mitmproxy import addonmanager, exceptions, flow, hooks
 
 log = logging.getLogger(__name__)
 
@@ -85,94 +81,6 @@ def _idle(options, name: str) -> bool:
 def options_of(removed: list[str]) -> frozenset[str]:
     """The options that would need a removed addon: changing one at run time has no effect."""
     return frozenset(option for name in removed for option in IDLE_UNLESS_SET[name] if option != "mode")
-
-
-class HandlerTable:
-    """For each event, the chain's handlers of it, found once: what mitmproxy's AddonManager looks up per event.
-
-    mitmproxy's trigger_event walks the whole chain for every event of every flow, and again for
-    its "update" event, entering a context manager and a coroutine per addon, and rebuilds the
-    hook's argument list (`Hook.args`, a dataclasses.fields walk) for each one: ~130 of them per
-    proxied request, nearly all for addons without a handler. `install` gives the manager a
-    trigger_event and handle_lifecycle that call only the handlers listed here, so nothing else
-    changes: the same handlers run in chain order (sub-addons, e.g. loaded scripts, after their
-    parent), each top-level addon under mitmproxy's `safecall`, AddonHalt still stops the event,
-    async handlers are awaited, and "update" is sent for a flow whenever anything handles it.
-
-    The table is rebuilt on the first event after the chain can have changed: an addon registered
-    or removed (that is also how scripts load, reload and unload) or any option set (scripts are
-    reordered by the `scripts` option without either).
-    """
-
-    def __init__(self, manager) -> None:
-        self.manager = manager
-        self._handlers: dict[str, tuple[tuple[Callable, ...], ...]] = {}
-
-    def install(self) -> None:
-        manager = self.manager
-        for name in ("register", "add", "remove", "clear"):
-            setattr(manager, name, self._invalidating(getattr(manager, name)))
-        manager.master.options.changed.connect(self.invalidate)
-        manager.trigger_event = self.trigger_event
-        manager.handle_lifecycle = self.handle_lifecycle
-
-    def invalidate(self, *_, **__) -> None:
-        self._handlers = {}
-
-    def _invalidating(self, method: Callable) -> Callable:
-        def changed_chain(*args, **kwargs):
-            try:
-                return method(*args, **kwargs)
-            finally:
-                self.invalidate()
-
-        return changed_chain
-
-    def handlers(self, event: hooks.Hook) -> tuple[tuple[Callable, ...], ...]:
-        """Per top-level addon that handles `event` (in chain order), its handler functions."""
-        try:
-            return self._handlers[event.name]
-        except KeyError:
-            pass
-        found = []
-        for addon in self.manager.chain:
-            try:
-                functions = tuple(function for _, function in self.manager._iter_hooks(addon, event))
-            except exceptions.AddonManagerError as error:  # an attribute named like the event, not callable:
-                functions = (_raising(error),)  # logged on every event, as mitmproxy does
-            if functions:
-                found.append(functions)
-        self._handlers[event.name] = handlers = tuple(found)
-        return handlers
-
-    async def trigger_event(self, event: hooks.Hook) -> None:
-        await self._call(event, event.args())
-
-    async def _call(self, event: hooks.Hook, args: list) -> None:
-        for functions in self.handlers(event):
-            try:
-                with addonmanager.safecall():
-                    for function in functions:
-                        result = function(*args)
-                        if result is not None and inspect.isawaitable(result):
-                            await result
-            except exceptions.AddonHalt:
-                return
-
-    async def handle_lifecycle(self, event: hooks.Hook) -> None:
-        args = event.args()
-        await self._call(event, args)
-        if isinstance(args[0], flow.Flow):
-            update = hooks.UpdateHook([args[0]])
-            if self.handlers(update):
-                await self._call(update, update.args())
-
-
-def _raising(error: Exception) -> Callable:
-    def handler(*_):
-        raise error
-
-    return handler
 
 
 def freeze_startup_objects() -> None:
