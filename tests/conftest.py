@@ -9,11 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import http.server
 import ipaddress
+import json
 import os
 import re
 import signal
 import socket
+import sqlite3
 import ssl
+import stat
 import subprocess
 import sys
 import tempfile
@@ -285,3 +288,44 @@ def tls_request(proxy, target: str, sni: str, path: str, host: str, source_ip: s
         while chunk := tls.recv(65536):
             data += chunk
         return data
+
+
+# -- helpers the test files share ---------------------------------------------------------------
+
+
+def aupguard(
+    *args: str, stdin: str | None = None, env: dict | None = None, data: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    """The real `aupguard` command in a subprocess; `data` is its AUPGUARD_DATA folder.
+
+    With `check` a failing command fails the test with its stderr; without, the caller reads the
+    exit status and stderr of a command that is meant to be refused."""
+    extra = {"AUPGUARD_DATA": str(data)} if data is not None else {}
+    result = subprocess.run(
+        [sys.executable, "-m", "aupguard.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **extra, **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"aupguard {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+def verdicts(output: str) -> list[dict]:
+    """The JSON lines `aupguard classify` writes, one verdict a line."""
+    return [json.loads(line) for line in output.splitlines()]
+
+
+def incidents(db: Path) -> list[dict]:
+    """Every incident in the database at `db`, oldest first."""
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("select * from incidents order by ts_utc")]
+
+
+def mode(path: Path) -> int:
+    """The permission bits of `path` (0o600 for a private file)."""
+    return stat.S_IMODE(path.stat().st_mode)

@@ -15,25 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import start_proxy, write_policy
-
-
-def aupguard(*args, stdin: str | None = None, env: dict | None = None, check: bool = True):
-    result = subprocess.run(
-        [sys.executable, "-m", "aupguard.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"aupguard {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
-    return result
-
-
-def verdicts(output: str) -> list[dict]:
-    return [json.loads(line) for line in output.splitlines()]
+from conftest import aupguard, start_proxy, verdicts, write_policy
 
 
 def test_classify_reads_urls_and_writes_json_lines():

@@ -28,8 +28,7 @@ from aupguard.core.identify import Identity
 from aupguard.lists.folders import one_site
 from aupguard.runtime import load_engine
 from aupguard.store import exemptions as exstore
-from conftest import BUNDLED_POLICY, REPO, start_proxy, write_policy
-from test_cli import aupguard
+from conftest import BUNDLED_POLICY, REPO, aupguard, start_proxy, write_policy
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 LATER = NOW + timedelta(hours=1)

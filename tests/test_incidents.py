@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sqlite3
-import stat
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from hypothesis import strategies as st
 from aupguard.core.incident import Incident, RepeatRule, new_ref
 from aupguard.store import incidents
 from aupguard.store.incidents import IncidentWriter, SchemaError, open_db, purge
+from conftest import mode
 
 NOW = datetime(2025, 3, 14, 10, 30, 0, tzinfo=UTC)
 SECRETISH = ("password", "passwd", "pwd", "secret")
@@ -49,10 +49,6 @@ def make_incident(**fields) -> Incident:
     )
     values.update(fields)
     return Incident(**values)
-
-
-def mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
 
 
 def refs(path: Path) -> list[str]:
