@@ -294,7 +294,12 @@ def tls_request(proxy, target: str, sni: str, path: str, host: str, source_ip: s
 
 
 def aupguard(
-    *args: str, stdin: str | None = None, env: dict | None = None, data: Path | None = None, check: bool = True
+    *args: str,
+    stdin: str | None = None,
+    env: dict | None = None,
+    data: Path | None = None,
+    cwd: Path | None = None,
+    check: bool = True,
 ) -> subprocess.CompletedProcess:
     """The real `aupguard` command in a subprocess; `data` is its AUPGUARD_DATA folder.
 
@@ -308,6 +313,7 @@ def aupguard(
         text=True,
         timeout=300,
         env={**os.environ, **extra, **(env or {})},
+        cwd=cwd,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"aupguard {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
