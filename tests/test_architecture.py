@@ -135,6 +135,11 @@ def room(module: str) -> str:
     return module.split(".")[1] if module != ROOT else ROOT
 
 
+def fail(rule: str, breaking: list[str]) -> None:
+    """Fail with the rule and each place that breaks it, one a line (no traceback: the places say it all)."""
+    pytest.fail("\n".join([rule, *breaking]), pytrace=False)
+
+
 # -- the checks ---------------------------------------------------------------------------------
 
 
@@ -189,77 +194,40 @@ def test_only_the_proxy_subpackage_imports_mitmproxy():
                 where = f"{MODULES[importer].relative_to(REPO)}:{line}: {' '.join(text.split())}"
                 if where not in offenders:
                     offenders.append(where)
-    assert not offenders, "only aupguard/proxy/ may import mitmproxy; these imports break the rule:\n" + "\n".join(
-        offenders
-    )
+    if offenders:
+        fail("only aupguard/proxy/ may import mitmproxy; these imports break the rule:", offenders)
 
 
-def find_cycles(imports: list[Import]) -> list[list[Import]]:
-    """One shortest cycle for every group of modules that import each other (strongly connected)."""
-    graph: dict[str, list[Import]] = {name: [] for name in MODULES}
-    for edge in imports:
-        graph[edge.importer].append(edge)
-    # Tarjan's strongly connected components, iteratively (no recursion limit on a large package).
-    index: dict[str, int] = {}
-    lowlink: dict[str, int] = {}
-    on_stack: set[str] = set()
-    stack: list[str] = []
-    components: list[set[str]] = []
-    for start in graph:
-        if start in index:
-            continue
-        work = [(start, 0)]
-        while work:
-            node, next_edge = work.pop()
-            if next_edge == 0:
-                index[node] = lowlink[node] = len(index)
-                stack.append(node)
-                on_stack.add(node)
-            recurse = False
-            for position in range(next_edge, len(graph[node])):
-                target = graph[node][position].imported
-                if target not in index:
-                    work.append((node, position + 1))
-                    work.append((target, 0))
-                    recurse = True
-                    break
-                if target in on_stack:
-                    lowlink[node] = min(lowlink[node], index[target])
-            if recurse:
-                continue
-            if lowlink[node] == index[node]:
-                component = set()
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.add(member)
-                    if member == node:
-                        break
-                if len(component) > 1:
-                    components.append(component)
-            if work:
-                parent = work[-1][0]
-                lowlink[parent] = min(lowlink[parent], lowlink[node])
-    cycles = []
-    for component in components:
-        start = min(component)
-        # Breadth first from `start` back to itself, inside the component: the shortest cycle.
-        came_by: dict[str, Import] = {}
-        queue = deque([start])
-        while queue:
-            node = queue.popleft()
-            closing = next((e for e in graph[node] if e.imported == start), None)
-            if closing is not None:
-                path = [closing]
+def shortest_cycle_through(start: str, graph: dict[str, list[Import]]) -> list[Import] | None:
+    """The fewest imports that lead from `start` back to itself (breadth first), or None."""
+    came_by: dict[str, Import] = {}
+    queue = deque([start])
+    while queue:
+        node = queue.popleft()
+        for edge in graph.get(node, []):
+            if edge.imported == start:
+                path = [edge]
                 while node != start:
                     path.append(came_by[node])
                     node = came_by[node].importer
-                cycles.append(path[::-1])
-                break
-            for edge in graph[node]:
-                if edge.imported in component and edge.imported not in came_by and edge.imported != start:
-                    came_by[edge.imported] = edge
-                    queue.append(edge.imported)
+                return path[::-1]
+            if edge.imported not in came_by:
+                came_by[edge.imported] = edge
+                queue.append(edge.imported)
+    return None
+
+
+def find_cycles(imports: list[Import]) -> list[list[Import]]:
+    """A shortest cycle through each module that stands on one, each distinct set of modules once."""
+    graph: dict[str, list[Import]] = {}
+    for edge in imports:
+        graph.setdefault(edge.importer, []).append(edge)
+    cycles, seen = [], set()
+    for start in sorted(graph):
+        cycle = shortest_cycle_through(start, graph)
+        if cycle is not None and (members := frozenset(edge.importer for edge in cycle)) not in seen:
+            seen.add(members)
+            cycles.append(cycle)
     return cycles
 
 
@@ -270,9 +238,8 @@ def describe_cycle(cycle: list[Import]) -> str:
 
 def test_no_import_cycles_between_modules():
     cycles = find_cycles(IMPORTS)
-    assert not cycles, "import cycles (late imports count: move code instead):\n" + "\n".join(
-        describe_cycle(cycle) for cycle in cycles
-    )
+    if cycles:
+        fail("import cycles (late imports count: move code instead):", [describe_cycle(cycle) for cycle in cycles])
 
 
 def test_the_cycle_finder_finds_a_cycle_and_names_its_imports():
@@ -291,7 +258,8 @@ def test_the_cycle_finder_finds_a_cycle_and_names_its_imports():
 
 def test_every_module_lives_in_a_known_layer():
     unknown = sorted({room(m) for m in MODULES if m != ROOT} - set(LAYERS))
-    assert not unknown, f"subpackages not in the layering of tests/test_architecture.py LAYERS: {unknown}"
+    if unknown:
+        fail("subpackages not in the layering (LAYERS in tests/test_architecture.py):", unknown)
 
 
 def layering_breaks(imports: list[Import]) -> list[str]:
@@ -314,7 +282,8 @@ def layering_breaks(imports: list[Import]) -> list[str]:
 def test_no_module_imports_from_a_higher_layer():
     breaks = layering_breaks(IMPORTS)
     order = " < ".join(", ".join(r for r in LAYERS if LAYERS[r] == rank) for rank in sorted(set(LAYERS.values())))
-    assert not breaks, f"layering {order} broken by:\n" + "\n".join(breaks)
+    if breaks:
+        fail(f"layering {order} broken by:", breaks)
 
 
 def test_the_layering_check_refuses_an_upward_and_a_sideways_import():
@@ -348,7 +317,8 @@ def test_every_module_imports_alone_in_a_fresh_interpreter():
         for module, returncode, stderr in results
         if returncode
     ]
-    assert not failures, "modules that do not import alone:\n" + "\n".join(failures)
+    if failures:
+        fail("modules that do not import alone:", failures)
 
 
 @pytest.mark.parametrize("module", ["aupguard.base.paths", "aupguard.runtime"])
