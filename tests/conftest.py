@@ -27,12 +27,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
 # In-process code writes its data (compiled and served indexes, incident databases) into a folder of
 # this test process's own, never into the checkout's var/, and parallel workers never share one.
 # Set before any test module imports aupguard, which reads AUPGUARD_DATA once.
 os.environ["AUPGUARD_DATA"] = tempfile.mkdtemp(prefix="aupguard-test-data-")
+# Imported only now, once AUPGUARD_DATA says where this process's data goes.
+from aupguard.cli.main import main as aupguard_main  # noqa: E402
+
 SHARED = REPO.parent / "shared"
 BUNDLED_POLICY = REPO / "config" / "policy.yaml"
 
@@ -293,6 +297,15 @@ def tls_request(proxy, target: str, sni: str, path: str, host: str, source_ip: s
 # -- helpers the test files share ---------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Ran:
+    """What a command did, in subprocess.run's terms whether it ran in this process or another."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
 def aupguard(
     *args: str,
     stdin: str | None = None,
@@ -300,21 +313,32 @@ def aupguard(
     data: Path | None = None,
     cwd: Path | None = None,
     check: bool = True,
-) -> subprocess.CompletedProcess:
-    """The real `aupguard` command in a subprocess; `data` is its AUPGUARD_DATA folder.
+) -> Ran:
+    """Run the `aupguard` command: in this process (click's CliRunner), or in a new one when it
+    needs another environment (`env`, `data` as its AUPGUARD_DATA folder) or working folder (`cwd`).
 
+    aupguard reads AUPGUARD_DATA and AUPGUARD_HOME once, when it is imported, so a command run with
+    another environment needs a process of its own; so do `run` and anything the proxy serves.
     With `check` a failing command fails the test with its stderr; without, the caller reads the
-    exit status and stderr of a command that is meant to be refused."""
-    extra = {"AUPGUARD_DATA": str(data)} if data is not None else {}
-    result = subprocess.run(
-        [sys.executable, "-m", "aupguard.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **extra, **(env or {})},
-        cwd=cwd,
-    )
+    exit status and stderr of a command that is meant to be refused.
+    """
+    if env or data is not None or cwd is not None:
+        extra = {"AUPGUARD_DATA": str(data)} if data is not None else {}
+        done = subprocess.run(
+            [sys.executable, "-m", "aupguard.cli", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, **extra, **(env or {})},
+            cwd=cwd,
+        )
+        result = Ran(done.returncode, done.stdout, done.stderr)
+    else:
+        invoked = CliRunner().invoke(aupguard_main, list(args), input=stdin)
+        if invoked.exception is not None and not isinstance(invoked.exception, SystemExit):
+            raise invoked.exception  # a traceback in a real process: never an answer
+        result = Ran(invoked.exit_code, invoked.stdout, invoked.stderr)
     if check and result.returncode != 0:
         raise AssertionError(f"aupguard {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
     return result
