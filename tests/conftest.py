@@ -9,11 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import http.server
 import ipaddress
+import json
 import os
 import re
 import signal
 import socket
+import sqlite3
 import ssl
+import stat
 import subprocess
 import sys
 import tempfile
@@ -24,12 +27,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
 # In-process code writes its data (compiled and served indexes, incident databases) into a folder of
 # this test process's own, never into the checkout's var/, and parallel workers never share one.
 # Set before any test module imports aupguard, which reads AUPGUARD_DATA once.
 os.environ["AUPGUARD_DATA"] = tempfile.mkdtemp(prefix="aupguard-test-data-")
+# Imported only now, once AUPGUARD_DATA says where this process's data goes.
+from aupguard.cli.main import main as aupguard_main  # noqa: E402
+
 SHARED = REPO.parent / "shared"
 BUNDLED_POLICY = REPO / "config" / "policy.yaml"
 
@@ -285,3 +292,70 @@ def tls_request(proxy, target: str, sni: str, path: str, host: str, source_ip: s
         while chunk := tls.recv(65536):
             data += chunk
         return data
+
+
+# -- helpers the test files share ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What a command did, in subprocess.run's terms whether it ran in this process or another."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def aupguard(
+    *args: str,
+    stdin: str | None = None,
+    env: dict | None = None,
+    data: Path | None = None,
+    cwd: Path | None = None,
+    check: bool = True,
+) -> Ran:
+    """Run the `aupguard` command: in this process (click's CliRunner), or in a new one when it
+    needs another environment (`env`, `data` as its AUPGUARD_DATA folder) or working folder (`cwd`).
+
+    aupguard reads AUPGUARD_DATA and AUPGUARD_HOME once, when it is imported, so a command run with
+    another environment needs a process of its own; so do `run` and anything the proxy serves.
+    With `check` a failing command fails the test with its stderr; without, the caller reads the
+    exit status and stderr of a command that is meant to be refused.
+    """
+    if env or data is not None or cwd is not None:
+        extra = {"AUPGUARD_DATA": str(data)} if data is not None else {}
+        done = subprocess.run(
+            [sys.executable, "-m", "aupguard.cli", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, **extra, **(env or {})},
+            cwd=cwd,
+        )
+        result = Ran(done.returncode, done.stdout, done.stderr)
+    else:
+        invoked = CliRunner().invoke(aupguard_main, list(args), input=stdin)
+        if invoked.exception is not None and not isinstance(invoked.exception, SystemExit):
+            raise invoked.exception  # a traceback in a real process: never an answer
+        result = Ran(invoked.exit_code, invoked.stdout, invoked.stderr)
+    if check and result.returncode != 0:
+        raise AssertionError(f"aupguard {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+def verdicts(output: str) -> list[dict]:
+    """The JSON lines `aupguard classify` writes, one verdict a line."""
+    return [json.loads(line) for line in output.splitlines()]
+
+
+def incidents(db: Path) -> list[dict]:
+    """Every incident in the database at `db`, oldest first."""
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("select * from incidents order by ts_utc")]
+
+
+def mode(path: Path) -> int:
+    """The permission bits of `path` (0o600 for a private file)."""
+    return stat.S_IMODE(path.stat().st_mode)

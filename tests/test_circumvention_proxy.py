@@ -27,8 +27,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 import requests
 
-from conftest import REPO, SHARED, Proxy, listening_pids, start_proxy, write_policy
-from test_cli import aupguard
+from conftest import REPO, SHARED, Proxy, aupguard, listening_pids, start_proxy, write_policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))

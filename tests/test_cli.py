@@ -8,9 +8,6 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,46 +15,7 @@ import requests
 from click.testing import CliRunner
 
 from aupguard.cli.main import main
-from conftest import start_proxy, write_policy
-
-
-@dataclass(frozen=True)
-class Ran:
-    """What a command did, in subprocess.run's terms whether it ran in this process or another."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def aupguard(*args, stdin: str | None = None, env: dict | None = None, check: bool = True) -> Ran:
-    """Run the `aupguard` command: in this process (click's CliRunner), or with `env` in a new one.
-
-    aupguard reads AUPGUARD_DATA and AUPGUARD_HOME once, when it is imported, so a command run with
-    another environment needs a process of its own; so do `run` and anything the proxy serves.
-    """
-    if env:
-        done = subprocess.run(
-            [sys.executable, "-m", "aupguard.cli", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={**os.environ, **env},
-        )
-        result = Ran(done.returncode, done.stdout, done.stderr)
-    else:
-        invoked = CliRunner().invoke(main, list(args), input=stdin)
-        if invoked.exception is not None and not isinstance(invoked.exception, SystemExit):
-            raise invoked.exception  # a traceback in a real process: never an answer
-        result = Ran(invoked.exit_code, invoked.stdout, invoked.stderr)
-    if check and result.returncode != 0:
-        raise AssertionError(f"aupguard {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
-    return result
-
-
-def verdicts(output: str) -> list[dict]:
-    return [json.loads(line) for line in output.splitlines()]
+from conftest import aupguard, start_proxy, verdicts, write_policy
 
 
 def test_classify_reads_urls_and_writes_json_lines():

@@ -6,8 +6,7 @@ import json
 
 import requests
 
-from conftest import start_proxy, write_policy
-from test_cli import aupguard, verdicts
+from conftest import aupguard, start_proxy, verdicts, write_policy
 from test_exemptions import wait_for_status
 
 

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -19,7 +20,7 @@ from click.testing import CliRunner
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from aupguard.base.urlnorm import normalize_url, suffix_parts
+from aupguard.base.urlnorm import normalize_url
 from aupguard.cli.main import main
 from aupguard.config.loader import load_policy
 from aupguard.core import exemption as exrec
@@ -30,8 +31,7 @@ from aupguard.core.identify import Identity
 from aupguard.lists.model import one_site
 from aupguard.runtime import load_engine
 from aupguard.store import exemptions as exstore
-from conftest import BUNDLED_POLICY, REPO, start_proxy, write_policy
-from test_cli import aupguard
+from conftest import BUNDLED_POLICY, REPO, aupguard, start_proxy, write_policy
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 LATER = NOW + timedelta(hours=1)
@@ -417,7 +417,8 @@ def test_cli_refuses_a_public_suffix_site_and_accepts_one_below_it(tmp_path):
 
 # Hosts made of public-suffix rules (explicit, wildcard and exception ones alike, markers dropped),
 # with zero to two labels before them: what one_site must tell apart from a whole namespace.
-_RULES = sorted({rule.lstrip("*.!") for rule in tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None).tlds})
+_PUBLIC_SUFFIXES = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)  # bundled list, offline
+_RULES = sorted({rule.lstrip("*.!") for rule in _PUBLIC_SUFFIXES.tlds})
 _LABEL = st.one_of(st.sampled_from(["www", "city", "com", "co", "example", "xn--p1ai", "a-b"]),
                    st.from_regex(r"[a-z0-9]{1,10}", fullmatch=True))  # fmt: skip
 
@@ -434,7 +435,7 @@ def test_one_site_accepts_only_a_registrable_domain_or_a_host_below_one(labels, 
     except ValueError:
         return
     # The oracle is tldextract's own reading of the public suffix list (ICANN section), not one_site's.
-    parts = suffix_parts(site)
+    parts = _PUBLIC_SUFFIXES(site)
     assert parts.domain, f"{written!r} accepted as {site!r}, but its registrable part is empty: {parts}"
     assert parts.suffix or "." in site, f"{site!r}: a bare unknown top-level domain"
 
@@ -563,7 +564,9 @@ def test_the_os_account_falls_back_to_the_uid(monkeypatch):
     assert exstore.current_os_user() == f"uid {os.getuid()}"
 
 
-def test_an_older_store_gains_the_os_user_columns(tmp_path):
+def test_an_older_store_gains_the_os_user_columns(tmp_path, monkeypatch):
+    monkeypatch.setattr(exstore.pwd, "getpwuid", lambda uid: SimpleNamespace(pw_name="it-technician"))
+    monkeypatch.delenv("SUDO_USER", raising=False)
     path = tmp_path / "exemptions.db"
     old = sqlite3.connect(path)
     old.executescript(
@@ -580,6 +583,6 @@ def test_an_older_store_gains_the_os_user_columns(tmp_path):
     try:
         add(db, group="pupils", category="games")
         trail = exstore.audit_trail(db)
-        assert trail[0]["os_user"] is None and trail[1]["os_user"] == exstore.current_os_user()
+        assert trail[0]["os_user"] is None and trail[1]["os_user"] == "it-technician"
     finally:
         db.close()

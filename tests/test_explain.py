@@ -7,8 +7,7 @@ from datetime import UTC, datetime
 
 from aupguard.report.explain import explain, render_text
 from aupguard.runtime import load_engine
-from conftest import write_policy
-from test_cli import aupguard, verdicts
+from conftest import aupguard, verdicts, write_policy
 
 INSTAGRAM = "https://www.instagram.com/some.user"
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import http.client
-import sqlite3
 import time
 
 import pytest
 
-from conftest import REPO, start_proxy, write_policy
+from conftest import REPO, incidents, start_proxy, write_policy
 
 FAULTS = REPO / "tests" / "fault_injection.py"
 STAFF_IP = "127.0.0.2"  # loopback addresses are all local: a second client address for free
@@ -22,12 +21,6 @@ def fetch(proxy, url: str, source_ip: str = "127.0.0.1", accept: str = "text/htm
         return response.status, dict(response.getheaders()), response.read().decode("utf-8", "replace")
     finally:
         conn.close()
-
-
-def incidents(db) -> list[dict]:
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("select * from incidents order by ts_utc")]
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ import requests
 
 from aupguard.proxy import feedback
 from aupguard.store import feedback as feedback_store
-from conftest import start_proxy
-from test_cli import aupguard
+from conftest import aupguard, start_proxy
 
 REPORT = f"http://{feedback.DEFAULT_HOST}{feedback.PATH}"
 

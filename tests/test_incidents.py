@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sqlite3
-import stat
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from hypothesis import strategies as st
 from aupguard.core.incident import Incident, RepeatRule, new_ref
 from aupguard.store import incidents
 from aupguard.store.incidents import IncidentWriter, SchemaError, open_db, purge
+from conftest import mode
 
 NOW = datetime(2025, 3, 14, 10, 30, 0, tzinfo=UTC)
 SECRETISH = ("password", "passwd", "pwd", "secret")
@@ -49,10 +49,6 @@ def make_incident(**fields) -> Incident:
     )
     values.update(fields)
     return Incident(**values)
-
-
-def mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
 
 
 def refs(path: Path) -> list[str]:
@@ -227,22 +223,51 @@ def test_categories_are_json_with_the_primary_first():
     assert incidents._row(make_incident(categories=()))["category"] is None
 
 
+def stored_text(path: Path, incident: Incident) -> tuple[str, ...]:
+    """(url, username, user_agent, search_term, host) of `incident` once the writer's batch insert stored it."""
+    db = open_db(path)
+    try:
+        assert IncidentWriter(path)._insert(db, [incidents._row(incident)]) == 1
+        return db.execute(
+            "SELECT url, username, user_agent, search_term, host FROM incidents WHERE ref = ?", [incident.ref]
+        ).fetchone()
+    finally:
+        db.close()
+
+
+# Bounds of the stored columns (url, username, user_agent, search_term, host), as the schema documents them.
+BOUNDS = (2048, 256, 512, 256, 255)
+VALID_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=3000)  # no lone surrogates
+
+
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(max_size=3000))
-def test_any_text_is_stored_bounded_and_as_given(tmp_path, text):
-    """Untrusted text, lone surrogates and NULs included, never fails the writer's batch insert;
-    valid text reads back as given."""
-    db = open_db(tmp_path / "prop.db")
+def test_any_text_is_stored_within_its_bounds(tmp_path, text):
+    """Untrusted text, lone surrogates and NULs included, never fails the writer's batch insert."""
     incident = make_incident(url=text, username=text, user_agent=text, search_term=text, host=text)
-    assert IncidentWriter(tmp_path / "prop.db")._insert(db, [incidents._row(incident)]) == 1
-    stored = db.execute(
-        "SELECT url, username, user_agent, search_term, host FROM incidents WHERE ref = ?", [incident.ref]
-    ).fetchone()
-    db.close()
-    url = incidents._USERINFO.sub(r"\1", text)  # only credentials are ever cut from a URL
-    expected = (url[:2048], text[:256], text[:512], text[:256], text[:255])
-    for value, wanted in zip(stored, expected):
-        assert value == "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in wanted)
+    stored = stored_text(tmp_path / "prop.db", incident)
+    assert all(len(value) <= bound for value, bound in zip(stored, BOUNDS))
+    assert not any("\ud800" <= ch <= "\udfff" for value in stored for ch in value)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=VALID_TEXT)
+def test_valid_text_reads_back_as_given_up_to_its_bound(tmp_path, text):
+    url = "http://example.org/" + text  # in the path: there are no credentials to cut
+    incident = make_incident(url=url, username=text, user_agent=text, search_term=text, host=text)
+    assert stored_text(tmp_path / "prop.db", incident) == (url[:2048], text[:256], text[:512], text[:256], text[:255])
+
+
+def test_a_lone_surrogate_is_stored_as_the_replacement_character(tmp_path):
+    incident = make_incident(url="http://example.org/a\ud800b", username="x\udfffy", host="h\udc00.example")
+    stored = stored_text(tmp_path / "one.db", incident)
+    assert stored == ("http://example.org/a\ufffdb", "x\ufffdy", "Mozilla/5.0", None, "h\ufffd.example")
+
+
+@given(user=st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/?#"), max_size=100))
+def test_credentials_of_any_shape_are_cut_from_a_url(user):
+    row = incidents._row(make_incident(url=f"https://{user}@mail.example/inbox?x=1"))
+    assert row["url"] == "https://mail.example/inbox?x=1"
 
 
 # -- the writer -----------------------------------------------------------------------------------

@@ -438,8 +438,7 @@ def test_ut1_web_proxy_lists_block_proxies_not_searches(shared_dir, tmp_path):
     import json
     import shutil
 
-    from conftest import write_policy
-    from test_cli import aupguard
+    from conftest import aupguard, write_policy
 
     ut1 = tmp_path / "ut1"
     for folder in ("redirector", "strict_redirector", "strong_redirector"):
@@ -735,8 +734,7 @@ def test_support_services_are_never_in_a_block_list():
 
 def test_an_allow_entry_in_a_mandatory_category_is_refused_at_load_and_reported_by_compile(tmp_path):
     from aupguard.lists.model import ListError
-    from conftest import write_policy
-    from test_cli import aupguard
+    from conftest import aupguard, write_policy
 
     local = write_tree(
         tmp_path / "local",

@@ -8,20 +8,14 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-import stat
 import time
 from pathlib import Path
 
 import requests
 
-from conftest import start_proxy
-from test_cli import aupguard
+from conftest import aupguard, mode, start_proxy
 
 REPORT = "http://aupguard.invalid/report"
-
-
-def mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
 
 
 def block(proxy, path: str) -> tuple[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 import http.client
 import re
-import sqlite3
 import ssl
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from conftest import (
     Proxy,
     allow_tunnels_to,
     free_port,
+    incidents,
     start_proxy,
     tls_request,
     wait_listening,
@@ -43,12 +43,6 @@ def connect_status(proxy, host: str, port: int = 443, auth: str | None = None) -
     status = conn.getresponse().status
     conn.close()
     return status
-
-
-def incidents(db) -> list[dict]:
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("select * from incidents order by ts_utc")]
 
 
 # -- the bundled policy ---------------------------------------------------------------------------
