@@ -37,10 +37,10 @@ LAYERS: dict[str, int] = {
     "core": 3,
     "store": 4,
     "offline": 5,
-    "runtime": 5,
-    "proxy": 6,
-    "report": 6,
-    "cli": 7,
+    "runtime": 6,  # the engine factory: compiles the index at start when it is missing or stale
+    "proxy": 7,
+    "report": 7,
+    "cli": 8,
 }
 # The package's own __init__ is a docstring and a version: it stands outside the layering.
 ROOT = "aupguard"

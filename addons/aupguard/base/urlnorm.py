@@ -543,7 +543,7 @@ def search_term(url: NormalizedURL) -> str | None:
     value = None
     parts = None if url.is_ip else suffix_parts(url.host)
     engine = _ENGINES.get(parts.domain) if parts is not None and parts.suffix else None
-    if engine is not None:
+    if engine is not None and parts is not None:
         param, path_matches, subdomain = engine
         if path_matches(url.path) and (
             not subdomain or parts.subdomain == subdomain or parts.subdomain.endswith("." + subdomain)

@@ -189,7 +189,8 @@ class IndexSwap:
             return False
         try:
             # Copied beside the one in service, validated, and only then swapped in.
-            new = Classifier(serve_for(engine.policy.lists, index.origin, index.path.parent))
+            served = serve_for(engine.policy.lists, index.origin, index.path.parent)
+            new = Classifier(served)
         except (IndexFormatError, OSError) as exc:
             self._failed = signature
             log.error(
@@ -205,7 +206,7 @@ class IndexSwap:
         self._retiring.append((time.monotonic() + CLOSE_DELAY, old if swapped else new))
         if not swapped:
             return False
-        counts = new.lookup.counts
+        counts = served.counts
         log.info(
             "aupguard: switched to the recompiled list index %s (%d domains, %d urls)",
             index.origin,
