@@ -1,6 +1,6 @@
 """One family of errors: every problem aupguard reports to a person is an AupguardError.
 
-The command line catches AupguardError once and prints it as one line (exit 2); the proxy logs it
+The command line catches AupguardError once and prints it as one line (exit 1); the proxy logs it
 and keeps serving what it had. A problem found in a file is a LocatedError and reads
 `file:line: reason`, the form editors and `grep -n` use, so a technician can jump to the line.
 """

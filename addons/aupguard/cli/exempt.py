@@ -29,7 +29,6 @@ until_option = click.option(
 by_option = click.option("--by", "by", required=True, metavar="NAME", help="Who is making this change (recorded).")
 
 LISTING_COLUMNS = ("id", "kind", "who", "what", "until", "by", "os_user", "reason", "revoked")
-AUDIT_COLUMNS = ("ts_utc", "actor", "os_user", "action", "exemption_id", "what", "reason")  # audit_trail's
 
 
 def deciding_engine(policy_path: Path) -> Engine:
@@ -171,4 +170,4 @@ def exempt_revoke(store: Path | None, exemption_id: int, by: str, reason: str | 
 def exempt_audit(store: Path | None, fmt: str) -> None:
     """Every change ever made, oldest first (who, when, what, why): JSON lines unless --format says otherwise."""
     rows = exemptions.audit_trail(exemption_store(store))
-    write_rows(Section("audit", "", AUDIT_COLUMNS, rows), fmt)
+    write_rows(Section("audit", "", exemptions.AUDIT_COLUMNS, rows), fmt)

@@ -17,23 +17,12 @@ from aupguard.cli.exempt import exempt
 from aupguard.cli.lists import lists
 from aupguard.cli.report import dsl_export_command, purge, report
 from aupguard.cli.run import run
-from aupguard.config.policy import PolicyError
-from aupguard.core.exemption import ExemptionError
-from aupguard.lists.index import IndexFormatError
-from aupguard.lists.model import ListError
 
 # What a command may fail with that a person can act on: said in one line (exit 1), never a traceback.
 # Usage mistakes (a bad option, a reversed period, an --out that is not a regular file) stay click's
-# own usage errors (exit 2). The named classes are the ones not yet under AupguardError; OSError is a
-# file the command could not read or write, said as the system says it.
-EXPLAINED_ERRORS: tuple[type[Exception], ...] = (
-    AupguardError,
-    PolicyError,
-    ListError,
-    IndexFormatError,
-    ExemptionError,
-    OSError,
-)
+# own usage errors (exit 2). OSError is a file the command could not read or write, said as the
+# system says it.
+EXPLAINED_ERRORS: tuple[type[Exception], ...] = (AupguardError, OSError)
 
 
 class AupguardGroup(click.Group):

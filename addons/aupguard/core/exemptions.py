@@ -9,7 +9,7 @@ written to an append-only audit table (who, when, what, why), and both end by
 themselves at their `until` time: evaluation compares `until > now`, so no job
 has to expire them. None of them ever lets through a mandatory category.
 
-The proxy never reads the store per request: `ExemptionWatcher` reloads an
+The proxy never reads the store per request: proxy/watch.py's `ExemptionRefresh` reloads an
 immutable `ExemptionSet` off the event loop when the database changed
 (PRAGMA data_version), and the request path only probes its dicts.
 """

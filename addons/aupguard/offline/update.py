@@ -6,7 +6,7 @@ checked when one is given, the archive is imported into a staging folder
 beside the lists, and the policy's lists are compiled with the staging folder
 read in place of the UT1 root into a temporary index file. Only then are the
 new lists renamed into place and the new index renamed over the old one,
-which every running proxy worker picks up within seconds (`indexwatch`).
+which every running proxy worker picks up within seconds (proxy/watch.py's `IndexSwap`).
 A failure at any step leaves the lists and the serving index as they were.
 """
 

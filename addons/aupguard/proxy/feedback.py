@@ -176,7 +176,7 @@ _REFUSED = "#c0392b"
 
 
 class FeedbackApp(WSGIApp):
-    """The mitmproxy addon serving the app on the reserved host (option aupguard_feedback_host, set by AupGuard)."""
+    """The mitmproxy addon serving the app on the reserved host (option aupguard_feedback_host, declared by proxy/wiring.py)."""
 
     def __init__(self) -> None:
         super().__init__(self._not_ready, DEFAULT_HOST, None)

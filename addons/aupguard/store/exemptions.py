@@ -271,8 +271,12 @@ def listing(db: sqlite_utils.Database, *, include_ended: bool = False, now: date
     return [_from_row(row) for row in rows]
 
 
+AUDIT_COLUMNS = ("ts_utc", "actor", "os_user", "action", "exemption_id", "what", "reason")
+
+
 def audit_trail(db: sqlite_utils.Database) -> list[dict]:
-    return list(db.query("SELECT ts_utc, actor, os_user, action, exemption_id, what, reason FROM audit ORDER BY id"))
+    """Every change ever made, oldest first, as rows of AUDIT_COLUMNS."""
+    return list(db.query(f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit ORDER BY id"))
 
 
 def load_active(path: Path, when: datetime | None = None) -> ExemptionSet:

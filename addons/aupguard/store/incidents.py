@@ -6,7 +6,7 @@ only queues, and a background thread writes everything queued in one transaction
 holds pupils' personal data (UK GDPR), so it is created 0600 inside a 0700
 directory, holds only the fields the AUP promises to log, and `purge` enforces
 retention. Strings are stored as received, bounded in length; escaping is the
-job of whatever outputs them (report.py).
+job of whatever outputs them (report/output.py).
 """
 
 from __future__ import annotations
