@@ -1,4 +1,4 @@
-"""Decide: exemptions and classroom overrides, time-limited changes to the policy.
+"""Decide: the active exemptions and classroom overrides (`core.exemption`), applied to a decision.
 
 An exemption lets a group, a user or an address range reach a site or a
 category it would otherwise be blocked from (a game for one lesson, teaching
