@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -100,3 +102,23 @@ def test_a_row_too_wide_for_a_terminal_is_one_line_per_field(tmp_path):
     write_table(section, Console(file=narrow, width=40))
     shown = narrow.getvalue()
     assert "[1]" in shown and f" url  {LONG_URL}\n" in shown  # the terminal wraps it on screen; the text does not
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
+    """`aupguard classify < urls | head -1`: no "Broken pipe" error and no traceback, as Unix tools do."""
+    urls = tmp_path / "urls.txt"
+    urls.write_text("".join(f"http://site{n}.example/\n" for n in range(50_000)))
+    with urls.open("rb") as stdin:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aupguard.cli", "classify", "--group", "pupils"],
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stdout is not None and process.stderr is not None
+        first = process.stdout.readline()
+        process.stdout.close()  # the reader goes away, as `head -1` does
+        errors = process.stderr.read().decode()
+        assert process.wait(timeout=120) == 1
+    assert first.startswith(b'{"url": "http://site0.example/"')
+    assert "Broken pipe" not in errors and "Traceback" not in errors and "Error" not in errors, errors

@@ -6,6 +6,8 @@ Each command group lives in a module of its own (run, classify + explain, lists,
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import click
@@ -31,6 +33,11 @@ class AupguardGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # The reader went away (`aupguard report | head`): stop quietly, as Unix tools do, and keep
+            # Python from complaining again when it flushes standard output at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(1)
         except EXPLAINED_ERRORS as exc:
             raise click.ClickException(str(exc)) from exc
 
