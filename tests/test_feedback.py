@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import re
@@ -14,7 +13,7 @@ import requests
 
 from aupguard.proxy import feedback
 from aupguard.store import feedback as feedback_store
-from conftest import aupguard, start_proxy
+from conftest import aupguard, blocked, start_proxy
 
 REPORT = f"http://{feedback.DEFAULT_HOST}{feedback.PATH}"
 
@@ -24,17 +23,6 @@ def proxy(tmp_path_factory):
     running = start_proxy(tmp_path_factory.mktemp("feedback"))
     yield running
     running.stop()
-
-
-def blocked(proxy, path="/x") -> tuple[str, str, str]:
-    """Get a block page; return its reference, token and the form's action."""
-    page = requests.get(f"http://pornhub.com{path}", proxies=proxy.proxies, timeout=15, headers={"Accept": "text/html"})
-    assert page.status_code == 403
-    ref = page.headers["X-Aupguard-Incident"]
-    token = re.search(r'name="token" value="([0-9a-f]+)"', page.text).group(1)
-    action = html.unescape(re.search(r'<form method="post" action="([^"]+)"', page.text).group(1))
-    assert "I reached this by accident" in page.text and "Ask for this site to be reviewed" in page.text
-    return ref, token, action
 
 
 def post(proxy, data, url=REPORT):

@@ -17,6 +17,7 @@ from aupguard.lists.index import HEADER_SIZE, IndexFormatError, key_hash, load_i
 from aupguard.lists.model import ListData, ListRoot, ListSource, MappedFolder, url_host
 from aupguard.lists.read import load_lists
 from aupguard.offline.compile import IndexWriter, compile_from_folders, compile_list_data, why_recompile
+from conftest import rewrite_header
 
 
 def make_sources(n: int) -> list[ListSource]:
@@ -204,20 +205,6 @@ def test_compiled_ut1_answers_as_loaded_ut1(shared_dir, tmp_path):
 
 
 # -- refusing bad files ---------------------------------------------------------------------------
-
-
-def rewrite_header(path: Path, **changes: int) -> None:
-    """Change header fields and re-seal the header checksum: only the later checks can catch it."""
-    raw = bytearray(path.read_bytes())
-    fields = list(index_module._HEADER.unpack_from(raw))
-    names = {"magic": 0, "version": 1, "width": 2, "file_size": 4, "json_len": 6, "domains_slots": 8}
-    for name, value in changes.items():
-        fields[names[name]] = value
-    index_module._HEADER.pack_into(raw, 0, *fields)
-    header_bytes = bytes(raw[: index_module._HEADER.size])
-    checksum = index_module.xxh3_64_intdigest(header_bytes)
-    index_module._HEADER_CHECKSUM.pack_into(raw, index_module._HEADER.size, checksum)
-    path.write_bytes(bytes(raw))
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from aupguard.lists.read import load_lists
 from aupguard.offline import importers
 from aupguard.offline.importers import import_ut1
 from aupguard.runtime import load_engine
+from conftest import write_tree
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "blocklists"
@@ -37,14 +38,6 @@ def architecture_categories() -> set[str]:
 
 
 CATEGORIES = architecture_categories()
-
-
-def write_tree(root: Path, files: dict[str, str | bytes]) -> Path:
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    return root
 
 
 def load_one(tmp_path: Path, files: dict[str, str | bytes]) -> lists.ListData:

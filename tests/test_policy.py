@@ -16,56 +16,16 @@ from aupguard.config.loader import load_policy
 from aupguard.config.policy import Policy, PolicyError
 from aupguard.config.yamlfile import MAX_POLICY_BYTES
 from aupguard.core.identify import identify
-from aupguard.lists.model import mapped
+from aupguard.lists.model import ListError, mapped
 from aupguard.runtime import load_engine
-from policy_cases import assert_refused, edit_once, line_of, write
+from conftest import write_policy, write_tree
+from policy_cases import BASE, assert_refused, edit_once, line_of, write
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "config" / "policy.yaml"
 
 HARMFUL = {"adult", "gambling", "hate", "violence", "drugs", "self_harm", "extremism", "malware", "phishing"}
 CIRCUMVENTION = {"anonymizers", "vpn", "doh", "remote_access", "circumvention"}
-
-# A small valid policy; each broken case below edits one line of it.
-CATEGORY_LINES = "\n".join(
-    f"  {name}: {{label: {name} sites, severity: low, reason: Blocked by the AUP}}" for name in CATEGORIES
-)
-BASE = f"""\
-version: 1
-school:
-  name: Test School
-  timezone: Europe/London
-  it_contact: it@example.sch.uk
-categories:
-{CATEGORY_LINES}
-groups:
-  pupils:
-    block: [adult, social_networks]
-    allow: [school_allow]
-    fail_closed: true
-  staff:
-    description: Staff
-    block: [adult]
-    fail_closed: false
-  visitors:
-    block: [adult, dating]
-identity:
-  default_group: pupils
-  users:
-    Head.Teacher: staff
-  networks:
-    - {{cidr: 10.20.0.0/16, group: staff}}
-    - {{cidr: 10.20.5.0/24, group: visitors}}
-lists:
-  - {{name: local, path: lists}}
-tls:
-  intercept: true
-  no_decrypt: [Example-Bank.CO.UK.]
-block_page:
-  accidental: It's OK.
-records:
-  retention_days: 30
-"""
 
 
 def edited(old: str, new: str) -> str:
@@ -526,10 +486,6 @@ def test_exemptions_max_days_is_read_and_defaults_to_a_month(tmp_path):
 def test_an_allow_list_naming_a_public_suffix_is_refused_at_load(tmp_path, entry):
     # A public suffix on an allow list would let every site under it through (all of .co.uk for
     # pupils): the policy is refused, naming the file and line, as a mandatory entry is.
-    from aupguard.lists.model import ListError
-    from conftest import write_policy
-    from test_lists import write_tree
-
     local = write_tree(tmp_path / "local", {"school_allow/domains": f"vle.example.co.uk\n{entry}\n"})
     policy = write_policy(
         tmp_path / "policy.yaml", lambda doc: doc["lists"].append({"name": "local", "path": str(local)})
