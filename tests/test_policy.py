@@ -410,13 +410,7 @@ POLICY5_BROKEN = [
 )
 def test_broken_groups_and_categories_name_line_and_reason(tmp_path, old, new, marker, reason):
     base = BASE.replace("  adult_mixed: {label:", "  adult_mixed: {mandatory: true, label:", 1)
-    assert base.count(old) == 1, old
-    text = base.replace(old, new)
-    path = write(tmp_path, text)
-    with pytest.raises(PolicyError) as caught:
-        load_policy(path)
-    assert (caught.value.file, caught.value.line) == (str(path), line_of(text, marker)), caught.value.reason
-    assert re.search(reason, caught.value.reason), caught.value.reason
+    assert_refused(tmp_path, edit_once(base, old, new), marker, reason)
 
 
 def decide_for(policy: Policy, group: str, *categories: str, when=None):
