@@ -283,14 +283,23 @@ def wait_for(predicate, timeout: float = 20.0) -> bool:
     return False
 
 
-def tls_request(proxy, target: str, sni: str, path: str, host: str, source_ip: str = "127.0.0.1") -> bytes:
-    """CONNECT to `target`, TLS naming `sni` (trusting the proxy's CA), one GET of `path` with `host`."""
+def connect(proxy, target: str, source_ip: str = "127.0.0.1") -> tuple[socket.socket, int]:
+    """A raw CONNECT through the proxy: the open socket and the proxy's status."""
     sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=15, source_address=(source_ip, 0))
     sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        answer += sock.recv(4096) or b"\r\n\r\n"
-    assert answer.startswith(b"HTTP/1.1 200"), answer
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return sock, int(head.split(b" ", 2)[1])
+
+
+def tls_request(proxy, target: str, sni: str, path: str, host: str, source_ip: str = "127.0.0.1") -> bytes:
+    """CONNECT to `target`, TLS naming `sni` (trusting the proxy's CA), one GET of `path` with `host`."""
+    sock, status = connect(proxy, target, source_ip)
+    assert status == 200, status
     context = ssl.create_default_context(cafile=str(proxy.ca))
     with context.wrap_socket(sock, server_hostname=sni) as tls:
         tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
