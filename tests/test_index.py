@@ -17,7 +17,7 @@ from aupguard.lists.index import HEADER_SIZE, IndexFormatError, key_hash, load_i
 from aupguard.lists.model import ListData, ListRoot, ListSource, MappedFolder, url_host
 from aupguard.lists.read import load_lists
 from aupguard.offline.compile import IndexWriter, compile_from_folders, compile_list_data, why_recompile
-from conftest import rewrite_header
+from conftest import rewrite_header, write_tree
 
 
 def make_sources(n: int) -> list[ListSource]:
@@ -146,24 +146,29 @@ def assert_index_answers_as(data: ListData, path: Path) -> None:
         assert all(index.url_mask(key) == mask for key, mask in data.urls.items())
 
 
-def write_list(folder: Path, name: str, text: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_text(text, encoding="utf-8")
-
-
 def test_compiling_folders_gives_what_loading_them_gives(tmp_path):
     local, ut1 = tmp_path / "local", tmp_path / "ut1"
-    write_list(local / "adult", "domains", "# comment\nExample.COM\n*.porn.example\nbad..host\n\nporn.example # dup\n")
-    write_list(local / "adult", "urls", "example.org/Bad/\nhttps://example.org/x?q=1\n")
-    write_list(local / "adult", "expressions", "(porn|xxx) #not a comment\n")
-    write_list(local / "gambling", "domains", "bet.example\nexample.com\n")
-    write_list(local / "Not A Category", "domains", "ignored.example\n")
-    write_list(ut1 / "redirector", "domains", "proxy.example\nexample.com\n")
-    write_list(ut1 / "redirector", "urls", "proxy.example/browse\n")
-    write_list(ut1 / "astrology", "domains", "stars.example\n")  # mapped to null: ignored
-    write_list(ut1 / "strict_redirector", "domains", "proxy.example\nstrict.example\n")
-    write_list(ut1 / "strict_redirector", "urls", "strict.example/anonymiser\n")
-    write_list(ut1 / "strict_redirector", "expressions", "google\\..*/search.q=cache\n")  # skipped: not read
+    write_tree(
+        local,
+        {
+            "adult/domains": "# comment\nExample.COM\n*.porn.example\nbad..host\n\nporn.example # dup\n",
+            "adult/urls": "example.org/Bad/\nhttps://example.org/x?q=1\n",
+            "adult/expressions": "(porn|xxx) #not a comment\n",
+            "gambling/domains": "bet.example\nexample.com\n",
+            "Not A Category/domains": "ignored.example\n",
+        },
+    )
+    write_tree(
+        ut1,
+        {
+            "redirector/domains": "proxy.example\nexample.com\n",
+            "redirector/urls": "proxy.example/browse\n",
+            "astrology/domains": "stars.example\n",  # mapped to null: ignored
+            "strict_redirector/domains": "proxy.example\nstrict.example\n",
+            "strict_redirector/urls": "strict.example/anonymiser\n",
+            "strict_redirector/expressions": "google\\..*/search.q=cache\n",  # skipped: not read
+        },
+    )
     strict = MappedFolder("anonymizers", frozenset({"expressions"}))
     roots = [
         ListRoot(local, "blocklists"),
