@@ -7,6 +7,8 @@ command in a subprocess, with its own mitmproxy CA in a temporary confdir.
 from __future__ import annotations
 
 import datetime as dt
+import html
+import http.client
 import http.server
 import ipaddress
 import json
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 from click.testing import CliRunner
 
@@ -36,6 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ["AUPGUARD_DATA"] = tempfile.mkdtemp(prefix="aupguard-test-data-")
 # Imported only now, once AUPGUARD_DATA says where this process's data goes.
 from aupguard.cli.main import main as aupguard_main  # noqa: E402
+from aupguard.core.incident import Incident, new_ref  # noqa: E402
+from aupguard.lists import index as index_module  # noqa: E402
+from aupguard.store.incidents import IncidentWriter  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 BUNDLED_POLICY = REPO / "config" / "policy.yaml"
@@ -277,14 +283,23 @@ def wait_for(predicate, timeout: float = 20.0) -> bool:
     return False
 
 
-def tls_request(proxy, target: str, sni: str, path: str, host: str, source_ip: str = "127.0.0.1") -> bytes:
-    """CONNECT to `target`, TLS naming `sni` (trusting the proxy's CA), one GET of `path` with `host`."""
+def connect(proxy, target: str, source_ip: str = "127.0.0.1") -> tuple[socket.socket, int]:
+    """A raw CONNECT through the proxy: the open socket and the proxy's status."""
     sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=15, source_address=(source_ip, 0))
     sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        answer += sock.recv(4096) or b"\r\n\r\n"
-    assert answer.startswith(b"HTTP/1.1 200"), answer
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return sock, int(head.split(b" ", 2)[1])
+
+
+def tls_request(proxy, target: str, sni: str, path: str, host: str, source_ip: str = "127.0.0.1") -> bytes:
+    """CONNECT to `target`, TLS naming `sni` (trusting the proxy's CA), one GET of `path` with `host`."""
+    sock, status = connect(proxy, target, source_ip)
+    assert status == 200, status
     context = ssl.create_default_context(cafile=str(proxy.ca))
     with context.wrap_socket(sock, server_hostname=sni) as tls:
         tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
@@ -359,3 +374,131 @@ def incidents(db: Path) -> list[dict]:
 def mode(path: Path) -> int:
     """The permission bits of `path` (0o600 for a private file)."""
     return stat.S_IMODE(path.stat().st_mode)
+
+
+# -- requests through a running proxy -------------------------------------------------------------
+
+
+def fetch(
+    proxy, url: str, source_ip: str = "127.0.0.1", accept: str = "text/html"
+) -> tuple[int, dict[str, str], bytes]:
+    """GET `url` through `proxy` from `source_ip`: the status, the headers and the body as bytes."""
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30, source_address=(source_ip, 0))
+    try:
+        conn.request("GET", url, headers={"Accept": accept})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def fetch_text(
+    proxy, url: str, source_ip: str = "127.0.0.1", accept: str = "text/html"
+) -> tuple[int, dict[str, str], str]:
+    """fetch, with the body decoded (a block page, an origin's text)."""
+    status, headers, body = fetch(proxy, url, source_ip, accept)
+    return status, headers, body.decode("utf-8", "replace")
+
+
+def proxied_status(via: int | http.client.HTTPConnection, host: str) -> int:
+    """The status of GET http://host/ through the proxy: on a new connection to port `via`, or on the
+    open connection `via`, left open (to see that the proxy keeps it)."""
+    conn = http.client.HTTPConnection("127.0.0.1", via, timeout=15) if isinstance(via, int) else via
+    try:
+        conn.request("GET", f"http://{host}/", headers={"Host": host})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        if conn is not via:
+            conn.close()
+
+
+def wait_for_status(proxy, url: str, status: int, timeout: float = 15.0) -> None:
+    """Wait until GET `url` through `proxy` answers `status` (a reload has taken effect)."""
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        seen = requests.get(url, proxies=proxy.proxies, timeout=15).status_code
+        if seen == status:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"{url}: still {seen}, not {status}, after {timeout} s")
+
+
+def blocked(proxy, path: str = "/x") -> tuple[str, str, str]:
+    """Get a block page through `proxy`; return its reference, token and the form's action."""
+    page = requests.get(f"http://pornhub.com{path}", proxies=proxy.proxies, timeout=15, headers={"Accept": "text/html"})
+    assert page.status_code == 403
+    ref = page.headers["X-Aupguard-Incident"]
+    token = re.search(r'name="token" value="([0-9a-f]+)"', page.text).group(1)
+    action = html.unescape(re.search(r'<form method="post" action="([^"]+)"', page.text).group(1))
+    assert "I reached this by accident" in page.text and "Ask for this site to be reviewed" in page.text
+    return ref, token, action
+
+
+# -- files the tests make ------------------------------------------------------------------------
+
+
+def write_tree(root: Path, files: dict[str, str | bytes]) -> Path:
+    """A folder of list files (or any files): {relative path: content}."""
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return root
+
+
+def rewrite_header(path: Path, **changes: int) -> None:
+    """Change a compiled index's header fields and re-seal the header checksum: only the later checks can catch it."""
+    raw = bytearray(path.read_bytes())
+    fields = list(index_module._HEADER.unpack_from(raw))
+    names = {"magic": 0, "version": 1, "width": 2, "file_size": 4, "json_len": 6, "domains_slots": 8}
+    for name, value in changes.items():
+        fields[names[name]] = value
+    index_module._HEADER.pack_into(raw, 0, *fields)
+    header_bytes = bytes(raw[: index_module._HEADER.size])
+    checksum = index_module.xxh3_64_intdigest(header_bytes)
+    index_module._HEADER_CHECKSUM.pack_into(raw, index_module._HEADER.size, checksum)
+    path.write_bytes(bytes(raw))
+
+
+# -- incidents -------------------------------------------------------------------------------------
+
+INCIDENT_TIME = dt.datetime(2025, 3, 14, 10, 30, 0, tzinfo=dt.UTC)  # make_incident's default time
+
+
+def make_incident(**fields) -> Incident:
+    """A blocked request's incident (alice, pupils, adult) with `fields` changed."""
+    values = dict(
+        ref=new_ref(),
+        ts_utc=INCIDENT_TIME,
+        local_date="2025-03-14",
+        local_time="10:30:00",
+        client_ip="10.0.0.5",
+        username="alice",
+        group="pupils",
+        method="GET",
+        url="http://example.org/page",
+        host="example.org",
+        categories=("adult",),
+        rule="blocklists/adult",
+        action="block",
+        severity="medium",
+        user_agent="Mozilla/5.0",
+        search_term=None,
+    )
+    values.update(fields)
+    return Incident(**values)
+
+
+def incident_at(when: dt.datetime, **fields) -> Incident:
+    """make_incident at `when`, its local date and time read from it."""
+    return make_incident(ts_utc=when, local_date=f"{when:%Y-%m-%d}", local_time=f"{when:%H:%M:%S}", **fields)
+
+
+def write_incidents(path: Path, made) -> None:
+    """Store the incidents `made` in the database at `path` through the real writer."""
+    with IncidentWriter(path) as writer:
+        for incident in made:
+            writer.submit(incident)

@@ -11,8 +11,51 @@ from pathlib import Path
 
 import pytest
 
+from aupguard.base.vocabulary import CATEGORIES
 from aupguard.config.loader import load_policy
 from aupguard.config.policy import PolicyError
+
+# A small valid policy (every category the code knows, three groups, one list root); each broken case edits
+# one line of it.
+CATEGORY_LINES = "\n".join(
+    f"  {name}: {{label: {name} sites, severity: low, reason: Blocked by the AUP}}" for name in CATEGORIES
+)
+BASE = f"""\
+version: 1
+school:
+  name: Test School
+  timezone: Europe/London
+  it_contact: it@example.sch.uk
+categories:
+{CATEGORY_LINES}
+groups:
+  pupils:
+    block: [adult, social_networks]
+    allow: [school_allow]
+    fail_closed: true
+  staff:
+    description: Staff
+    block: [adult]
+    fail_closed: false
+  visitors:
+    block: [adult, dating]
+identity:
+  default_group: pupils
+  users:
+    Head.Teacher: staff
+  networks:
+    - {{cidr: 10.20.0.0/16, group: staff}}
+    - {{cidr: 10.20.5.0/24, group: visitors}}
+lists:
+  - {{name: local, path: lists}}
+tls:
+  intercept: true
+  no_decrypt: [Example-Bank.CO.UK.]
+block_page:
+  accidental: It's OK.
+records:
+  retention_days: 30
+"""
 
 
 def write(tmp_path: Path, text: str, name: str = "policy.yaml") -> Path:

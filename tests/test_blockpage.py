@@ -124,3 +124,44 @@ def test_a_circumvention_page_has_one_tone():
     assert "against our AUP" in bypass and "not in trouble" not in bypass
     other = blockpage.render(**values).body.decode()
     assert "not in trouble" in other and "against our AUP" not in other
+
+
+# -- the same promises, stated literally ------------------------------------------------------------
+
+PLAIN = {
+    "accept": None, "school_name": "S", "category_label": "L", "reason": "R", "url": "http://x.example/", "date": "d",
+    "time": "t", "ref": "AG-2222-3333", "it_contact": "IT", "accidental": "A",
+    "report_url": "http://aupguard.invalid/report", "report_token": "ab" * 16,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("missing", ["ref", "report_token", "report_url"])
+def test_no_form_without_a_reference_a_token_and_a_report_url(missing):
+    body = blockpage.render(**{**PLAIN, missing: None}).body.decode()
+    assert "<form" not in body and 'name="token"' not in body and "aupguard.invalid" not in body
+
+
+def test_control_characters_in_the_text_form_are_shown_as_a_space():
+    page = blockpage.render(
+        **{**PLAIN, "accept": "application/json", "school_name": "S\r\nX-Injected: 1", "category_label": "L\x00",
+           "it_contact": "IT\n"},
+    )  # fmt: skip
+    assert page.body == (
+        b"Blocked by S  X-Injected: 1's web filter: L . Reference AG-2222-3333. d t. Tell IT  if this is a mistake.\n"
+    )
+    without_ref = blockpage.render(**{**PLAIN, "accept": "text/plain", "ref": None})
+    assert without_ref.body == b"Blocked by S's web filter: L. d t. Tell IT if this is a mistake.\n"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://x.example/" + "a" * 283, "http://x.example/" + "a" * 283),  # 300 characters: shown whole
+        ("http://x.example/" + "a" * 400, "http://x.example/" + "a" * 282 + "…"),  # cut to 300 with the ellipsis
+        ("http://x.example/a\r\nb\x00c\x7fd\te", "http://x.example/abcde"),  # control characters dropped
+        ("http://x.example/<b>?q=\"1\"&r='2'", "http://x.example/&lt;b&gt;?q=&#34;1&#34;&amp;r=&#39;2&#39;"),
+    ],
+)
+def test_the_shown_url(url, shown):
+    body = blockpage.render(**{**PLAIN, "url": url}).body.decode()
+    assert f'<p class="url">{shown}</p>' in body

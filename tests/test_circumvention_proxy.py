@@ -27,7 +27,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 import requests
 
-from conftest import REPO, SHARED, Proxy, aupguard, listening_pids, start_proxy, write_policy
+from conftest import REPO, SHARED, Proxy, aupguard, connect, listening_pids, start_proxy, write_policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
@@ -146,19 +146,6 @@ def send(proxy: Proxy, attempt: corpus.Attempt, session: requests.Session) -> re
         verify=str(proxy.ca),
         timeout=15,
     )
-
-
-def connect(proxy: Proxy, target: str, source: str = PUPIL) -> tuple[socket.socket, int]:
-    """A raw CONNECT through the proxy: the open socket and the proxy's status."""
-    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10, source_address=(source, 0))
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    return sock, int(head.split(b" ", 2)[1])
 
 
 def read_until_closed(sock: socket.socket, within: float = 10) -> bytes:
@@ -327,13 +314,13 @@ def test_connect_to_a_bare_ip_is_blocked_for_pupils_and_allowed_for_staff(guarde
     assert status == 403
     (row,) = rows(guarded.db, "technique = 'tunnel' AND rule LIKE '%bare-ip%'")
     assert row["user_group"] == "pupils" and row["client_ip"] == PUPIL
-    sock, status = connect(guarded, f"127.0.0.1:{origin.https_port}", source=STAFF)
+    sock, status = connect(guarded, f"127.0.0.1:{origin.https_port}", source_ip=STAFF)
     sock.close()
     assert status == 200
 
 
 def _tls_without_sni(guarded: Proxy, port: int, source: str) -> bytes:
-    sock, status = connect(guarded, f"localhost:{port}", source=source)
+    sock, status = connect(guarded, f"localhost:{port}", source_ip=source)
     assert status == 200
     context = ssl.create_default_context(cafile=str(guarded.ca))
     context.check_hostname = False  # no name is sent, so none can be checked

@@ -6,8 +6,7 @@ import json
 
 import requests
 
-from conftest import aupguard, start_proxy, verdicts, write_policy
-from test_exemptions import wait_for_status
+from conftest import aupguard, start_proxy, verdicts, wait_for_status, write_policy
 
 
 def test_classify_explain_and_the_proxy_agree_with_an_exemption_active(tmp_path, origin):

@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
@@ -14,8 +15,9 @@ from rich.console import Console
 
 from aupguard.cli.main import main
 from aupguard.report.output import Section, write_table
-from test_report import DAY1, at, write
+from conftest import incident_at, write_incidents
 
+DAY1 = datetime(2025, 3, 10, 9, 0, tzinfo=UTC)
 REASON = "coding lesson with Year 8 in room 14, agreed with the head of computing on Monday"
 FORMULA = '=HYPERLINK("http://evil.test","click")'
 LONG_URL = "http://hide.example/browse.php?u=http%3A%2F%2Fbet.example%2Fa-long-path%2Fthat-goes-on-and-on"
@@ -88,7 +90,7 @@ def test_an_empty_listing_in_each_format(tmp_path):
 @pytest.mark.parametrize("requests", [(), ("--requests",)])
 def test_a_piped_report_never_breaks_a_value(tmp_path, columns, requests):
     db = tmp_path / "incidents.db"
-    write(db, [at(DAY1, ref="AG-LONG-0001", username="a.pupil.with.a.long.name", url=LONG_URL,
+    write_incidents(db, [incident_at(DAY1, ref="AG-LONG-0001", username="a.pupil.with.a.long.name", url=LONG_URL,
                   host="hide.example", categories=("anonymizers", "circumvention"), technique="nested-url")])  # fmt: skip
     table = invoke("report", "--db", str(db), *requests, columns=columns)
     assert table.splitlines()[0].startswith("aupguard incidents from the beginning until now")

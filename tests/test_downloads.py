@@ -20,7 +20,7 @@ from aupguard.config.policy import Group
 from aupguard.core import downloads
 from aupguard.proxy import downloads as proxy_downloads
 from aupguard.proxy.downloads import BodyCheck, decoded_prefix
-from conftest import start_proxy, write_policy
+from conftest import fetch, start_proxy, write_policy
 
 MB = 1024 * 1024
 PUPILS = Group(
@@ -301,16 +301,6 @@ def proxy(tmp_path_factory):
     running = start_proxy(tmp, write_policy(tmp / "policy.yaml", one_megabyte))
     yield running
     running.stop()
-
-
-def fetch(proxy, url):
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
-    try:
-        conn.request("GET", url, headers={"Accept": "text/html"})
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        conn.close()
 
 
 def incidents(db, ref):

@@ -9,7 +9,6 @@ import shlex
 import sqlite3
 import stat
 import subprocess
-import time
 from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
 
@@ -31,7 +30,7 @@ from aupguard.core.identify import Identity
 from aupguard.lists.model import one_site
 from aupguard.runtime import load_engine
 from aupguard.store import exemptions as exstore
-from conftest import BUNDLED_POLICY, REPO, aupguard, start_proxy, write_policy
+from conftest import BUNDLED_POLICY, REPO, aupguard, start_proxy, wait_for_status, write_policy
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 LATER = NOW + timedelta(hours=1)
@@ -334,17 +333,6 @@ def test_cli_classroom(tmp_path):
 
 
 # -- a running proxy honours changes within seconds ----------------------------------------------------
-
-
-def wait_for_status(proxy, url, status, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    seen = None
-    while time.monotonic() < deadline:
-        seen = requests.get(url, proxies=proxy.proxies, timeout=15).status_code
-        if seen == status:
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"{url}: still {seen}, not {status}, after {timeout} s")
 
 
 def test_a_running_proxy_honours_exemptions_and_overrides_without_a_restart(tmp_path, origin):

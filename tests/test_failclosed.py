@@ -7,20 +7,10 @@ import time
 
 import pytest
 
-from conftest import REPO, incidents, start_proxy, write_policy
+from conftest import REPO, fetch_text, incidents, start_proxy, write_policy
 
 FAULTS = REPO / "tests" / "fault_injection.py"
 STAFF_IP = "127.0.0.2"  # loopback addresses are all local: a second client address for free
-
-
-def fetch(proxy, url: str, source_ip: str = "127.0.0.1", accept: str = "text/html") -> tuple[int, dict, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=15, source_address=(source_ip, 0))
-    try:
-        conn.request("GET", url, headers={"Accept": accept})
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read().decode("utf-8", "replace")
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +29,7 @@ def faulty(tmp_path_factory):
 
 
 def test_pupils_get_the_filter_error_page_and_an_incident(faulty, origin):
-    status, headers, page = fetch(faulty, origin.url("/fault-classify/lesson"))
+    status, headers, page = fetch_text(faulty, origin.url("/fault-classify/lesson"))
     assert status == 403
     assert "The filter could not check this page" in page
     ref = headers["X-Aupguard-Incident"]
@@ -51,21 +41,21 @@ def test_pupils_get_the_filter_error_page_and_an_incident(faulty, origin):
 
 
 def test_staff_who_fail_open_reach_the_site(faulty, origin):
-    status, _, body = fetch(faulty, origin.url("/fault-inspect/staffroom"), source_ip=STAFF_IP)
+    status, _, body = fetch_text(faulty, origin.url("/fault-inspect/staffroom"), source_ip=STAFF_IP)
     assert status == 200 and body == "origin says hello: /fault-inspect/staffroom"
 
 
 def test_a_failure_never_opens_the_mandatory_tier_for_staff(faulty):
     # The failure comes after the list lookup: the mandatory tier is looked up again, and blocks.
-    status, _, page = fetch(faulty, "http://illegal-feed.example/fault-inspect/x", source_ip=STAFF_IP)
+    status, _, page = fetch_text(faulty, "http://illegal-feed.example/fault-inspect/x", source_ip=STAFF_IP)
     assert status == 403 and "Illegal content" in page
 
 
 def test_a_failing_hook_still_checks_the_mandatory_tier_for_staff(faulty, origin):
     # The request hook itself fails around the engine: the names it was given are still looked up.
-    status, _, page = fetch(faulty, "http://illegal-feed.example/fault-hook/x", source_ip=STAFF_IP)
+    status, _, page = fetch_text(faulty, "http://illegal-feed.example/fault-hook/x", source_ip=STAFF_IP)
     assert status == 403 and "Illegal content" in page
-    status, _, body = fetch(faulty, origin.url("/fault-hook/staffroom"), source_ip=STAFF_IP)
+    status, _, body = fetch_text(faulty, origin.url("/fault-hook/staffroom"), source_ip=STAFF_IP)
     assert status == 200 and body == "origin says hello: /fault-hook/staffroom"  # the staff failure rule
 
 
@@ -85,26 +75,26 @@ def test_a_failing_connect_hook_still_refuses_the_mandatory_tier_for_staff(fault
 
 
 def test_staff_are_blocked_when_the_mandatory_tier_itself_cannot_be_checked(faulty, origin):
-    status, _, page = fetch(faulty, origin.url("/fault-classify/staffroom"), source_ip=STAFF_IP)
+    status, _, page = fetch_text(faulty, origin.url("/fault-classify/staffroom"), source_ip=STAFF_IP)
     assert status == 403 and "The filter could not check this page" in page
 
 
 def test_a_block_page_that_fails_to_render_still_blocks(faulty, origin):
-    status, _headers, body = fetch(faulty, origin.url("/fault-page/x"))
+    status, _headers, body = fetch_text(faulty, origin.url("/fault-page/x"))
     assert status == 403
     assert body == "Blocked by the school's web filter.\n"
     assert "origin says hello" not in body
 
 
 def test_a_failing_incident_writer_does_not_unblock(faulty, origin):
-    status, _, body = fetch(faulty, origin.url("/fault-writer/x"))
+    status, _, body = fetch_text(faulty, origin.url("/fault-writer/x"))
     assert status == 403 and "The filter could not check this page" in body
 
 
 def test_the_proxy_keeps_serving_after_the_faults(faulty, origin):
     for _ in range(3):
-        assert fetch(faulty, origin.url("/fault-classify/again"))[0] == 403
-    status, _, body = fetch(faulty, origin.url("/after"))
+        assert fetch_text(faulty, origin.url("/fault-classify/again"))[0] == 403
+    status, _, body = fetch_text(faulty, origin.url("/after"))
     assert status == 200 and body == "origin says hello: /after"
-    assert fetch(faulty, "http://pornhub.com/")[0] == 403  # and still filters
+    assert fetch_text(faulty, "http://pornhub.com/")[0] == 403  # and still filters
     assert faulty.process.poll() is None

@@ -22,33 +22,10 @@ from hypothesis import strategies as st
 from aupguard.core.incident import Incident, RepeatRule, new_ref
 from aupguard.store import incidents
 from aupguard.store.incidents import IncidentWriter, SchemaError, open_db, purge
-from conftest import mode
+from conftest import INCIDENT_TIME, make_incident, mode
 
-NOW = datetime(2025, 3, 14, 10, 30, 0, tzinfo=UTC)
+NOW = INCIDENT_TIME
 SECRETISH = ("password", "passwd", "pwd", "secret")
-
-
-def make_incident(**fields) -> Incident:
-    values = dict(
-        ref=new_ref(),
-        ts_utc=NOW,
-        local_date="2025-03-14",
-        local_time="10:30:00",
-        client_ip="10.0.0.5",
-        username="alice",
-        group="pupils",
-        method="GET",
-        url="http://example.org/page",
-        host="example.org",
-        categories=("adult",),
-        rule="blocklists/adult",
-        action="block",
-        severity="medium",
-        user_agent="Mozilla/5.0",
-        search_term=None,
-    )
-    values.update(fields)
-    return Incident(**values)
 
 
 def refs(path: Path) -> list[str]:
@@ -600,7 +577,7 @@ import sys
 sys.path[:0] = {[str(Path(__file__).parent)]!r}
 from pathlib import Path
 from aupguard.store.incidents import IncidentWriter
-from test_incidents import make_incident
+from conftest import make_incident
 writer = IncidentWriter(Path({str(path)!r}))
 writer.start()
 for _ in range(25):

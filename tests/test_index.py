@@ -17,6 +17,7 @@ from aupguard.lists.index import HEADER_SIZE, IndexFormatError, key_hash, load_i
 from aupguard.lists.model import ListData, ListRoot, ListSource, MappedFolder, url_host
 from aupguard.lists.read import load_lists
 from aupguard.offline.compile import IndexWriter, compile_from_folders, compile_list_data, why_recompile
+from conftest import rewrite_header, write_tree
 
 
 def make_sources(n: int) -> list[ListSource]:
@@ -145,24 +146,29 @@ def assert_index_answers_as(data: ListData, path: Path) -> None:
         assert all(index.url_mask(key) == mask for key, mask in data.urls.items())
 
 
-def write_list(folder: Path, name: str, text: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_text(text, encoding="utf-8")
-
-
 def test_compiling_folders_gives_what_loading_them_gives(tmp_path):
     local, ut1 = tmp_path / "local", tmp_path / "ut1"
-    write_list(local / "adult", "domains", "# comment\nExample.COM\n*.porn.example\nbad..host\n\nporn.example # dup\n")
-    write_list(local / "adult", "urls", "example.org/Bad/\nhttps://example.org/x?q=1\n")
-    write_list(local / "adult", "expressions", "(porn|xxx) #not a comment\n")
-    write_list(local / "gambling", "domains", "bet.example\nexample.com\n")
-    write_list(local / "Not A Category", "domains", "ignored.example\n")
-    write_list(ut1 / "redirector", "domains", "proxy.example\nexample.com\n")
-    write_list(ut1 / "redirector", "urls", "proxy.example/browse\n")
-    write_list(ut1 / "astrology", "domains", "stars.example\n")  # mapped to null: ignored
-    write_list(ut1 / "strict_redirector", "domains", "proxy.example\nstrict.example\n")
-    write_list(ut1 / "strict_redirector", "urls", "strict.example/anonymiser\n")
-    write_list(ut1 / "strict_redirector", "expressions", "google\\..*/search.q=cache\n")  # skipped: not read
+    write_tree(
+        local,
+        {
+            "adult/domains": "# comment\nExample.COM\n*.porn.example\nbad..host\n\nporn.example # dup\n",
+            "adult/urls": "example.org/Bad/\nhttps://example.org/x?q=1\n",
+            "adult/expressions": "(porn|xxx) #not a comment\n",
+            "gambling/domains": "bet.example\nexample.com\n",
+            "Not A Category/domains": "ignored.example\n",
+        },
+    )
+    write_tree(
+        ut1,
+        {
+            "redirector/domains": "proxy.example\nexample.com\n",
+            "redirector/urls": "proxy.example/browse\n",
+            "astrology/domains": "stars.example\n",  # mapped to null: ignored
+            "strict_redirector/domains": "proxy.example\nstrict.example\n",
+            "strict_redirector/urls": "strict.example/anonymiser\n",
+            "strict_redirector/expressions": "google\\..*/search.q=cache\n",  # skipped: not read
+        },
+    )
     strict = MappedFolder("anonymizers", frozenset({"expressions"}))
     roots = [
         ListRoot(local, "blocklists"),
@@ -204,20 +210,6 @@ def test_compiled_ut1_answers_as_loaded_ut1(shared_dir, tmp_path):
 
 
 # -- refusing bad files ---------------------------------------------------------------------------
-
-
-def rewrite_header(path: Path, **changes: int) -> None:
-    """Change header fields and re-seal the header checksum: only the later checks can catch it."""
-    raw = bytearray(path.read_bytes())
-    fields = list(index_module._HEADER.unpack_from(raw))
-    names = {"magic": 0, "version": 1, "width": 2, "file_size": 4, "json_len": 6, "domains_slots": 8}
-    for name, value in changes.items():
-        fields[names[name]] = value
-    index_module._HEADER.pack_into(raw, 0, *fields)
-    header_bytes = bytes(raw[: index_module._HEADER.size])
-    checksum = index_module.xxh3_64_intdigest(header_bytes)
-    index_module._HEADER_CHECKSUM.pack_into(raw, index_module._HEADER.size, checksum)
-    path.write_bytes(bytes(raw))
 
 
 @pytest.fixture
@@ -330,16 +322,25 @@ def test_a_removed_index_is_stale_and_lookups_after_close_fail(index_file):
 
 keys = st.text(min_size=0, max_size=40)  # any text, surrogates included: list files are untrusted
 masks = st.integers(min_value=1, max_value=(1 << 100) - 1)
+# A url key is its host, then its path and query if any: drawn as the two parts, so the host is known.
+url_parts = st.tuples(
+    st.text(st.characters(exclude_characters="/"), max_size=20),
+    st.one_of(st.just(""), st.text(max_size=20).map(lambda rest: "/" + rest)),
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     domains=st.dictionaries(keys, masks, max_size=300),
-    urls=st.dictionaries(keys, masks, max_size=50),
+    url_entries=st.dictionaries(url_parts, masks, max_size=50),
     probes=st.lists(keys, max_size=50),
     seed=st.integers(min_value=0, max_value=(1 << 64) - 1),
 )
-def test_index_lookups_equal_dict_lookups(tmp_path, domains, urls, probes, seed):
+def test_index_lookups_equal_dict_lookups(tmp_path, domains, url_entries, probes, seed):
+    urls = {host + path: mask for (host, path), mask in url_entries.items()}
+    host_masks: dict[str, int] = {}
+    for (host, _), mask in url_entries.items():
+        host_masks[host] = host_masks.get(host, 0) | mask
     writer = IndexWriter(make_sources(100), seed=seed)  # expected sizes unknown: tables grow
     writer.add("domains", domains.items())
     writer.add("urls", urls.items())
@@ -349,12 +350,15 @@ def test_index_lookups_equal_dict_lookups(tmp_path, domains, urls, probes, seed)
         for key in [*domains, *urls, *probes]:
             assert index.domain_mask(key) == domains.get(key, 0)
             assert index.url_mask(key) == urls.get(key, 0)
-            # The url_hosts gate: non-zero exactly for the hosts of url keys, in both lookups.
-            host = url_host(key)
-            expected = 0
-            for url, mask in urls.items():
-                expected |= mask if url_host(url) == host else 0
-            assert index.url_host_mask(host) == text.url_host_mask(host) == expected
+        # The url_hosts gate: non-zero exactly for the hosts of url keys, in both lookups.
+        for host in [*host_masks, *domains, *probes]:
+            assert index.url_host_mask(host) == text.url_host_mask(host) == host_masks.get(host, 0)
+
+
+def test_url_host_is_the_key_up_to_the_first_slash():
+    assert url_host("example.com/dir/page?q=1") == "example.com"
+    assert url_host("example.com") == "example.com"
+    assert url_host("10.0.0.1:8080/a/b") == "10.0.0.1:8080"
 
 
 def test_header_layout_is_what_the_docstring_says(index_file):

@@ -4,7 +4,6 @@ keeps blocking, stays alive and answering, and still takes up a valid `lists com
 from __future__ import annotations
 
 import functools
-import http.client
 import os
 import re
 import subprocess
@@ -14,24 +13,13 @@ import pytest
 
 from aupguard.lists.index import HEADER_SIZE
 from conftest import aupguard as run_aupguard
-from conftest import listening_pids, start_proxy, wait_for, write_policy
+from conftest import listening_pids, proxied_status, start_proxy, wait_for, write_policy
 
 ILLEGAL, ADULT = "illegal-feed.test", "www.pornhub.com"
 
 
 # These tests read the exit status and stderr of the commands themselves.
 aupguard = functools.partial(run_aupguard, check=False)
-
-
-def proxied_status(port: int, host: str) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
-    try:
-        conn.request("GET", f"http://{host}/", headers={"Host": host})
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
 
 
 def with_local_lists(tmp_path: Path) -> tuple[Path, Path]:

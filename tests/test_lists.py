@@ -22,6 +22,7 @@ from aupguard.lists.read import load_lists
 from aupguard.offline import importers
 from aupguard.offline.importers import import_ut1
 from aupguard.runtime import load_engine
+from conftest import write_tree
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "blocklists"
@@ -37,14 +38,6 @@ def architecture_categories() -> set[str]:
 
 
 CATEGORIES = architecture_categories()
-
-
-def write_tree(root: Path, files: dict[str, str | bytes]) -> Path:
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    return root
 
 
 def load_one(tmp_path: Path, files: dict[str, str | bytes]) -> lists.ListData:
@@ -161,7 +154,7 @@ def test_expressions_keep_their_text_and_only_whole_line_comments(tmp_path):
 def test_problems_are_bounded_and_counted(tmp_path):
     bad = "".join(f"bad host{n}.test\n" for n in range(1500))
     data = load_one(tmp_path, {"adult/domains": bad})
-    assert len(data.problems) == lists.MAX_PROBLEMS + 1
+    assert len(data.problems) == 1001  # MAX_PROBLEMS (1000) shown, and the line that counts the rest
     assert data.problems[-1] == "... and 500 more problems not shown"
 
 
@@ -193,8 +186,40 @@ def test_the_fast_path_agrees_with_normalize_host(entry):
     assume(not entry.startswith(("*", ".")))  # stripped first: see test_comments_blank_lines_and_spacing
     expected = or_none(normalize_host, entry)
     assert or_none(lists.domain_key, entry) == expected
-    if lists._CANONICAL_HOST.fullmatch(entry):
-        assert expected == entry
+
+
+# Hosts already canonical by construction: labels of letters and digits joined by single hyphens
+# under a letters-only top-level label, and dotted quads without leading zeros.
+canonical_label = st.from_regex(r"[a-z0-9]{1,10}(-[a-z0-9]{1,10}){0,2}", fullmatch=True)
+canonical_name = st.builds(
+    lambda labels, top: ".".join([*labels, top]),
+    st.lists(canonical_label, min_size=1, max_size=4),
+    st.from_regex(r"[a-z]{2,12}", fullmatch=True),
+)
+canonical_address = st.lists(st.integers(0, 255).map(str), min_size=4, max_size=4).map(".".join)
+CANONICAL_HOSTS = [
+    "example.com",
+    "www.bbc.co.uk",
+    "cri.univ-tlse1.fr",
+    "1password.com",
+    "a-b.c-d.io",
+    "10.0.0.1",
+    "255.255.255.255",
+    "0.0.0.0",
+]
+
+
+@pytest.mark.parametrize("host", CANONICAL_HOSTS)
+def test_a_canonical_host_is_its_own_key(host):
+    assert normalize_host(host) == host
+    assert lists.domain_key(host) == host
+    assert lists.domain_key("*." + host) == lists.domain_key("." + host) == host
+
+
+@given(st.one_of(canonical_name, canonical_address))
+def test_a_host_canonical_by_construction_is_its_own_key(host):
+    assert normalize_host(host) == host
+    assert lists.domain_key(host) == host
 
 
 @given(st.binary(max_size=300))
@@ -483,8 +508,15 @@ def test_ut1_web_proxy_lists_block_proxies_not_searches(shared_dir, tmp_path):
 
 
 def test_real_ut1_lists_load_cleanly(ut1_loaded, shared_dir):
-    mapping = load_mapping(MAPPING)
-    assert sorted(s.name for s in ut1_loaded.sources) == sorted(f"ut1/{k}" for k, v in mapping.items() if v)
+    # Every UT1 folder config/ut1-mapping.yaml maps to a category (the 30 mapped to null are not read).
+    mapped_folders = [
+        "adult", "agressif", "arjel", "audio-video", "bank", "chat", "cryptojacking", "dangerous_material", "dating",
+        "ddos", "dialer", "doh", "download", "drogue", "filehosting", "forums", "gambling", "games", "hacking",
+        "lingerie", "malware", "marketingware", "mixed_adult", "phishing", "publicite", "radio", "redirector",
+        "remote-control", "residential-proxies", "shopping", "shortener", "social_networks", "stalkerware",
+        "strict_redirector", "strong_redirector", "tricheur", "vpn", "warez", "webmail",
+    ]  # fmt: skip
+    assert sorted(s.name for s in ut1_loaded.sources) == [f"ut1/{folder}" for folder in mapped_folders]
     assert ut1_loaded.problems == []
     # UT1 blocks a few whole namespaces on purpose (Brazil's licensed-betting bet.br): a curated
     # list's bare public suffix is kept; only `lists import hosts|domains|adblock` refuses them.

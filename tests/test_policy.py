@@ -16,56 +16,16 @@ from aupguard.config.loader import load_policy
 from aupguard.config.policy import Policy, PolicyError
 from aupguard.config.yamlfile import MAX_POLICY_BYTES
 from aupguard.core.identify import identify
-from aupguard.lists.model import mapped
+from aupguard.lists.model import ListError, mapped
 from aupguard.runtime import load_engine
-from policy_cases import assert_refused, edit_once, line_of, write
+from conftest import write_policy, write_tree
+from policy_cases import BASE, assert_refused, edit_once, line_of, write
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "config" / "policy.yaml"
 
 HARMFUL = {"adult", "gambling", "hate", "violence", "drugs", "self_harm", "extremism", "malware", "phishing"}
 CIRCUMVENTION = {"anonymizers", "vpn", "doh", "remote_access", "circumvention"}
-
-# A small valid policy; each broken case below edits one line of it.
-CATEGORY_LINES = "\n".join(
-    f"  {name}: {{label: {name} sites, severity: low, reason: Blocked by the AUP}}" for name in CATEGORIES
-)
-BASE = f"""\
-version: 1
-school:
-  name: Test School
-  timezone: Europe/London
-  it_contact: it@example.sch.uk
-categories:
-{CATEGORY_LINES}
-groups:
-  pupils:
-    block: [adult, social_networks]
-    allow: [school_allow]
-    fail_closed: true
-  staff:
-    description: Staff
-    block: [adult]
-    fail_closed: false
-  visitors:
-    block: [adult, dating]
-identity:
-  default_group: pupils
-  users:
-    Head.Teacher: staff
-  networks:
-    - {{cidr: 10.20.0.0/16, group: staff}}
-    - {{cidr: 10.20.5.0/24, group: visitors}}
-lists:
-  - {{name: local, path: lists}}
-tls:
-  intercept: true
-  no_decrypt: [Example-Bank.CO.UK.]
-block_page:
-  accidental: It's OK.
-records:
-  retention_days: 30
-"""
 
 
 def edited(old: str, new: str) -> str:
@@ -149,7 +109,7 @@ def test_bundled_download_rules(bundled):
 def test_bundled_policy_explains_every_category(bundled):
     assert set(CATEGORIES) <= set(bundled.categories)
     for category in bundled.categories.values():
-        assert category.label and category.reason and category.severity in SEVERITIES
+        assert category.label and category.reason and category.severity in {"low", "medium", "high", "critical"}
     for name in HARMFUL | CIRCUMVENTION - {"circumvention"} | {"social_networks", "games"}:
         assert "Acceptable Use Policy" in bundled.categories[name].reason, name
     assert "bypass the filtering" in bundled.categories["anonymizers"].reason
@@ -244,7 +204,8 @@ def test_mapping_is_loaded_relative_to_the_policy(tmp_path):
 
 
 def test_severity_rank():
-    assert [severity_rank(s) for s in SEVERITIES] == [0, 1, 2, 3]
+    assert SEVERITIES == ("low", "medium", "high", "critical")
+    assert [severity_rank(s) for s in ("low", "medium", "high", "critical")] == [0, 1, 2, 3]
     assert severity_rank("critical") > severity_rank("high") > severity_rank("low")
     with pytest.raises(ValueError):
         severity_rank("urgent")
@@ -449,13 +410,7 @@ POLICY5_BROKEN = [
 )
 def test_broken_groups_and_categories_name_line_and_reason(tmp_path, old, new, marker, reason):
     base = BASE.replace("  adult_mixed: {label:", "  adult_mixed: {mandatory: true, label:", 1)
-    assert base.count(old) == 1, old
-    text = base.replace(old, new)
-    path = write(tmp_path, text)
-    with pytest.raises(PolicyError) as caught:
-        load_policy(path)
-    assert (caught.value.file, caught.value.line) == (str(path), line_of(text, marker)), caught.value.reason
-    assert re.search(reason, caught.value.reason), caught.value.reason
+    assert_refused(tmp_path, edit_once(base, old, new), marker, reason)
 
 
 def decide_for(policy: Policy, group: str, *categories: str, when=None):
@@ -525,10 +480,6 @@ def test_exemptions_max_days_is_read_and_defaults_to_a_month(tmp_path):
 def test_an_allow_list_naming_a_public_suffix_is_refused_at_load(tmp_path, entry):
     # A public suffix on an allow list would let every site under it through (all of .co.uk for
     # pupils): the policy is refused, naming the file and line, as a mandatory entry is.
-    from aupguard.lists.model import ListError
-    from conftest import write_policy
-    from test_lists import write_tree
-
     local = write_tree(tmp_path / "local", {"school_allow/domains": f"vle.example.co.uk\n{entry}\n"})
     policy = write_policy(
         tmp_path / "policy.yaml", lambda doc: doc["lists"].append({"name": "local", "path": str(local)})

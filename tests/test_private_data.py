@@ -6,23 +6,15 @@ Through the real `aupguard run` and `aupguard` commands, with real SQLite files.
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import time
 from pathlib import Path
 
 import requests
 
-from conftest import aupguard, mode, start_proxy
+from conftest import aupguard, blocked, mode, start_proxy
 
 REPORT = "http://aupguard.invalid/report"
-
-
-def block(proxy, path: str) -> tuple[str, str]:
-    """Get a block page through `proxy`; return its incident reference and form token."""
-    page = requests.get(f"http://pornhub.com{path}", proxies=proxy.proxies, timeout=15, headers={"Accept": "text/html"})
-    assert page.status_code == 403
-    return page.headers["X-Aupguard-Incident"], re.search(r'name="token" value="([0-9a-f]+)"', page.text).group(1)
 
 
 def stored(db: Path, ref: str, timeout: float = 10.0) -> bool:
@@ -60,14 +52,14 @@ def test_incidents_stay_in_the_live_database_after_feedback_and_a_report(tmp_pat
     """A feedback post must not drop the writer's SQLite locks: a report would then unlink the WAL it writes to."""
     proxy = start_proxy(tmp_path)
     try:
-        ref, token = block(proxy, "/first")
+        ref, token, _ = blocked(proxy, "/first")
         answer = requests.post(
             REPORT, data={"ref": ref, "token": token, "kind": "accidental"}, proxies=proxy.proxies, timeout=15
         )
         assert answer.status_code == 200
         assert stored(proxy.db, ref)
         aupguard("report", "--db", str(proxy.db), "--format", "json")  # another process reads (and checkpoints)
-        later, _ = block(proxy, "/second")
+        later, _, _ = blocked(proxy, "/second")
         assert stored(proxy.db, later), "the incident went to a WAL file the database no longer has"
         assert proxy.process.poll() is None
         assert deleted_wal_holders(proxy.db) == []

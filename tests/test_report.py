@@ -26,8 +26,8 @@ from aupguard.report.summary import (
     render_json,
     render_table,
 )
-from aupguard.store.incidents import IncidentWriter, open_db
-from test_incidents import make_incident
+from aupguard.store.incidents import open_db
+from conftest import incident_at, write_incidents
 
 DAY1 = datetime(2025, 3, 10, 9, 0, tzinfo=UTC)
 DAY2 = DAY1 + timedelta(days=1)
@@ -35,43 +35,33 @@ DAY3 = DAY1 + timedelta(days=2)
 TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def at(when: datetime, **fields):
-    return make_incident(ts_utc=when, local_date=f"{when:%Y-%m-%d}", local_time=f"{when:%H:%M:%S}", **fields)
-
-
 def crafted() -> list:
     return [
         # day 1: alice x2 adult, bob x1 gambling, an unauthenticated device x1 adult
-        at(DAY1, ref="AG-D1AA-0001", username="alice", host="porn.example", categories=("adult",)),
-        at(DAY1 + timedelta(minutes=1), ref="AG-D1AA-0002", username="alice", host="porn.example", categories=("adult",)),
-        at(DAY1 + timedelta(minutes=2), ref="AG-D1BB-0003", username="bob", client_ip="10.0.0.6",
+        incident_at(DAY1, ref="AG-D1AA-0001", username="alice", host="porn.example", categories=("adult",)),
+        incident_at(DAY1 + timedelta(minutes=1), ref="AG-D1AA-0002", username="alice", host="porn.example", categories=("adult",)),
+        incident_at(DAY1 + timedelta(minutes=2), ref="AG-D1BB-0003", username="bob", client_ip="10.0.0.6",
            host="bet.example", categories=("gambling",)),
-        at(DAY1 + timedelta(minutes=3), ref="AG-D1UN-0004", username=None, client_ip="10.0.0.9",
+        incident_at(DAY1 + timedelta(minutes=3), ref="AG-D1UN-0004", username=None, client_ip="10.0.0.9",
            group="guests", host="porn.example", categories=("adult",)),
         # day 2: bob through a web proxy (blocked), alice's flagged self-harm search (refused)
-        at(DAY2, ref="AG-D2BB-0005", username="bob", client_ip="10.0.0.6", host="hide.example",
+        incident_at(DAY2, ref="AG-D2BB-0005", username="bob", client_ip="10.0.0.6", host="hide.example",
            url="http://hide.example/browse.php?u=http%3A%2F%2Fbet.example", categories=("anonymizers", "circumvention", "gambling"),
            technique="nested-url", inner_url="http://bet.example", severity="high"),
-        at(DAY2 + timedelta(hours=1), ref="AG-D2AA-0006", username="alice", host="search.example",
+        incident_at(DAY2 + timedelta(hours=1), ref="AG-D2AA-0006", username="alice", host="search.example",
            categories=("self_harm",), action="refuse", severity="critical", search_term="how to hurt myself"),
         # day 3: a teacher's VPN allowed (an attempt all the same, but not a block); one more adult
-        at(DAY3, ref="AG-D3TT-0007", username="mr.smith", group="staff", client_ip="10.0.1.2",
+        incident_at(DAY3, ref="AG-D3TT-0007", username="mr.smith", group="staff", client_ip="10.0.1.2",
            host="vpn.example", categories=("vpn",), action="allow", severity="high"),
-        at(DAY3 + timedelta(hours=2), ref="AG-D3AA-0008", username="alice", host="porn.example",
+        incident_at(DAY3 + timedelta(hours=2), ref="AG-D3AA-0008", username="alice", host="porn.example",
            categories=("adult",), severity="high"),
     ]  # fmt: skip
-
-
-def write(path: Path, made) -> None:
-    with IncidentWriter(path) as writer:
-        for incident in made:
-            writer.submit(incident)
 
 
 @pytest.fixture
 def db(tmp_path):
     path = tmp_path / "incidents.db"
-    write(path, crafted())
+    write_incidents(path, crafted())
     return open_db(path)
 
 
@@ -133,7 +123,7 @@ def test_since_is_inclusive_and_until_exclusive(db):
 
 def test_top_hosts_keeps_the_twenty_most_blocked(tmp_path):
     path = tmp_path / "incidents.db"
-    write(path, [at(DAY1, host=f"h{n:02d}.example") for n in range(25) for _ in range(n + 1)])
+    write_incidents(path, [incident_at(DAY1, host=f"h{n:02d}.example") for n in range(25) for _ in range(n + 1)])
     top = build_report(open_db(path), None, None)["top_hosts"]
     assert [row["host"] for row in top] == [f"h{n:02d}.example" for n in range(24, 4, -1)]
     assert top[0]["blocked"] == 25
@@ -141,7 +131,13 @@ def test_top_hosts_keeps_the_twenty_most_blocked(tmp_path):
 
 def test_hostile_values_are_data_not_sql(tmp_path):
     path = tmp_path / "incidents.db"
-    write(path, [at(DAY1, username="x' OR '1'='1", host="a.example"), at(DAY1, username="bob", host="b.example")])
+    write_incidents(
+        path,
+        [
+            incident_at(DAY1, username="x' OR '1'='1", host="a.example"),
+            incident_at(DAY1, username="bob", host="b.example"),
+        ],
+    )
     users = {row["username"] for row in build_report(open_db(path), None, None)["by_user"]}
     assert users == {"x' OR '1'='1", "bob"}
 
@@ -151,7 +147,9 @@ def test_hostile_values_are_data_not_sql(tmp_path):
 
 def test_csv_parses_back_with_formulas_neutralised(tmp_path):
     path = tmp_path / "incidents.db"
-    write(path, [*crafted(), at(DAY1, username='=HYPERLINK("http://evil","x")', client_ip="10.0.0.7")])
+    write_incidents(
+        path, [*crafted(), incident_at(DAY1, username='=HYPERLINK("http://evil","x")', client_ip="10.0.0.7")]
+    )
     report = build_report(open_db(path), None, None)
     out = io.StringIO(newline="")
     render_csv(report, out)
@@ -181,7 +179,9 @@ def test_json_parses_back(db):
 
 def test_table_shows_every_section_and_never_obeys_hostile_text(tmp_path):
     path = tmp_path / "incidents.db"
-    write(path, [at(DAY1, url="http://x.example/\x1b]0;pwned\x07[bold red]hi[/]", categories=("vpn",))])
+    write_incidents(
+        path, [incident_at(DAY1, url="http://x.example/\x1b]0;pwned\x07[bold red]hi[/]", categories=("vpn",))]
+    )
     buffer = io.StringIO()
     render_table(build_report(open_db(path), None, None), Console(file=buffer, width=300, no_color=True))
     shown = buffer.getvalue()
@@ -273,7 +273,7 @@ def test_dsl_export_filters_severity_and_dates(db, tmp_path):
 
 def test_dsl_export_neutralises_every_cell(tmp_path):
     path = tmp_path / "incidents.db"
-    write(path, [at(DAY1, severity="high", username="+44 7700 900000", search_term="=cmd|' /C calc'!A0",
+    write_incidents(path, [incident_at(DAY1, severity="high", username="+44 7700 900000", search_term="=cmd|' /C calc'!A0",
                     url="http://x.example/", user_agent="-", technique="@nested")])  # fmt: skip
     out = tmp_path / "dsl.csv"
     dsl_export(open_db(path), out, None, None)
@@ -327,7 +327,7 @@ def test_every_export_and_table_shows_control_characters_instead_of_obeying_them
     from aupguard.store.feedback import ensure_schema, record
 
     path = tmp_path / "incidents.db"
-    write(path, [at(DAY1, ref="AG-HOST-0001", username=HOSTILE, severity="high", categories=("vpn",),
+    write_incidents(path, [incident_at(DAY1, ref="AG-HOST-0001", username=HOSTILE, severity="high", categories=("vpn",),
                     url=f"http://x.example/{HOSTILE}", inner_url=f"http://y.example/{HOSTILE}", technique="nested")])  # fmt: skip
     db = open_db(path)
     ensure_schema(db)

@@ -29,8 +29,7 @@ from aupguard.lists.read import load_lists
 from aupguard.offline.compile import compile_from_folders, ensure_index, why_recompile
 from aupguard.offline.importers import NarrowedRule, domain_list_entries, import_domain_list
 from conftest import aupguard as run_aupguard
-from conftest import listening_pids, start_proxy, wait_for, write_policy
-from test_index import rewrite_header
+from conftest import listening_pids, proxied_status, rewrite_header, start_proxy, wait_for, write_policy, write_tree
 
 REF = re.compile(r"AG-[A-Z2-9]{4}-[A-Z2-9]{4}(?:-\d+)?")
 
@@ -40,9 +39,8 @@ aupguard = functools.partial(run_aupguard, check=False)
 
 
 def write_list(root: Path, category: str, domains: list[str]) -> None:
-    folder = root / category
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "domains").write_text("".join(f"{d}\n" for d in domains))
+    """The `domains` file of `category` under `root`, one name a line."""
+    write_tree(root, {f"{category}/domains": "".join(f"{d}\n" for d in domains)})
 
 
 def policy_with_local(tmp_path: Path, local: Path) -> Path:
@@ -410,13 +408,6 @@ def test_update_fetches_from_a_url(ut1_setup):
 
 
 # -- through a running proxy -----------------------------------------------------------------------
-
-
-def proxied_status(conn: http.client.HTTPConnection, host: str) -> int:
-    conn.request("GET", f"http://{host}/", headers={"Host": host})
-    response = conn.getresponse()
-    response.read()
-    return response.status
 
 
 def test_a_recompiled_index_is_served_without_dropping_connections(tmp_path, origin):

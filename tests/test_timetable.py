@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 
 from aupguard.config.loader import load_policy
 from aupguard.config.timetable import HOLIDAYS, Span, Timetable
-from policy_cases import assert_refused, edit_once, write
-from test_policy import BASE
+from policy_cases import BASE, assert_refused, edit_once, write
 
 LONDON = ZoneInfo("Europe/London")
 UTC = UTC

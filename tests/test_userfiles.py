@@ -13,7 +13,7 @@ from aupguard.config import userfiles
 from aupguard.config.loader import load_policy
 from aupguard.config.policy import PolicyError
 from aupguard.core.identify import identify
-from test_policy import BASE, line_of, write
+from policy_cases import BASE, line_of, write
 
 WITH_FILES = BASE.replace(
     "  networks:\n",
