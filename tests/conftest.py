@@ -170,6 +170,15 @@ def write_policy(path: Path, edit=None, base: Path = BUNDLED_POLICY) -> Path:
     return path
 
 
+def with_list_root(folder: Path, name: str = "testlists"):
+    """A `write_policy` edit that adds the list folders under `folder` as one more list root."""
+
+    def edit(policy: dict) -> None:
+        policy["lists"].append({"name": name, "path": str(folder)})
+
+    return edit
+
+
 @dataclass
 class Proxy:
     process: subprocess.Popen

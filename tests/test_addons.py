@@ -27,7 +27,7 @@ from aupguard.proxy.http_requests import Requests
 from aupguard.proxy.responses import Responses
 from aupguard.proxy.tunnels import Tunnels
 from aupguard.runtime import load_engine
-from conftest import write_policy
+from conftest import with_list_root, write_policy
 
 REF_HEADER = "X-Aupguard-Incident"
 
@@ -39,8 +39,7 @@ def engine(tmp_path, monkeypatch) -> Engine:
     (tmp_path / "lists" / "games").mkdir(parents=True)
     (tmp_path / "lists" / "games" / "domains").write_text("games.example\n")
 
-    def listed(policy):
-        policy["lists"].append({"name": "testlists", "path": str(tmp_path / "lists")})
+    listed = with_list_root(tmp_path / "lists")
 
     return load_engine(write_policy(tmp_path / "policy.yaml", listed), index_path=None, exemptions_path=None)
 

@@ -15,7 +15,7 @@ from aupguard.core.identify import Identity
 from aupguard.core.incident import RepeatRule
 from aupguard.lists.model import ListError
 from aupguard.offline.importers import host_entry, import_host_list
-from conftest import write_policy
+from conftest import with_list_root, write_policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import circumvention_corpus as corpus
@@ -34,7 +34,7 @@ def engine(tmp_path_factory) -> Engine:
 
     def edit(policy):
         policy["lists"] = [root for root in policy["lists"] if not str(root["path"]).startswith("{data}")]
-        policy["lists"].append({"name": "testlists", "path": str(tmp / "lists")})
+        with_list_root(tmp / "lists")(policy)
 
     return load_engine(write_policy(tmp / "policy.yaml", edit), index_path=None, exemptions_path=None)
 

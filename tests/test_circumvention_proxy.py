@@ -27,7 +27,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 import requests
 
-from conftest import REPO, SHARED, Proxy, aupguard, connect, listening_pids, start_proxy, write_policy
+from conftest import REPO, SHARED, Proxy, aupguard, connect, listening_pids, start_proxy, with_list_root, write_policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
@@ -117,7 +117,7 @@ def guarded(tmp_path_factory, origin, banner_server) -> Proxy:
     def edit(policy):
         policy["circumvention"]["connect_ports"] = [443, origin.port, origin.https_port, banner_server.port]
         policy["identity"]["networks"] = [{"cidr": f"{STAFF}/32", "group": "staff"}]
-        policy["lists"].append({"name": "testlists", "path": str(tmp / "lists")})
+        with_list_root(tmp / "lists")(policy)
 
     running = start_proxy(tmp, write_policy(tmp / "policy.yaml", edit))
     yield running

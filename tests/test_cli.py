@@ -15,7 +15,7 @@ import requests
 from click.testing import CliRunner
 
 from aupguard.cli.main import main
-from conftest import aupguard, start_proxy, verdicts, write_policy
+from conftest import aupguard, start_proxy, verdicts, with_list_root, write_policy
 
 
 def test_classify_reads_urls_and_writes_json_lines():
@@ -131,8 +131,7 @@ def recorded(tmp_path_factory):
     lists.mkdir(parents=True)
     (lists / "domains").write_text("selfharm.test\n")
 
-    def with_test_lists(policy):
-        policy["lists"].append({"name": "testlists", "path": str(tmp / "lists")})
+    with_test_lists = with_list_root(tmp / "lists")
 
     running = start_proxy(tmp, write_policy(tmp / "policy.yaml", with_test_lists))
     urls = [

@@ -6,12 +6,11 @@ import json
 
 import requests
 
-from conftest import aupguard, start_proxy, verdicts, wait_for_status, write_policy
+from conftest import aupguard, start_proxy, verdicts, wait_for_status, with_list_root, write_policy
 
 
 def test_classify_explain_and_the_proxy_agree_with_an_exemption_active(tmp_path, origin):
-    def local_games(policy):
-        policy["lists"].append({"name": "testlists", "path": str(tmp_path / "lists")})
+    local_games = with_list_root(tmp_path / "lists")
 
     (tmp_path / "lists" / "games").mkdir(parents=True)
     (tmp_path / "lists" / "games" / "domains").write_text("127.0.0.1\n")  # the game is the loopback origin

@@ -30,7 +30,7 @@ from aupguard.core.identify import Identity
 from aupguard.lists.model import one_site
 from aupguard.runtime import load_engine
 from aupguard.store import exemptions as exstore
-from conftest import BUNDLED_POLICY, REPO, aupguard, start_proxy, wait_for_status, write_policy
+from conftest import BUNDLED_POLICY, REPO, aupguard, start_proxy, wait_for_status, with_list_root, write_policy
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 LATER = NOW + timedelta(hours=1)
@@ -336,8 +336,7 @@ def test_cli_classroom(tmp_path):
 
 
 def test_a_running_proxy_honours_exemptions_and_overrides_without_a_restart(tmp_path, origin):
-    def local_games(policy):
-        policy["lists"].append({"name": "testlists", "path": str(tmp_path / "lists")})
+    local_games = with_list_root(tmp_path / "lists")
 
     (tmp_path / "lists" / "games").mkdir(parents=True)
     # The game is the loopback address (an exemption names one site: a single label such as localhost is refused).
@@ -440,8 +439,7 @@ def store_row(db, kind, sites, **columns):
 
 def test_a_stored_public_suffix_exemption_does_not_let_an_adult_site_through(tmp_path, caplog):
 
-    def adult_list(policy):
-        policy["lists"].append({"name": "testlists", "path": str(tmp_path / "lists")})
+    adult_list = with_list_root(tmp_path / "lists")
 
     (tmp_path / "lists" / "adult").mkdir(parents=True)
     (tmp_path / "lists" / "adult" / "domains").write_text("adult-site.com\n")

@@ -21,6 +21,7 @@ from conftest import (
     start_proxy,
     tls_request,
     wait_listening,
+    with_list_root,
     write_htpasswd,
     write_policy,
 )  # fmt: skip
@@ -147,8 +148,7 @@ def test_every_blocked_attempt_is_in_the_db_after_an_immediate_stop(tmp_path):
 
 
 def test_search_terms_are_recorded(tmp_path):
-    def block_search(policy):
-        policy["lists"].append({"name": "testlists", "path": str(tmp_path / "lists")})
+    block_search = with_list_root(tmp_path / "lists")
 
     (tmp_path / "lists" / "self_harm").mkdir(parents=True)
     (tmp_path / "lists" / "self_harm" / "expressions").write_text("(^|[^a-z])self.?harm([^a-z]|$)\n")
@@ -181,7 +181,7 @@ def test_staff_log_in_and_get_their_own_policy(tmp_path, origin):
         policy["identity"]["users"] = {"ms.teacher": "staff"}
         staff_social_networks_all_week(policy)
         # Treat the local origin as a social network, so "allowed for staff" can reach a real server.
-        policy["lists"].append({"name": "testlists", "path": str(tmp_path / "lists")})
+        with_list_root(tmp_path / "lists")(policy)
 
     (tmp_path / "lists" / "social_networks").mkdir(parents=True)
     (tmp_path / "lists" / "social_networks" / "domains").write_text("localhost\n")

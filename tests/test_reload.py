@@ -9,7 +9,7 @@ from pathlib import Path
 
 import requests
 
-from conftest import start_proxy, write_htpasswd, write_policy
+from conftest import start_proxy, with_list_root, write_htpasswd, write_policy
 
 
 def eventually(check, timeout: float = 20.0, interval: float = 0.3):
@@ -31,8 +31,7 @@ def localhost_is_games(tmp_path: Path):
     (tmp_path / "lists" / "games").mkdir(parents=True, exist_ok=True)
     (tmp_path / "lists" / "games" / "domains").write_text("localhost\n")
 
-    def edit(policy):
-        policy["lists"].append({"name": "testlists", "path": str(tmp_path / "lists")})
+    edit = with_list_root(tmp_path / "lists")
 
     return edit
 
