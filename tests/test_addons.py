@@ -7,6 +7,8 @@ these pin each addon's hook on its own, the runtime snapshot's replacement, and 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -103,6 +105,20 @@ def test_a_connect_to_a_port_the_policy_forbids_is_refused(current):
     assert flow.response is not None and flow.response.status_code == 403
     assert REF_HEADER in flow.response.headers
     assert flow.response.headers["content-type"].startswith("text/plain")
+
+
+def test_a_refused_connect_stays_refused_when_its_page_cannot_be_made(current, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(Blocking, "page", broken)
+    addon = Tunnels(current, Blocking(current))
+    flow = request_to("http://mail.example:25/", method="CONNECT")
+    flow.request.path = ""
+    with taddons.context(addon):
+        addon.http_connect(flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert flow.response.content == b"Blocked by the school's web filter.\n"
 
 
 def test_a_connect_to_an_allowed_host_and_port_goes_on(current):
@@ -266,3 +282,15 @@ def test_a_broken_policy_keeps_the_old_one_and_is_reported_once_per_broken_versi
     reload.request("SIGHUP")  # asked for: reloaded though nothing changed
     reloaded = current.engine
     assert reload.check() is True and current.engine is not reloaded
+
+
+def test_a_mitmproxy_without_the_idle_timeout_constant_still_loads_aupguard():
+    """What the fence guards is read only behind it: a missing internal never stops the addons loading."""
+    code = (
+        "import mitmproxy.proxy.server as server; del server.TCP_TIMEOUT\n"
+        "from aupguard.proxy import mitm_internals, wiring\n"
+        "print(mitm_internals.IDLE_TIMEOUT_DEFAULT, len(wiring.addons()))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["600", "5"]

@@ -62,16 +62,7 @@ class Blocking:
         """
         if not verdict.blocked:  # a failure in a group that fails open
             return
-        ref = None
-        try:
-            incident = self.record(engine, flow, verdict, "block", when, page_for=flow)
-            page = self.page(engine, flow, verdict, incident.ref, incident.local_date, incident.local_time)
-            ref = incident.ref
-        except Exception:
-            log.exception(
-                "aupguard: the block page for %s failed; sending the plain one", flow.request.pretty_url[:200]
-            )
-            page = blockpage.MINIMAL
+        page, ref = self._recorded_page(engine, flow, verdict, "block", when, text_only=False)
         flow.response = self._response(page, self.report_url, True, ref)
         flow.metadata[BLOCKED] = True
         if replacing:
@@ -84,12 +75,32 @@ class Blocking:
         """Answer with the plain-text refusal (a CONNECT, a malformed request), `status` if given."""
         if not verdict.blocked:
             return
-        incident = self.record(engine, flow, verdict, action, page_for=flow)
-        page = self.page(engine, flow, verdict, incident.ref, incident.local_date, incident.local_time, text_only=True)
+        page, ref = self._recorded_page(engine, flow, verdict, action, None, text_only=True)
         if status is not None:
             page = dataclasses.replace(page, status=status)
-        flow.response = self._response(page, None, False, incident.ref)
+        flow.response = self._response(page, None, False, ref)
         flow.metadata[BLOCKED] = True
+
+    def _recorded_page(
+        self,
+        engine: Engine,
+        flow: http.HTTPFlow,
+        verdict: Verdict,
+        action: str,
+        when: datetime | None,
+        *,
+        text_only: bool,
+    ) -> tuple[blockpage.BlockPage, str | None]:
+        """The incident recorded and its page; whatever fails on the way, the plain page (the request stays refused)."""
+        try:
+            incident = self.record(engine, flow, verdict, action, when, page_for=flow)
+            page = self.page(
+                engine, flow, verdict, incident.ref, incident.local_date, incident.local_time, text_only=text_only
+            )
+        except Exception:
+            log.exception("aupguard: the page for %s failed; sending the plain one", flow.request.pretty_url[:200])
+            return blockpage.MINIMAL, None
+        return page, incident.ref
 
     def record(
         self,

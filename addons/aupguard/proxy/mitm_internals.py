@@ -30,7 +30,6 @@ from mitmproxy import version as mitmproxy_version
 from mitmproxy.net.http import status_codes
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy import server as proxy_server
-from mitmproxy.proxy.layers.http import _http1
 
 from aupguard.core.circumvention.tunnel import FIRST_LINE_WAIT, FirstLine, first_line
 from aupguard.proxy import blockpage
@@ -323,11 +322,11 @@ def _leading_blank_line(data: bytearray) -> int:
     return 2 if data[:2] == b"\r\n" else 0
 
 
-def _reading_heads_with_care(handle_event):
+def _reading_heads_with_care(handle_event, error_response):
     def handle(self, event):
         if isinstance(event, events.Wakeup) and isinstance(event.command, _HeadTimer):
             if event.command is getattr(self, "_aupguard_head_timer", None) and self.state == self.read_headers:
-                yield commands.SendData(self.conn, _http1.make_error_response(408, "request head not sent in time"))
+                yield commands.SendData(self.conn, error_response(408, "request head not sent in time"))
                 yield commands.CloseConnection(self.conn)
                 self.state = self.done
             return  # a timer for a head that has since come whole
@@ -364,14 +363,19 @@ def install_head_fixes() -> bool:
     """
     if not fenced("the HTTP/1 request-head fixes"):
         return False
-    if not getattr(_http1.Http1Server._handle_event, "reads_heads_with_care", False):  # once, however often called
-        _http1.Http1Server._handle_event = _reading_heads_with_care(_http1.Http1Server._handle_event)  # type: ignore[method-assign]
+    # Imported only inside the fence: a mitmproxy without this private module must still load aupguard.
+    from mitmproxy.proxy.layers.http import _http1
+
+    server = _http1.Http1Server
+    if not getattr(server._handle_event, "reads_heads_with_care", False):  # once, however often called
+        server._handle_event = _reading_heads_with_care(server._handle_event, _http1.make_error_response)  # type: ignore[method-assign]
     return True
 
 
 # -- the idle timeout ----------------------------------------------------------------------------------
 
-IDLE_TIMEOUT_DEFAULT = proxy_server.TCP_TIMEOUT  # mitmproxy's own, the option's default
+# mitmproxy's own, the option's default; read with a default so that a mitmproxy without the constant loads.
+IDLE_TIMEOUT_DEFAULT: int = getattr(proxy_server, "TCP_TIMEOUT", 600)
 
 
 def set_idle_timeout(seconds: int) -> bool:
