@@ -28,6 +28,7 @@ from aupguard.proxy.downloads import Downloads
 from aupguard.proxy.http_requests import Requests
 from aupguard.proxy.responses import Responses
 from aupguard.proxy.tunnels import Tunnels
+from aupguard.proxy.watch import IndexSwap
 from aupguard.runtime import load_engine
 from conftest import with_list_root, write_policy
 
@@ -259,6 +260,16 @@ def test_outside_the_tested_versions_a_raw_tcp_tunnel_relays_nothing_and_is_reco
     assert len(recorded) == 1 and recorded[0].blocked and recorded[0].technique == "tunnel"
 
 
+def test_outside_the_tested_versions_a_host_asked_for_as_raw_tcp_is_relayed(untested_mitmproxy, current):
+    addon = Tunnels(current, Blocking(current))
+    flow = tflow.ttcpflow()  # its server: address:22
+    sent = flow.messages[-1].content
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, tcp_hosts=[r"^address:22$"])
+        addon.tcp_message(flow)
+    assert flow.messages[-1].content == sent and sent
+
+
 # -- the watcher's policy reaction, driven by hand -----------------------------------------------------
 
 
@@ -294,3 +305,20 @@ def test_a_mitmproxy_without_the_idle_timeout_constant_still_loads_aupguard():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["600", "5"]
+
+
+def test_an_index_that_will_not_close_does_not_stop_later_swaps(current, caplog):
+    class Unclosable:
+        def close(self) -> None:
+            raise BufferError("cannot close a memory map with exported pointers")
+
+    class Retired:
+        lookup = Unclosable()
+
+    swap = IndexSwap(current)
+    swap._retiring = [(0.0, Retired())]  # long past its close time
+    with caplog.at_level(logging.ERROR):
+        assert swap.check() is False  # the text-loaded lists of this engine: nothing to swap
+        assert swap.check() is False  # and the next look does not fail again on the same index
+    assert swap._retiring == []
+    assert sum("closing a retired list index failed" in r.getMessage() for r in caplog.records) == 1

@@ -219,10 +219,13 @@ class IndexSwap:
         now = time.monotonic()
         keep = []
         for when, classifier in self._retiring:
-            if when <= now:
-                classifier.lookup.close()  # type: ignore[attr-defined]
-            else:
+            if when > now:
                 keep.append((when, classifier))
+                continue
+            try:
+                classifier.lookup.close()  # type: ignore[attr-defined]
+            except Exception:  # one index that will not close must not stop every later swap
+                log.exception("aupguard: closing a retired list index failed; it is dropped unclosed")
         self._retiring = keep
 
 
