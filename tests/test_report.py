@@ -314,7 +314,7 @@ def test_a_failed_write_leaves_the_old_file_whole(tmp_path):
 
 HOSTILE = "ali\x1b]0;pwned\x07ce\u202egpj.exe\x9b31m\x00\x7f"
 SHOWN = "ali\\x1b]0;pwned\\x07ce\\u202egpj.exe\\x9b31m\\x00\\x7f"  # written out by hand, not by visible()
-# Independent of report.py's pattern: every control (Cc), surrogate (Cs), line/paragraph separator and
+# Independent of report/output.py's pattern: every control (Cc), surrogate (Cs), line/paragraph separator and
 # bidi formatting character a terminal or viewer would obey rather than show.
 BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 

@@ -35,7 +35,7 @@ def classify(
     index_path: Path,
     store: Path | None,
 ) -> None:
-    """Read URLs from stdin, one per line; write one JSON verdict per line.
+    """Read URLs from stdin, one per line; write one JSON verdict per line (for programs: no --format).
 
     \b
     {"url": ..., "action": "block"|"allow", "categories": [...], "group": ..., "rule": ...}

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from aupguard.cli.exempt import by_option, deciding_engine, record_change, show, site_categories, until_option
-from aupguard.cli.options import exemption_store, format_option, policy_option, store_option
+from aupguard.cli.options import exemption_store, format_option, index_option, policy_option, store_option
 from aupguard.core.exemption import ALLOW_ONLY, BLOCK_ALL, EXEMPTION
 from aupguard.store import exemptions
 
@@ -29,6 +29,7 @@ def classroom() -> None:
 @classroom.command("set")
 @policy_option
 @store_option
+@index_option
 @click.option("--ip", "network", required=True, metavar="IP/CIDR", help="The room's address range.")
 @click.option("--mode", type=click.Choice(["allow-only", "block-all"]), required=True)
 @click.option(
@@ -49,6 +50,7 @@ def classroom() -> None:
 def classroom_set(
     policy_path: Path,
     store: Path | None,
+    index_path: Path,
     network: str,
     mode: str,
     sites: tuple[str, ...],
@@ -62,7 +64,7 @@ def classroom_set(
     A range wider than a /16 (IPv6: /48) is refused unless --whole-school is given,
     so that one mistyped command cannot lock every room.
     """
-    engine = deciding_engine(policy_path)
+    engine = deciding_engine(policy_path, index_path)
     deadline = exemptions.parse_until(until, engine.policy.timezone)
     db = exemption_store(store)
     record_change(

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from aupguard.base.urlnorm import normalize_url
-from aupguard.cli.options import exemption_store, format_option, policy_option, store_option
+from aupguard.cli.options import exemption_store, format_option, index_option, policy_option, store_option
 from aupguard.config.loader import load_policy
 from aupguard.config.policy import PolicyError
 from aupguard.core.engine import Engine
@@ -31,9 +31,9 @@ by_option = click.option("--by", "by", required=True, metavar="NAME", help="Who 
 LISTING_COLUMNS = ("id", "kind", "who", "what", "until", "by", "os_user", "reason", "revoked")
 
 
-def deciding_engine(policy_path: Path) -> Engine:
+def deciding_engine(policy_path: Path, index_path: Path) -> Engine:
     """The engine a change is checked against: the proxy's (runtime.load_engine), without the store's exemptions."""
-    return load_engine(policy_path, exemptions_path=None)
+    return load_engine(policy_path, index_path=index_path, exemptions_path=None)
 
 
 def site_categories(engine: Engine) -> Callable[[str], Iterable[str]]:
@@ -98,6 +98,7 @@ def exempt() -> None:
 @exempt.command("add")
 @policy_option
 @store_option
+@index_option
 @click.option("--group", default=None, help="Exempt this policy group.")
 @click.option("--user", default=None, help="Exempt this proxy-authenticated user.")
 @click.option("--ip", "network", default=None, metavar="IP/CIDR", help="Exempt this address or range.")
@@ -109,6 +110,7 @@ def exempt() -> None:
 def exempt_add(
     policy_path: Path,
     store: Path | None,
+    index_path: Path,
     group: str | None,
     user: str | None,
     network: str | None,
@@ -119,7 +121,7 @@ def exempt_add(
     reason: str,
 ) -> None:
     """Add an exemption."""
-    engine = deciding_engine(policy_path)
+    engine = deciding_engine(policy_path, index_path)
     deadline = exemptions.parse_until(until, engine.policy.timezone)
     db = exemption_store(store)
     record_change(

@@ -18,7 +18,13 @@ from aupguard.config.loader import load_policy
 from aupguard.config.policy import Policy
 from aupguard.lists.model import ListError
 from aupguard.offline.compile import CompileSummary, compile_from_folders
-from aupguard.offline.importers import DOMAIN_LIST_FORMATS, import_domain_list, import_host_list, import_ut1
+from aupguard.offline.importers import (
+    DOMAIN_LIST_FORMATS,
+    HOST_LIST_FORMATS,
+    import_domain_list,
+    import_host_list,
+    import_ut1,
+)
 from aupguard.offline.update import update_ut1
 from aupguard.runtime import index_classifier, overridden_allows
 
@@ -42,7 +48,7 @@ def lists() -> None:
 
 
 @lists.command("import")
-@click.argument("source", type=click.Choice(["ut1", "doh", "vpn", "hosts", "domains", "adblock"]))
+@click.argument("source", type=click.Choice(["ut1", *HOST_LIST_FORMATS, *DOMAIN_LIST_FORMATS]))
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--dest",

@@ -89,7 +89,8 @@ class Verdict(NamedTuple):  # a NamedTuple for speed: see classify.Match
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Engine:
-    """The policy, its classifier and the active exemptions: everything a decision needs, immutable.
+    """The policy, its classifier and the active exemptions: everything a decision needs, immutable
+    (but for a cache of decisions that depend on the policy alone).
 
     A reload, a recompiled index or a change of exemptions makes a new Engine (`replace`), which
     the proxy installs in one assignment: a request sees the old engine or the new, never a mix.

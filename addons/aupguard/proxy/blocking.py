@@ -31,6 +31,7 @@ HOLD_S = 2.0
 
 BLOCKED = "aupguard_blocked"  # flow.metadata key: the response is aupguard's block page
 PAGE = "aupguard_page"  # flow.metadata key: the page body put in place of a server's streamed one
+IDENTITY = "aupguard_identity"  # flow.metadata key: (user, client_ip, group, why) of the request
 DOWNLOADS_SOURCE = "aupguard/downloads"  # Match.source of a download refused by type or size
 
 

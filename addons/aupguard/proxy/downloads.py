@@ -30,9 +30,8 @@ from aupguard.core.downloads import (
 )
 from aupguard.core.engine import Engine, Verdict
 from aupguard.core.identify import Identity
-from aupguard.proxy.blocking import BLOCKED, DOWNLOADS_SOURCE, Blocking, identity_of
+from aupguard.proxy.blocking import BLOCKED, DOWNLOADS_SOURCE, IDENTITY, Blocking, identity_of
 from aupguard.proxy.current import Current
-from aupguard.proxy.http_requests import IDENTITY
 
 log = logging.getLogger(__name__)
 

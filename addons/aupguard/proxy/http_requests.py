@@ -14,12 +14,10 @@ import time
 from mitmproxy import http
 
 from aupguard.core.engine import MALFORMED, MAX_ASKED_SHOWN, Engine, Verdict
-from aupguard.proxy.blocking import Blocking, identity_of, request_time
+from aupguard.proxy.blocking import IDENTITY, Blocking, identity_of, request_time
 from aupguard.proxy.current import Current
 
 log = logging.getLogger(__name__)
-
-IDENTITY = "aupguard_identity"  # flow.metadata key: (user, client_ip, group, why) of the request
 
 
 class RateLimitedLog:

@@ -2,7 +2,7 @@
 
 A CONNECT is checked for its port and target in `http_connect`; what it then carries is judged in
 `next_layer`, by the layer mitmproxy's own NextLayer addon chooses from the first bytes, checked
-against `circumvention.first_line`: anything that is neither TLS nor an HTTP request line (SSH,
+against `core.circumvention.tunnel.first_line`: anything that is neither TLS nor an HTTP request line (SSH,
 OpenVPN, raw TCP, a line of text) is cut, and bytes that could still become a request line are
 held (`FirstLineWait`) until the line ends or FIRST_LINE_WAIT runs out. TLS that names no server
 is refused in `tls_clienthello` when the group's policy says so. The layer tricks are mitmproxy

@@ -10,7 +10,7 @@ snapshot (proxy.current) in one assignment.
   engine is loaded in the poller's thread; any error keeps the running policy and is logged once
   per broken version, with the file, line and reason.
 - The index (`IndexSwap`): `aupguard lists compile` (and `lists update`) replace the index file
-  atomically. The proxy never maps that file: it serves a private copy (`index.serve_index`), so
+  atomically. The proxy never maps that file: it serves a private copy (`lists.serve.serve_index`), so
   nothing done to the file at the configured path (a `cp` over it, zeroed blocks, a truncation)
   reaches a lookup. A changed file (`CompiledIndex.stale`: its inode, size, mtime and ctime) is
   copied, validated (header, whole-body checksum, json, and compiled for the policy's list

@@ -2,7 +2,7 @@
 
 Options are declared in `load` and acted on in `configure`, as mitmproxy's own addons do. It owns
 the runtime snapshot (proxy.current) and the shared `Blocking` the deciding addons record through,
-and makes them (`addons()`): the one list mitmproxy loads from addons/webfilter.py.
+and makes them (`addons()`): the chain addons/webfilter.py gives mitmproxy, before the feedback app.
 """
 
 from __future__ import annotations

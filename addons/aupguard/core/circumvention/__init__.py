@@ -19,7 +19,7 @@ one module per technique:
   benchmarks/README.md, "Circumvention" for the measured false-positive rate).
 - ``doh`` (doh.py): a request carrying DNS over HTTPS (``inspect_request`` only).
 - ``tunnel`` (tunnel.py): whether the first bytes in a CONNECT tunnel can be an HTTP request
-  (``first_line``); the addon cuts a tunnel that carries neither TLS nor HTTP.
+  (``first_line``); proxy/tunnels.py cuts a tunnel that carries neither TLS nor HTTP.
 
 urlparts.py reads the query and the registrable site the checks share.
 
