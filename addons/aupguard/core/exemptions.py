@@ -1,13 +1,7 @@
 """Decide: the active exemptions and classroom overrides (`core.exemption`), applied to a decision.
 
-An exemption lets a group, a user or an address range reach a site or a
-category it would otherwise be blocked from (a game for one lesson, teaching
-material the Head has allowed in writing). A classroom override puts one
-room's address range into "allow only these sites" or "block all" mode for an
-exam or a focused lesson. Both are kept in one SQLite store, every change is
-written to an append-only audit table (who, when, what, why), and both end by
-themselves at their `until` time: evaluation compares `until > now`, so no job
-has to expire them. None of them ever lets through a mandatory category.
+They end by themselves at their `until` time: evaluation compares `until > now`, so no job has
+to expire them. None of them ever lets through a mandatory category.
 
 The proxy never reads the store per request: proxy/watch.py's `ExemptionRefresh` reloads an
 immutable `ExemptionSet` off the event loop when the database changed
