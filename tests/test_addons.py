@@ -28,7 +28,7 @@ from aupguard.proxy.downloads import Downloads
 from aupguard.proxy.http_requests import Requests
 from aupguard.proxy.responses import Responses
 from aupguard.proxy.tunnels import Tunnels
-from aupguard.proxy.watch import IndexSwap
+from aupguard.proxy.watch import ExemptionRefresh, IndexSwap
 from aupguard.runtime import load_engine
 from conftest import with_list_root, write_policy
 
@@ -322,3 +322,13 @@ def test_an_index_that_will_not_close_does_not_stop_later_swaps(current, caplog)
         assert swap.check() is False  # and the next look does not fail again on the same index
     assert swap._retiring == []
     assert sum("closing a retired list index failed" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_an_unreadable_exemption_store_is_a_warning_not_an_error(current, tmp_path, caplog):
+    """mitmproxy stops a worker that logs an error while it starts; missing exemptions only make it stricter."""
+    store = tmp_path / "exemptions.db"
+    store.mkdir()  # not a database
+    with caplog.at_level(logging.WARNING):
+        ExemptionRefresh(current, store).check()
+    failures = [r for r in caplog.records if "reading the exemption store" in r.getMessage()]
+    assert [r.levelno for r in failures] == [logging.WARNING]

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from aupguard.core.incident import Incident, RepeatRule, new_ref
 from aupguard.store import incidents
+from aupguard.store.db import connect_private
 from aupguard.store.incidents import IncidentWriter, SchemaError, open_db, purge
 from conftest import INCIDENT_TIME, make_incident, mode
 
@@ -611,3 +612,19 @@ def test_purge_defaults_to_now(tmp_path):
         [incidents._row(old), incidents._row(replace(old, ref=new_ref(), ts_utc=datetime.now(UTC)))]
     )
     assert purge(db, 365) == 1 and db["incidents"].count == 1
+
+
+def test_a_store_opened_while_another_connection_writes_waits_for_it(tmp_path):
+    """Two proxy workers opening one new store at once: the journal-mode change waits, as writes do."""
+    path = tmp_path / "exemptions.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE t (x)")
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO t VALUES (1)")
+    threading.Timer(0.5, lambda: writer.execute("COMMIT")).start()
+    db = connect_private(path)  # "database is locked" at once before
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        db.close()
+        writer.close()

@@ -250,7 +250,11 @@ class ExemptionRefresh:
             self._version = version
             self.current.change(lambda now: now.replace(exemptions=exemptions) if now else now)
         except Exception:
-            log.exception("reading the exemption store %s failed; keeping the previous exemptions", self.path)
+            # A warning, not an error: missing exemptions only make the filter stricter, and mitmproxy
+            # stops a worker that logs an error while it starts.
+            log.warning(
+                "reading the exemption store %s failed; keeping the previous exemptions", self.path, exc_info=True
+            )
             self.disconnect()
 
     def disconnect(self) -> None:

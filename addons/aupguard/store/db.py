@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def connect_private(path: Path, *, check_same_thread: bool = True) -> sqlite_uti
             os.chmod(part, 0o600)
     db = sqlite_utils.Database(sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=check_same_thread))
     try:
-        db.enable_wal()
+        _enable_wal(db)
         db.execute("PRAGMA synchronous = NORMAL")
         # Deleted rows are overwritten, not left in free pages (retention must mean deletion).
         db.execute("PRAGMA secure_delete = ON")
@@ -63,3 +64,21 @@ def connect_private(path: Path, *, check_same_thread: bool = True) -> sqlite_uti
         db.close()
         raise
     return db
+
+
+def _enable_wal(db: sqlite_utils.Database) -> None:
+    """WAL mode, waiting out another connection's write as the busy timeout does for other statements.
+
+    SQLite answers a journal-mode change "database is locked" at once, without its busy handler,
+    while another connection writes: two proxy workers opening a new store together did, and one
+    of them stopped at start. So the change is retried for up to BUSY_TIMEOUT_S.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            db.enable_wal()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
