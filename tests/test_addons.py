@@ -97,12 +97,18 @@ def test_a_request_whose_check_fails_is_blocked_for_a_group_that_fails_closed(cu
     assert flow.response is not None and flow.response.status_code == 403  # pupils fail closed
 
 
-def test_a_connect_to_a_port_the_policy_forbids_is_refused(current):
+def connect_through(current: Current, url: str) -> http.HTTPFlow:
+    """A CONNECT to `url`'s host and port, as the tunnel addon sees it."""
     addon = Tunnels(current, Blocking(current))
-    flow = request_to("http://mail.example:25/", method="CONNECT")
+    flow = request_to(url, method="CONNECT")
     flow.request.path = ""
     with taddons.context(addon):
         addon.http_connect(flow)
+    return flow
+
+
+def test_a_connect_to_a_port_the_policy_forbids_is_refused(current):
+    flow = connect_through(current, "http://mail.example:25/")
     assert flow.response is not None and flow.response.status_code == 403
     assert REF_HEADER in flow.response.headers
     assert flow.response.headers["content-type"].startswith("text/plain")
@@ -113,21 +119,13 @@ def test_a_refused_connect_stays_refused_when_its_page_cannot_be_made(current, m
         raise RuntimeError("injected")
 
     monkeypatch.setattr(Blocking, "page", broken)
-    addon = Tunnels(current, Blocking(current))
-    flow = request_to("http://mail.example:25/", method="CONNECT")
-    flow.request.path = ""
-    with taddons.context(addon):
-        addon.http_connect(flow)
+    flow = connect_through(current, "http://mail.example:25/")
     assert flow.response is not None and flow.response.status_code == 403
     assert flow.response.content == b"Blocked by the school's web filter.\n"
 
 
 def test_a_connect_to_an_allowed_host_and_port_goes_on(current):
-    addon = Tunnels(current, Blocking(current))
-    flow = request_to("http://school.example:443/", method="CONNECT")
-    with taddons.context(addon):
-        addon.http_connect(flow)
-    assert flow.response is None
+    assert connect_through(current, "http://school.example:443/").response is None
 
 
 def test_a_program_download_is_replaced_by_the_block_page_and_an_ordinary_file_is_not(current):
