@@ -258,16 +258,6 @@ def test_outside_the_tested_versions_a_raw_tcp_tunnel_relays_nothing_and_is_reco
     assert len(recorded) == 1 and recorded[0].blocked and recorded[0].technique == "tunnel"
 
 
-def test_outside_the_tested_versions_a_host_asked_for_as_raw_tcp_is_relayed(untested_mitmproxy, current):
-    addon = Tunnels(current, Blocking(current))
-    flow = tflow.ttcpflow()  # its server: address:22
-    sent = flow.messages[-1].content
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, tcp_hosts=[r"^address:22$"])
-        addon.tcp_message(flow)
-    assert flow.messages[-1].content == sent and sent
-
-
 # -- the watcher's policy reaction, driven by hand -----------------------------------------------------
 
 

@@ -13,7 +13,6 @@ drops what a tunnel carrying no HTTP sends instead.
 from __future__ import annotations
 
 import logging
-import re
 import weakref
 from datetime import UTC, datetime
 
@@ -100,8 +99,6 @@ class Tunnels:
         carries neither TLS nor HTTP, so nothing it sends is relayed, and the attempt is recorded once."""
         if mitm_internals.tunnel_layers_fenced() or self.current.engine is None:
             return  # next_layer cut it before any byte was relayed
-        if _asked_for_raw_tcp(flow):
-            return  # a host the school relays as raw TCP on purpose (mitmproxy's tcp_hosts)
         flow.messages[-1].content = b""
         if flow not in self._cut_flows:
             self._cut_flows.add(flow)
@@ -190,13 +187,6 @@ def _never_decrypted(engine: Engine, verdict: Verdict) -> bool:
     if verdict.url and policy.no_decrypt_hosts.intersection(verdict.url.domain_candidates()):
         return True
     return bool(policy.no_decrypt_categories.intersection(verdict.categories))
-
-
-def _asked_for_raw_tcp(flow: tcp.TCPFlow) -> bool:
-    """Whether mitmproxy's `tcp_hosts` option names the flow's server: relayed as raw TCP by design."""
-    address = flow.server_conn.address
-    host = f"{address[0]}:{address[1]}" if address else ""
-    return any(re.search(pattern, host, re.IGNORECASE) for pattern in ctx.options.tcp_hosts)
 
 
 def _in_connect_tunnel(context) -> bool:
