@@ -12,7 +12,6 @@ from pathlib import Path
 
 HOME = Path(os.environ.get("AUPGUARD_HOME") or Path(__file__).resolve().parents[3])
 CONFIG_DIR = HOME / "config"
-BUNDLED_LISTS = HOME / "blocklists"
 DEFAULT_POLICY = CONFIG_DIR / "policy.yaml"
 
 # Writable state: incident database, imported lists, compiled index.
